@@ -1,0 +1,392 @@
+// Custom kernels of the CUDA backend; see device_kernels.h for shapes and
+// contracts. Built for sm_80/sm_90 (+PTX). No fast-math: every float64
+// operation here is IEEE round-to-nearest (division and sqrt included), so
+// results match the CPU reference up to summation order.
+#include "device_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <climits>
+
+namespace sigma::cuda::kernels {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kRowsPerBlock = 8;          // warps per block in the row kernels
+constexpr int kReduceThreads = 1024;      // single-block reductions
+constexpr int kElementwiseThreads = 256;
+
+__device__ __forceinline__ double WarpSum(double v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ double WarpMax(double v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+__device__ __forceinline__ long long WarpSumLL(long long v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ long long WarpMinLL(long long v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const long long o = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = o < v ? o : v;
+  }
+  return v;
+}
+
+// Block-wide reductions (blockDim.x a multiple of 32, <= 1024). Every thread
+// gets the result. Deterministic: fixed shuffle tree, then warp 0 over the
+// per-warp partials in warp order.
+__device__ double BlockSum(double v) {
+  __shared__ double partial[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warps = blockDim.x / kWarp;
+  v = WarpSum(v);
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : 0.0;
+  v = WarpSum(v);
+  return v;
+}
+__device__ double BlockMax(double v) {
+  __shared__ double partial[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warps = blockDim.x / kWarp;
+  v = WarpMax(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : -DBL_MAX;
+  return WarpMax(v);
+}
+__device__ long long BlockSumLL(long long v) {
+  __shared__ long long partial[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warps = blockDim.x / kWarp;
+  v = WarpSumLL(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : 0;
+  return WarpSumLL(v);
+}
+__device__ long long BlockMinLL(long long v) {
+  __shared__ long long partial[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warps = blockDim.x / kWarp;
+  v = WarpMinLL(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : LLONG_MAX;
+  return WarpMinLL(v);
+}
+
+// Exact widening of one element.
+template <int kDType> struct Elem;
+template <> struct Elem<0> {
+  using T = float;
+  static __device__ __forceinline__ double Load(const T* p, int64_t i) { return static_cast<double>(p[i]); }
+};
+template <> struct Elem<1> {
+  using T = unsigned short;
+  static __device__ __forceinline__ double Load(const T* p, int64_t i) {
+    return static_cast<double>(__half2float(__ushort_as_half(p[i])));
+  }
+};
+template <> struct Elem<2> {
+  using T = unsigned short;
+  static __device__ __forceinline__ double Load(const T* p, int64_t i) {
+    return static_cast<double>(__uint_as_float(static_cast<unsigned int>(p[i]) << 16));
+  }
+};
+template <> struct Elem<3> {
+  using T = double;
+  static __device__ __forceinline__ double Load(const T* p, int64_t i) { return p[i]; }
+};
+
+// One warp per row: energy of the raw row, then (l2) scale and energy again.
+template <int kDType>
+__global__ void ConvertRowsKernel(const typename Elem<kDType>::T* __restrict__ raw, int64_t num_rows,
+                                  int64_t m, bool l2, double* __restrict__ x,
+                                  double* __restrict__ row_energy) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= num_rows) return;  // whole warp leaves together
+  const typename Elem<kDType>::T* in = raw + row * m;
+  double* out = x + row * m;
+  double energy = 0.0;
+  if (!l2) {
+    for (int64_t c = lane; c < m; c += kWarp) {
+      const double v = Elem<kDType>::Load(in, c);
+      out[c] = v;
+      energy = __dadd_rn(energy, __dmul_rn(v, v));
+    }
+    energy = WarpSum(energy);
+  } else {
+    for (int64_t c = lane; c < m; c += kWarp) {
+      const double v = Elem<kDType>::Load(in, c);
+      energy = __dadd_rn(energy, __dmul_rn(v, v));
+    }
+    energy = WarpSum(energy);
+    if (energy > 0.0) {
+      const double inv = 1.0 / sqrt(energy);  // as preprocess.cc
+      double scaled_energy = 0.0;
+      for (int64_t c = lane; c < m; c += kWarp) {
+        const double v = __dmul_rn(Elem<kDType>::Load(in, c), inv);
+        out[c] = v;
+        scaled_energy = __dadd_rn(scaled_energy, __dmul_rn(v, v));
+      }
+      energy = WarpSum(scaled_energy);
+    } else {
+      for (int64_t c = lane; c < m; c += kWarp) out[c] = 0.0;
+    }
+  }
+  if (lane == 0) row_energy[row] = energy;
+}
+
+__global__ void EnergyReduceKernel(const double* __restrict__ row_energy, int64_t n, double limit,
+                                   EnergyDev* acc) {
+  double mx = 0.0, sum = 0.0;
+  long long violations = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const double e = row_energy[i];
+    mx = fmax(mx, e);
+    sum += e;
+    violations += e > limit ? 1 : 0;
+  }
+  mx = BlockMax(mx);
+  sum = BlockSum(sum);
+  violations = BlockSumLL(violations);
+  if (threadIdx.x == 0) {
+    acc->max_energy = fmax(acc->max_energy, mx);
+    acc->sum_energy += sum;
+    acc->count += n;
+    acc->rho_violations += violations;
+  }
+}
+
+__global__ void ShiftedCopiesKernel(const double* g, int64_t m, ShiftTargets t) {
+  const int64_t total = m * m;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t col = idx / m, row = idx - col * m;
+    if (row < col) {
+      for (int k = 0; k < t.count; ++k) t.dst[k][idx] = 0.0;
+      continue;
+    }
+    const double v = g[idx];  // read before any write: dst may alias g
+    for (int k = 0; k < t.count; ++k) {
+      double a = __dmul_rn(t.scale[k], v);
+      if (row == col) a = __dadd_rn(a, t.shift[k]);
+      t.dst[k][idx] = a;
+    }
+  }
+}
+
+__global__ void LogDiagKernel(const double* mats, int64_t m, const int* info, void* out,
+                              int per_group, int64_t group_stride_bytes) {
+  const int64_t b = blockIdx.x;
+  const double* a = mats + b * m * m;
+  double sum = 0.0;
+  long long bad = LLONG_MAX;
+  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
+    const double d = a[i * m + i];
+    if (!(d > 0.0)) {
+      bad = bad < i + 1 ? bad : i + 1;
+    } else {
+      sum += log(d);
+    }
+  }
+  sum = BlockSum(sum);
+  bad = BlockMinLL(bad);
+  if (threadIdx.x == 0) {
+    CholDev* o = reinterpret_cast<CholDev*>(static_cast<char*>(out) + (b / per_group) * group_stride_bytes) +
+                 b % per_group;
+    const int inf = info[b];
+    o->info = inf;
+    if (inf != 0) {
+      o->ok = 0;
+      o->failed_column = inf;
+      o->log_det = 0.0;
+    } else if (bad != LLONG_MAX) {
+      o->ok = 0;
+      o->failed_column = bad;
+      o->log_det = 0.0;
+    } else {
+      o->ok = 1;
+      o->failed_column = 0;
+      o->log_det = 2.0 * sum;
+    }
+  }
+}
+
+__global__ void ColumnSquaredNormsKernel(const double* __restrict__ y, int64_t m, int64_t n,
+                                         double* __restrict__ q) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (col >= n) return;
+  const double* c = y + col * m;
+  double s = 0.0;
+  for (int64_t r = lane; r < m; r += kWarp) s += c[r] * c[r];
+  s = WarpSum(s);
+  if (lane == 0) q[col] = s;
+}
+
+__global__ void QStatsKernel(const double* __restrict__ q, int64_t n, double* out) {
+  double sum = 0.0, sum_sq = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    sum += q[i];
+    sum_sq += q[i] * q[i];
+  }
+  sum = BlockSum(sum);
+  sum_sq = BlockSum(sum_sq);
+  const double mean = n > 0 ? sum / static_cast<double>(n) : 0.0;
+  double centered = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) centered += (q[i] - mean) * (q[i] - mean);
+  centered = BlockSum(centered);
+  if (threadIdx.x == 0) {
+    out[0] = mean;
+    out[1] = n > 0 ? sum_sq / static_cast<double>(n) : 0.0;
+    out[2] = n > 1 ? sqrt(centered / static_cast<double>(n - 1)) : 0.0;
+  }
+}
+
+__global__ void ZeroStrictUpperKernel(double* a, int64_t m, int64_t count) {
+  const int64_t per = m * m, total = per * count;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t within = idx % per;
+    const int64_t col = within / m, row = within - col * m;
+    if (row < col) a[idx] = 0.0;
+  }
+}
+
+// One block per column c: partial[c] = a_cc^2 + w * sum_{r>c} a_rc^2.
+__global__ void LowerSquareColumnKernel(const double* __restrict__ a, int64_t m, double w,
+                                        double* __restrict__ partial) {
+  const int64_t c = blockIdx.x;
+  const double* col = a + c * m;
+  double s = 0.0;
+  for (int64_t r = c + 1 + threadIdx.x; r < m; r += blockDim.x) s += col[r] * col[r];
+  s = BlockSum(s);
+  if (threadIdx.x == 0) partial[c] = col[c] * col[c] + w * s;
+}
+
+__global__ void SumKernel(const double* __restrict__ v, int64_t n, double* out) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
+  s = BlockSum(s);
+  if (threadIdx.x == 0) *out = s;
+}
+
+__global__ void SymmetrizeKernel(double* a, int64_t m) {
+  const int64_t total = m * m;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t col = idx / m, row = idx - col * m;
+    if (row < col) a[idx] = a[row * m + col];
+  }
+}
+
+unsigned int GridFor(int64_t work, int threads) {
+  int64_t blocks = (work + threads - 1) / threads;
+  if (blocks < 1) blocks = 1;
+  // Grid-stride loops cover the rest; 2^20 blocks is plenty of parallelism.
+  if (blocks > (int64_t{1} << 20)) blocks = int64_t{1} << 20;
+  return static_cast<unsigned int>(blocks);
+}
+
+}  // namespace
+
+cudaError_t LaunchConvertRows(int dtype, const void* raw, int64_t num_rows, int64_t m, bool l2,
+                              double* x, double* row_energy, cudaStream_t stream) {
+  if (num_rows <= 0) return cudaSuccess;
+  const int64_t blocks = (num_rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned int>(blocks)), block(kRowsPerBlock * kWarp);
+  switch (dtype) {
+    case 0:
+      ConvertRowsKernel<0><<<grid, block, 0, stream>>>(static_cast<const float*>(raw), num_rows, m, l2, x, row_energy);
+      break;
+    case 1:
+      ConvertRowsKernel<1><<<grid, block, 0, stream>>>(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
+                                                       row_energy);
+      break;
+    case 2:
+      ConvertRowsKernel<2><<<grid, block, 0, stream>>>(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
+                                                       row_energy);
+      break;
+    case 3:
+      ConvertRowsKernel<3><<<grid, block, 0, stream>>>(static_cast<const double*>(raw), num_rows, m, l2, x, row_energy);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchEnergyReduce(const double* row_energy, int64_t n, double limit, EnergyDev* acc,
+                               cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  EnergyReduceKernel<<<1, kReduceThreads, 0, stream>>>(row_energy, n, limit, acc);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchShiftedCopies(const double* g, int64_t m, const ShiftTargets& targets,
+                                cudaStream_t stream) {
+  if (targets.count <= 0 || targets.count > 3) return cudaErrorInvalidValue;
+  ShiftedCopiesKernel<<<GridFor(m * m, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(g, m, targets);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchLogDiag(const double* mats, int64_t m, int64_t count, const int* info, void* out,
+                          int per_group, int64_t group_stride_bytes, cudaStream_t stream) {
+  if (count <= 0) return cudaSuccess;
+  if (count > INT_MAX || per_group <= 0) return cudaErrorInvalidValue;
+  LogDiagKernel<<<static_cast<unsigned int>(count), 256, 0, stream>>>(mats, m, info, out, per_group,
+                                                                       group_stride_bytes);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchColumnSquaredNorms(const double* y, int64_t m, int64_t n, double* q,
+                                     cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  ColumnSquaredNormsKernel<<<static_cast<unsigned int>(blocks), kRowsPerBlock * kWarp, 0, stream>>>(y, m, n, q);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchQStats(const double* q, int64_t n, double* out, cudaStream_t stream) {
+  QStatsKernel<<<1, kReduceThreads, 0, stream>>>(q, n, out);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchZeroStrictUpper(double* a, int64_t m, int64_t count, cudaStream_t stream) {
+  if (count <= 0) return cudaSuccess;
+  ZeroStrictUpperKernel<<<GridFor(m * m * count, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(a, m, count);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchLowerWeightedSquareSum(const double* a, int64_t m, double off_diag_weight,
+                                         double* partial, double* out, cudaStream_t stream) {
+  if (m > INT_MAX) return cudaErrorInvalidValue;
+  LowerSquareColumnKernel<<<static_cast<unsigned int>(m), 256, 0, stream>>>(a, m, off_diag_weight, partial);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  SumKernel<<<1, kReduceThreads, 0, stream>>>(partial, m, out);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchSymmetrizeFromLower(double* a, int64_t m, cudaStream_t stream) {
+  SymmetrizeKernel<<<GridFor(m * m, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(a, m);
+  return cudaGetLastError();
+}
+
+}  // namespace sigma::cuda::kernels

@@ -1,0 +1,136 @@
+// The numeric backend interface: the linear algebra of sealing a snapshot
+// (spec §3, §4). No CUDA types appear here; every pointer argument is host
+// memory. Implementations: CpuBackend (OpenBLAS + LAPACKE, float64) and the CUDA
+// backend (cuBLAS + cuSOLVER), created by MakeBackend() in backend_factory.h.
+//
+// Matrices are m x m, stored dense and column-major with leading dimension m
+// (symmetric ones are full, so row- and column-major coincide).
+#ifndef SIGMA_KERNELS_BACKEND_H_
+#define SIGMA_KERNELS_BACKEND_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "sigma/kernels/dtype.h"
+#include "sigma/kernels/preprocess.h"
+
+namespace sigma {
+
+// One shifted matrix of a batched factorisation: M = scale * gram + shift * I.
+struct ShiftedMatrix {
+  double scale = 1.0;
+  double shift = 0.0;
+};
+
+// Outcome of one Cholesky factorisation. When `ok` is false, `failed_column`
+// is the 1-based column where the matrix stopped being positive definite
+// (LAPACK's info) and `log_det` is meaningless and must not be reported.
+struct CholeskyOutcome {
+  bool ok = false;
+  int64_t failed_column = 0;
+  double log_det = 0.0;  // 2 * sum_i log L_ii
+};
+
+// The sub-sample of one snapshot, as handed to SealBatch.
+struct SealInput {
+  RowBlock rows;  // [n_A, m] in host memory, the columns of I_A
+  Preprocessing preprocessing = Preprocessing::kL2;
+  double corpus_size = 0;  // n >= n_A
+  double delta = 1e-6;
+  double rho = 1.0;
+};
+
+// Everything the estimator needs from the linear algebra of one snapshot.
+// With G_A = sum_{j in I_A} x_j x_j^T, f = n_A / n, C_A = G_A / n_A:
+//   cholesky[0]: f C_A + delta I                 (track1_lower)
+//   cholesky[1]: f C_A + (delta + (1-f) rho) I   (track1_upper)
+//   cholesky[2]: C_A + delta I = L L^T           (track2_raw)
+//   q_j = ||L^{-1} x_j||^2 for j in I_A: q_mean, q_sq_mean = mean(q^2),
+//   q_sd = sample standard deviation (n_A - 1 denominator; 0 when n_A = 1);
+//   trace_a = tr(A), trace_a2 = tr(A^2), A = (C_A + delta I)^{-1}.
+// q and the traces are only valid when cholesky[2].ok.
+struct SealMoments {
+  int64_t n_a = 0;
+  int64_t m = 0;
+  CholeskyOutcome cholesky[3];
+  double q_mean = 0.0;
+  double q_sq_mean = 0.0;
+  double q_sd = 0.0;
+  double trace_a = 0.0;
+  double trace_a2 = 0.0;
+  EnergyStats energy;  // of the I_A rows, after preprocessing
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // "cpu" or "cuda:<ordinal> <device name>".
+  virtual std::string name() const = 0;
+
+  // gram += X^T X where X = preprocess(rows) in float64: rows [num_rows, m]
+  // (any dtype, converted exactly), gram [m, m] host. Adds the rows' energies
+  // (after preprocessing) to `energy` when not null. Thread-compatible.
+  virtual absl::Status AccumulateGram(const RowBlock& rows, Preprocessing preprocessing,
+                                      double rho, double* gram, EnergyStats* energy) = 0;
+
+  // Factors scale_i * gram + shift_i * I for every entry of `shifts` (one batch)
+  // and writes their log-determinants to `outcomes` (same length). When
+  // `factors` is not null it receives the lower factors, [shifts.size(), m, m]
+  // column-major. A matrix that is not positive definite is an outcome with
+  // ok = false, not an error; errors are device or memory failures.
+  virtual absl::Status ShiftedCholesky(const double* gram, int64_t m,
+                                       absl::Span<const ShiftedMatrix> shifts,
+                                       absl::Span<CholeskyOutcome> outcomes,
+                                       double* factors) = 0;
+
+  // q_j = ||L^{-1} x_j||^2 for the rows of `x` [num_rows, m] float64 host
+  // (already preprocessed), L [m, m] lower, column-major. Writes num_rows values.
+  virtual absl::Status MahalanobisNorms(const double* lower_factor, int64_t m,
+                                        const double* x, int64_t num_rows,
+                                        double* q) = 0;
+
+  // tr(A) and tr(A^2) for A = (L L^T)^{-1}: tr(A) = ||L^{-1}||_F^2,
+  // tr(A^2) = ||L^{-T} L^{-1}||_F^2.
+  virtual absl::Status InverseTraces(const double* lower_factor, int64_t m,
+                                     double* trace_a, double* trace_a2) = 0;
+
+  // Seals several snapshots at once (spec §4 "Batched"). The default composes
+  // the primitives above snapshot by snapshot; device backends override it to
+  // keep data resident and factor all shifted matrices in one batched call.
+  // `out` has inputs.size() entries. Fails as a whole only on device/memory
+  // errors or invalid arguments.
+  virtual absl::Status SealBatch(absl::Span<const SealInput> inputs,
+                                 absl::Span<SealMoments> out);
+
+ protected:
+  // Host scratch of the default SealBatch, reused across calls so that a seal
+  // does not page-fault through fresh allocations (it grows, never shrinks).
+  // This is why a Backend is thread-compatible, not thread-safe: calls on one
+  // instance must not overlap (the daemon's compute worker owns its backend).
+  struct SealScratch {
+    std::vector<double> x;        // [n_A, m] preprocessed rows
+    std::vector<double> gram;     // [m, m]
+    std::vector<double> factors;  // [3, m, m] lower Cholesky factors
+    std::vector<double> q;        // [n_A]
+  };
+  SealScratch seal_scratch_;
+};
+
+// Validates a SealInput's shape and parameters (INVALID_ARGUMENT with a message).
+absl::Status ValidateSealInput(const SealInput& input);
+
+// The three shifts of spec §3 for a snapshot with the given parameters, in the
+// order of SealMoments::cholesky.
+std::vector<ShiftedMatrix> TrackShifts(int64_t n_a, double corpus_size, double delta,
+                                       double rho);
+
+// Mean, mean of squares and sample standard deviation of q (two-pass, float64).
+void QStatistics(const double* q, int64_t n, double* mean, double* sq_mean, double* sd);
+
+}  // namespace sigma
+
+#endif  // SIGMA_KERNELS_BACKEND_H_

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need, and only what is missing.
+# Idempotent: a second run does nothing but check. Debian packages via apt-get,
+# Python test tools into a venv at .venv (override with SIGMA_VENV).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  build-essential cmake pkg-config python3-venv
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
+  prometheus-cpp-dev libopenblas-dev liblapacke-dev libsqlite3-dev
+  libabsl-dev libbenchmark-dev libgtest-dev libgmock-dev
+  libyaml-cpp-dev nlohmann-json3-dev
+  prometheus prometheus-alertmanager
+)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "deps: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "deps: Debian packages present"
+fi
+
+VENV="${SIGMA_VENV:-.venv}"
+PY_PACKAGES=(numpy pytest grpcio grpcio-tools protobuf ml_dtypes matplotlib)
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "deps: creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import numpy, pytest, grpc, grpc_tools, google.protobuf, ml_dtypes, matplotlib" 2>/dev/null; then
+  echo "deps: installing Python packages: ${PY_PACKAGES[*]}"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+else
+  echo "deps: Python packages present"
+fi
