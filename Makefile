@@ -40,12 +40,14 @@ test: build
 test-cpp:
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
+PYTEST_DIRS := $(wildcard tests/python tests/deploy tests/e2e)
+
 test-python:
-	@if [ -d tests/python ]; then \
-	  $(PYTHON) -m pip install -q --disable-pip-version-check -e client/python >/dev/null && \
-	  SIGMAD=$(SIGMAD) SIGMA_SHARED_DIR=$(SHARED_DIR) $(PYTHON) -m pytest -q tests/python; \
-	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc; \
-	fi
+	@if [ -d client/python ]; then \
+	  $(PYTHON) -m pip install -q --disable-pip-version-check -e client/python >/dev/null; fi
+	@SIGMAD=$(SIGMAD) SIGMACTL=$(abspath $(BUILD_DIR))/client/cli/sigmactl \
+	  SIGMA_SHARED_DIR=$(SHARED_DIR) $(PYTHON) -m pytest -q $(PYTEST_DIRS); \
+	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 run: build
 	@mkdir -p var

@@ -31,12 +31,12 @@ else
 fi
 
 VENV="${SIGMA_VENV:-.venv}"
-PY_PACKAGES=(numpy pytest grpcio grpcio-tools protobuf ml_dtypes matplotlib)
+PY_PACKAGES=(numpy pytest grpcio grpcio-tools protobuf ml_dtypes matplotlib pyyaml)
 if [ ! -x "$VENV/bin/python" ]; then
   echo "deps: creating venv $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import numpy, pytest, grpc, grpc_tools, google.protobuf, ml_dtypes, matplotlib" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import numpy, pytest, grpc, grpc_tools, google.protobuf, ml_dtypes, matplotlib, yaml" 2>/dev/null; then
   echo "deps: installing Python packages: ${PY_PACKAGES[*]}"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 else

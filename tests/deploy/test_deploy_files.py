@@ -1,0 +1,91 @@
+"""The shipped deployment files are valid for the real tools (promtool, amtool)
+and consistent with each other. No daemon needed."""
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def need(tool):
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed (scripts/deps.sh installs it)")
+    return path
+
+
+def run(*args, cwd=None):
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_promtool_checks_config_and_rules():
+    out = run(need("promtool"), "check", "config", "prometheus.yml", cwd=DEPLOY / "prometheus")
+    assert "SUCCESS" in out
+    out = run(need("promtool"), "check", "rules", "sigma-rules.yml", cwd=DEPLOY / "prometheus")
+    assert "9 rules found" in out
+
+
+def test_promtool_rule_unit_tests():
+    out = run(need("promtool"), "test", "rules", "tests/sigma-rules.test.yml",
+              cwd=DEPLOY / "prometheus")
+    assert "SUCCESS" in out
+
+
+def test_every_rule_is_unit_tested_and_annotated():
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "sigma-rules.yml").read_text())
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "sigma-rules.test.yml").read_text())
+    tested = {case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"]}
+    fired = {case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"]
+             if case["exp_alerts"]}
+    silent = {case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"]
+              if not case["exp_alerts"]}
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    assert names == tested
+    assert names == fired, "every rule has a firing case"
+    assert names == silent, "every rule has a not-firing case"
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            ann = rule["annotations"]
+            assert {"summary", "description"} <= set(ann), rule["alert"]
+            assert "$labels.job" in ann["description"] or "{{ $labels.job }}" in ann["description"]
+
+
+def test_alertmanager_config():
+    out = run(need("amtool"), "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml"))
+    assert "SUCCESS" in out
+
+
+def test_prometheusrule_is_generated_from_the_rules_file():
+    out = run("bash", str(DEPLOY / "kubernetes" / "generate-prometheusrule.sh"))
+    generated = yaml.safe_load(out)
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "sigma-rules.yml").read_text())
+    assert generated["kind"] == "PrometheusRule"
+    assert generated["spec"]["groups"] == rules["groups"]
+
+
+def test_kubernetes_manifests_parse():
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "sigmad.yaml").read_text()))
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {"Service", "StatefulSet", "ServiceMonitor"}
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["grpc"]["port"] == 50051
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_dashboard_expressions_use_known_metrics():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "sigma-monitor.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    names = {v["name"] for v in dashboard["templating"]["list"]}
+    assert names == {"job", "tap"}
+    for expr in exprs:
+        assert re.search(r"\bsigma_[a-z_]+", expr), expr
