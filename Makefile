@@ -44,7 +44,7 @@ PYTEST_DIRS := $(wildcard tests/python tests/deploy tests/e2e)
 
 test-python:
 	@if [ -d client/python ]; then \
-	  $(PYTHON) -m pip install -q --disable-pip-version-check -e client/python >/dev/null; fi
+	  $(PYTHON) -m pip install -q --disable-pip-version-check --no-build-isolation -e client/python >/dev/null; fi
 	@SIGMAD=$(SIGMAD) SIGMACTL=$(abspath $(BUILD_DIR))/client/cli/sigmactl \
 	  SIGMA_SHARED_DIR=$(SHARED_DIR) $(PYTHON) -m pytest -q $(PYTEST_DIRS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -58,7 +58,7 @@ bench: build
 	@bash bench/run.sh $(BUILD_DIR)
 
 demo: build
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -e client/python >/dev/null
+	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-build-isolation -e client/python >/dev/null
 	@SIGMAD=$(SIGMAD) $(PYTHON) -m sigma_client.demo
 
 clean:

@@ -1,0 +1,461 @@
+"""Monitor: streams one rank's embeddings of each generation to sigmad."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import grpc
+import numpy as np
+
+from . import _pb
+from .errors import SigmaError, invalid
+from .report import (GenerationReport, JobInfo, job_info_from_proto, report_from_proto)
+from .sketch import BottomK, as_ids, parse_targets, pick_target
+from .tensors import DTYPE_ENUM, row_energies, to_float, to_wire
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_PREP = {None: 0, "": 0, "l2": 1, "none": 2}
+DEFAULT_BATCH_BYTES = 1 << 20
+MAX_MESSAGE = 64 << 20
+# As sigmad's RhoLimit: an l2 row counts as over rho only beyond 8 ulps of rounding.
+L2_RHO_SLACK = 1.0 + 8 * float(np.finfo(np.float64).eps)
+
+
+def default_n_a(m: int) -> int:
+    """The spec's default sub-sample size: max(4096, 16 m)."""
+    return max(4096, 16 * int(m))
+
+
+def detect_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else env RANK /
+    WORLD_SIZE, else (0, 1)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            dist = torch.distributed
+            if dist.is_available() and dist.is_initialized():
+                return int(dist.get_rank()), int(dist.get_world_size())
+        except Exception:
+            pass
+    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return 0, 1
+
+
+@dataclass(frozen=True)
+class SketchParams:
+    n_a: int
+    seed: int
+    rho: float
+    preprocessing: str
+
+
+class Monitor:
+    """One rank's connection to sigmad for one (job, tap).
+
+    target: "host:port", "a:1,b:2" or a list; with several the job's daemon is
+    picked by rendezvous hashing (docs/python-client.md). n_a, delta, rho,
+    preprocessing ("l2"/"none") and seed configure the job when it is new
+    (None: the daemon's default); an existing job keeps its settings and the
+    client pre-sketches with the job's effective n_a and seed.
+    """
+
+    def __init__(self, target: str | Sequence[str], job: str, tap: str = "default",
+                 rank: Optional[int] = None, world_size: Optional[int] = None,
+                 n_a: Optional[int] = None, delta: Optional[float] = None,
+                 rho: Optional[float] = None, preprocessing: Optional[str] = None,
+                 seed: Optional[int] = None, *,
+                 thresholds: Optional[Mapping[str, float]] = None,
+                 baseline_generation: Optional[int] = None, baseline_job: Optional[str] = None,
+                 presketch: bool = True, timeout: float = 120.0, max_retries: int = 8,
+                 backoff: float = 0.2, max_backoff: float = 5.0,
+                 batch_bytes: int = DEFAULT_BATCH_BYTES,
+                 channel_options: Optional[Sequence[tuple[str, Any]]] = None):
+        if preprocessing not in _PREP:
+            raise ValueError(f"preprocessing must be 'l2' or 'none', got {preprocessing!r}")
+        self.targets = parse_targets(target)
+        self.target = pick_target(self.targets, job)
+        self.job = job
+        self.tap = tap
+        r, w = detect_rank()
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
+        self.n_a, self.delta, self.rho = n_a, delta, rho
+        self.preprocessing, self.seed = preprocessing, seed
+        self.thresholds = dict(thresholds or {})
+        self.baseline_generation, self.baseline_job = baseline_generation, baseline_job
+        self.presketch = presketch
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.batch_bytes = max(1, int(batch_bytes))
+        self.pb2, grpc_mod = _pb.load()
+        opts = [("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_MESSAGE)]
+        opts += list(channel_options or [])
+        self._opts = opts
+        self._channel = grpc.insecure_channel(self.target, options=opts)
+        self._stub = grpc_mod.SigmaMonitorStub(self._channel)
+        self._fixed_params: Optional[SketchParams] = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (f"Monitor(target={self.target!r}, job={self.job!r}, tap={self.tap!r}, "
+                f"rank={self.rank}, world_size={self.world_size})")
+
+    def _call(self, name: str, fn, request, retry: bool = True):
+        """Calls fn(request), retrying UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff.
+        A callable request is called once per attempt (a fresh request iterator)."""
+        attempt = 0
+        while True:
+            try:
+                req = request() if callable(request) else request
+                return fn(req, timeout=self.timeout)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                if retry and code in RETRYABLE and attempt < self.max_retries:
+                    delay = min(self.max_backoff, self.backoff * (2 ** attempt))
+                    time.sleep(delay * (0.5 + random.random() / 2))
+                    attempt += 1
+                    continue
+                raise SigmaError.from_rpc_error(e, rpc=name, target=self.target) from None
+
+    def _config_proto(self, n_a=None, delta=None, rho=None, preprocessing=None, seed=None,
+                      thresholds=None, baseline_generation=None, baseline_job=None):
+        c = self.pb2.JobConfig()
+        if n_a is not None:
+            c.n_a = int(n_a)
+        if delta is not None:
+            c.delta = float(delta)
+        if rho is not None:
+            c.rho = float(rho)
+        if preprocessing is not None:
+            if preprocessing not in _PREP:
+                raise ValueError(f"preprocessing must be 'l2' or 'none', got {preprocessing!r}")
+            c.preprocessing = _PREP[preprocessing]
+        if seed is not None:
+            c.seed = int(seed)
+        if baseline_generation is not None:
+            c.baseline_generation = int(baseline_generation)
+        if baseline_job is not None:
+            c.baseline_job = baseline_job
+        for k, v in (thresholds or {}).items():
+            if v is None:
+                continue
+            if k not in ("drift_warning", "drift_critical", "divergence_warning", "track1_stable"):
+                raise ValueError(f"unknown threshold {k!r}")
+            setattr(c.thresholds, k, float(v))
+        return c
+
+    def _own_config(self):
+        return self._config_proto(self.n_a, self.delta, self.rho, self.preprocessing, self.seed,
+                                  self.thresholds, self.baseline_generation, self.baseline_job)
+
+    # ------------------------------------------------------------ public API
+    def generation(self, k: int, corpus_size: Optional[int] = None) -> "Generation":
+        """A context manager for this rank's share of generation k."""
+        return Generation(self, int(k), corpus_size)
+
+    def history(self, tap: Optional[str] = None) -> list[GenerationReport]:
+        """Every sealed report of the job (this monitor's tap; tap="" for all), by generation."""
+        req = self.pb2.GetHistoryRequest(job=self.job, tap=self.tap if tap is None else tap)
+        resp = self._call("GetHistory", self._stub.GetHistory, req)
+        return [report_from_proto(r) for r in resp.reports]
+
+    def list_jobs(self) -> list[JobInfo]:
+        """The jobs of every target, merged (sorted by name)."""
+        jobs = {}
+        for t in self.targets:
+            if t == self.target:
+                stub, ch = self._stub, None
+            else:
+                ch = grpc.insecure_channel(t, options=self._opts)
+                stub = _pb.load()[1].SigmaMonitorStub(ch)
+            try:
+                resp = self._call("ListJobs", stub.ListJobs, self.pb2.ListJobsRequest())
+            finally:
+                if ch is not None:
+                    ch.close()
+            for j in resp.jobs:
+                jobs.setdefault(j.job, job_info_from_proto(j))
+        return [jobs[k] for k in sorted(jobs)]
+
+    def job_info(self) -> Optional[JobInfo]:
+        """This job's effective configuration, or None when the daemon does not know it yet."""
+        raw = self._job_info_proto()
+        return None if raw is None else job_info_from_proto(raw)
+
+    def _job_info_proto(self):
+        resp = self._call("ListJobs", self._stub.ListJobs, self.pb2.ListJobsRequest())
+        for j in resp.jobs:
+            if j.job == self.job:
+                return j
+        return None
+
+    def configure(self, *, n_a: Optional[int] = None, delta: Optional[float] = None,
+                  rho: Optional[float] = None, preprocessing: Optional[str] = None,
+                  seed: Optional[int] = None, thresholds: Optional[Mapping[str, float]] = None,
+                  baseline_generation: Optional[int] = None,
+                  baseline_job: Optional[str] = None, **threshold_kw) -> JobInfo:
+        """Creates or updates the job's configuration (fields left None are not sent).
+
+        Thresholds may be given as a mapping or as keywords (drift_warning,
+        drift_critical, divergence_warning, track1_stable). Sketch parameters are
+        fixed once a generation has sealed (SigmaError FAILED_PRECONDITION)."""
+        th = dict(thresholds or {})
+        th.update(threshold_kw)
+        cfg = self._config_proto(n_a, delta, rho, preprocessing, seed, th,
+                                 baseline_generation, baseline_job)
+        for name, val in (("n_a", n_a), ("delta", delta), ("rho", rho),
+                          ("preprocessing", preprocessing), ("seed", seed),
+                          ("baseline_generation", baseline_generation),
+                          ("baseline_job", baseline_job)):
+            if val is not None:
+                setattr(self, name, val)
+        self.thresholds.update({k: v for k, v in th.items() if v is not None})
+        req = self.pb2.ConfigureJobRequest(job=self.job, config=cfg)
+        info = self._call("ConfigureJob", self._stub.ConfigureJob, req)
+        self._fixed_params = None
+        return job_info_from_proto(info)
+
+    def close_generation(self, k: int) -> GenerationReport:
+        """Seals generation k now with whatever ranks have sent (explicit close)."""
+        req = self.pb2.CloseGenerationRequest(job=self.job, tap=self.tap, generation=int(k))
+        return report_from_proto(self._call("CloseGeneration", self._stub.CloseGeneration, req))
+
+    def get_report(self, k: int) -> Optional[GenerationReport]:
+        for r in self.history():
+            if r.generation == k:
+                return r
+        return None
+
+    # ------------------------------------------------------------ internals
+    def _sketch_params(self, m: int) -> SketchParams:
+        """The job's effective n_a / seed / rho / preprocessing (fixed once a generation sealed)."""
+        if self._fixed_params is not None:
+            return self._fixed_params
+        info = self._job_info_proto()
+        own = SketchParams(
+            n_a=int(self.n_a) if self.n_a is not None else default_n_a(m),
+            seed=int(self.seed) if self.seed is not None else 0,
+            rho=float(self.rho) if self.rho is not None else 1.0,
+            preprocessing=self.preprocessing or "l2")
+        if info is None:
+            return own
+        c = info.config
+        prep = {1: "l2", 2: "none"}.get(c.preprocessing, own.preprocessing)
+        params = SketchParams(
+            # A job the daemon already knows keeps its n_a; unset there means the default.
+            n_a=int(c.n_a) if c.HasField("n_a") and c.n_a > 0 else default_n_a(info.m or m),
+            seed=int(c.seed) if c.HasField("seed") else own.seed,
+            rho=float(c.rho) if c.HasField("rho") else own.rho,
+            preprocessing=prep)
+        if info.generations_sealed > 0:
+            self._fixed_params = params
+        return params
+
+    def _share_messages(self, gen: "Generation") -> list:
+        pb2 = self.pb2
+        if gen.m is None:
+            # A rank with no rows still finishes its share (else the snapshot never seals):
+            # it needs the job's m, which the daemon knows once any rank has opened.
+            info = self._job_info_proto()
+            m = info.m if info is not None else 0
+            if m <= 0:
+                raise invalid(f"rank {self.rank} sent no rows for generation {gen.k} and the "
+                              f"daemon does not know the dimension m of job {self.job!r} yet")
+            gen.m, gen.kind = m, gen._dtype_guess or "fp32"
+        open_msg = pb2.OpenSnapshot(job=self.job, tap=self.tap, generation=gen.k, rank=self.rank,
+                                    world_size=self.world_size, m=gen.m or 0,
+                                    dtype=DTYPE_ENUM.get(gen.kind, 0), config=self._own_config())
+        if gen.corpus_size is not None:
+            open_msg.corpus_size = int(gen.corpus_size)
+        msgs = [pb2.IngestRequest(open=open_msg)]
+        rows, ids = gen._rows_to_send()
+        if rows is not None and rows.shape[0]:
+            per = max(1, self.batch_bytes // (rows.shape[1] * rows.dtype.itemsize))
+            for seq, i in enumerate(range(0, rows.shape[0], per)):
+                block = rows[i:i + per]
+                msgs.append(pb2.IngestRequest(batch=pb2.Batch(
+                    seq=seq, rows=block.shape[0], data=block.tobytes(),
+                    sample_ids=ids[i:i + per].tolist())))
+        end = pb2.EndOfShare(count=gen.rows_seen)
+        if gen.presketched:
+            end.max_energy = gen.max_energy
+            end.mean_energy = gen.energy_sum / gen.rows_seen if gen.rows_seen else 0.0
+            end.rho_violations = gen.rho_violations
+        msgs.append(pb2.IngestRequest(end=end))
+        return msgs
+
+    def _send_share(self, gen: "Generation"):
+        msgs = self._share_messages(gen)
+        # Each attempt re-sends the whole share; the daemon counts a (rank, seq) once.
+        return self._call("Ingest", self._stub.Ingest, lambda: iter(msgs))
+
+
+class Generation:
+    """One rank's share of one generation: send() rows, then finish() (the with-block does)."""
+
+    def __init__(self, mon: Monitor, k: int, corpus_size: Optional[int]):
+        if k < 0:
+            raise invalid(f"generation must be >= 0, got {k}")
+        self.mon = mon
+        self.k = k
+        self.corpus_size = corpus_size
+        self.m: Optional[int] = None
+        self.kind: Optional[str] = None
+        self.params: Optional[SketchParams] = None
+        self.rows_seen = 0
+        self.energy_sum = 0.0
+        self.max_energy = 0.0
+        self.rho_violations = 0
+        self._sketch: Optional[BottomK] = None
+        self._all_rows: list[np.ndarray] = []
+        self._all_ids: list[np.ndarray] = []
+        self.finished = False
+        self.response = None
+        self._report: Optional[GenerationReport] = None
+        self._dtype_guess: Optional[str] = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and not self.finished:
+            self.finish()
+        return False
+
+    def send(self, embeddings: Any, sample_ids: Optional[Iterable[int] | np.ndarray] = None) -> None:
+        """Adds [rows, m] embeddings (torch or numpy; fp32/fp16/bf16/fp64) to this rank's share."""
+        if self.finished:
+            raise RuntimeError("generation already finished")
+        arr, kind = to_wire(embeddings)
+        rows, m = arr.shape
+        if self.m is None:
+            self.m, self.kind = m, kind
+            self.params = self.mon._sketch_params(m)
+            self._sketch = BottomK(self.params.n_a, self.params.seed)
+        else:
+            if m != self.m:
+                raise invalid(f"dimension {m} differs from this generation's m = {self.m}")
+            if kind != self.kind:
+                raise invalid(f"dtype {kind} differs from this generation's dtype {self.kind}")
+        if sample_ids is None:
+            base = self.rows_seen + (self.mon.rank << 40)
+            ids = np.arange(base, base + rows, dtype=np.uint64)
+        else:
+            try:
+                ids = as_ids(sample_ids)
+            except (ValueError, TypeError, OverflowError) as e:
+                raise invalid(str(e)) from None
+            if ids.size != rows:
+                raise invalid(f"{ids.size} sample ids for {rows} rows")
+        if rows == 0:
+            return
+        vals = to_float(arr, kind)
+        if not np.isfinite(vals).all():
+            bad = int(np.flatnonzero(~np.isfinite(vals).all(axis=1))[0])
+            raise invalid(f"row {bad} holds NaN or Inf")
+        e = row_energies(vals, self.params.preprocessing)
+        self.energy_sum += float(e.sum())
+        self.max_energy = max(self.max_energy, float(e.max()))
+        limit = self.params.rho * (L2_RHO_SLACK if self.params.preprocessing == "l2" else 1.0)
+        self.rho_violations += int((e > limit).sum())
+        self.rows_seen += rows
+        if self.mon.presketch:
+            self._sketch.add(arr, ids)
+        else:
+            self._all_rows.append(arr)
+            self._all_ids.append(ids)
+
+    @property
+    def presketched(self) -> bool:
+        """True when the local sketch dropped rows (then EndOfShare carries the energies)."""
+        if not self.mon.presketch or self._sketch is None:
+            return False
+        return len(self._sketch) < self.rows_seen
+
+    def _rows_to_send(self):
+        if self.mon.presketch:
+            if self._sketch is None or self._sketch.rows is None:
+                return None, None
+            return self._sketch.rows, self._sketch.ids
+        if not self._all_rows:
+            return None, None
+        return np.concatenate(self._all_rows), np.concatenate(self._all_ids)
+
+    def finish(self) -> Optional[GenerationReport]:
+        """Sends this rank's share (retried on UNAVAILABLE/DEADLINE_EXCEEDED). Returns the
+        report when this rank's EndOfShare sealed the snapshot, else None."""
+        if self.finished:
+            return self._report
+        if self.m is None:
+            # No send() at all: the dtype of the other ranks is unknown and the daemon wants
+            # the same one from every rank. Try each (sending an empty [0, m] array of the
+            # right dtype avoids this).
+            for kind in ("fp32", "bf16", "fp16", "fp64"):
+                self.m, self.kind, self._dtype_guess = None, None, kind
+                try:
+                    resp = self.mon._send_share(self)
+                    break
+                except SigmaError as e:
+                    if e.code != grpc.StatusCode.INVALID_ARGUMENT or "dtype" not in e.details \
+                            or kind == "fp64":
+                        raise
+        else:
+            resp = self.mon._send_share(self)
+        self.finished = True
+        self.response = resp
+        if resp.sealed and resp.HasField("report"):
+            self._report = report_from_proto(resp.report)
+        return self._report
+
+    @property
+    def sealed(self) -> bool:
+        return self._report is not None
+
+    @property
+    def report(self) -> Optional[GenerationReport]:
+        """The sealed report: the one this rank's share sealed, else looked up in the
+        daemon's history; None while other ranks are still missing."""
+        if self._report is None and self.finished:
+            self._report = self.mon.get_report(self.k)
+        return self._report
+
+    def wait(self, timeout: float = 60.0, poll: float = 0.05) -> GenerationReport:
+        """Blocks until the snapshot has sealed (all ranks finished, or closed) and returns it."""
+        if not self.finished:
+            self.finish()
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.report
+            if r is not None:
+                return r
+            if time.monotonic() > deadline:
+                raise SigmaError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 f"generation {self.k} of {self.mon.job}/{self.mon.tap} did not "
+                                 f"seal within {timeout} s", rpc="GetHistory", target=self.mon.target)
+            time.sleep(poll)
+            poll = min(poll * 1.5, 1.0)
+
+    def seal(self) -> GenerationReport:
+        """Explicit close: seals the generation with whatever ranks have sent."""
+        if not self.finished:
+            self.finish()
+        self._report = self.mon.close_generation(self.k)
+        return self._report

@@ -1,0 +1,141 @@
+"""The per-generation table and the drift plot (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+from .report import GenerationReport, Thresholds
+
+DEFAULT_THRESHOLDS = {"drift_warning": 0.1, "drift_critical": 0.5,
+                      "divergence_warning": 0.1, "track1_stable": 0.01}
+
+
+def effective_thresholds(th: Optional[Thresholds | Mapping[str, float]]) -> dict[str, float]:
+    out = dict(DEFAULT_THRESHOLDS)
+    if th is None:
+        return out
+    items = th.items() if isinstance(th, Mapping) else vars(th).items()
+    for k, v in items:
+        if v is not None and k in out:
+            out[k] = float(v)
+    return out
+
+
+def _alerts(r: GenerationReport, with_info: bool = False) -> str:
+    a = [f"{x.rule}({x.severity})" for x in r.alerts if with_info or x.severity != "info"]
+    return ", ".join(a) if a else "-"
+
+
+def _gens(v: Optional[float]) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:.1f}"
+
+
+def format_table(series: Mapping[str, Sequence[GenerationReport]], with_info: bool = False) -> str:
+    """One line per generation per series (a series is one job/tap), per-dimension values
+    and the alerts that fired. Info-level alerts (e.g. low_confidence) only with with_info."""
+    head = (f"{'job/tap':<24} {'gen':>3} {'n':>9} {'n_A':>6} {'T1 drift/m':>11} "
+            f"{'T2 drift/m':>11} {'+-95%/m':>8} {'diverg/m':>9} {'to-crit':>7} {'flags':<5} alerts")
+    lines = [head, "-" * len(head)]
+    for name, reports in series.items():
+        for r in sorted(reports, key=lambda r: r.generation):
+            pd = r.per_dim
+            flags = ""
+            if r.flags.cholesky_failed:
+                flags += "F"
+            if r.flags.rho_violated:
+                flags += "R"
+            if r.flags.low_confidence:
+                flags += "L"
+            if r.flags.closed_explicitly:
+                flags += "C"
+            base = "*" if (r.generation == r.baseline_generation and not r.baseline_job) else " "
+            lines.append(
+                f"{name[:24]:<24} {r.generation:>3}{base}{r.n:>9.0f} {r.n_a:>6d} "
+                f"{pd.track1_drift:>+11.4f} {pd.track2_drift:>+11.4f} {pd.drift_halfwidth:>8.4f} "
+                f"{pd.divergence:>+9.4f} {_gens(r.generations_to_critical):>7} {flags or '-':<5} "
+                f"{_alerts(r, with_info)}")
+            if r.flags.cholesky_failed:
+                lines.append(f"{'':<24}     failed: {r.flags.failure_reason}")
+    lines.append("(per dimension = value / m; * = baseline generation; to-crit = forecast generations "
+                 "until the critical threshold;\n flags: F failed Cholesky, R rho violated (Track I "
+                 "invalid), L low confidence (n_A < 16 m), C closed explicitly)")
+    return "\n".join(lines)
+
+
+def plot_reports(series: Mapping[str, Sequence[GenerationReport]], out: str,
+                 thresholds: Optional[Mapping[str, Mapping[str, float]]] = None,
+                 title: Optional[str] = None) -> str:
+    """Draws, per series side by side, Track I and Track II drift per dimension with the
+    95 % band of the drift, the two-sided thresholds and alert markers (top), and the
+    divergence with its early-warning threshold (bottom). Writes `out` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    names = list(series) or ["(no data)"]
+    ncol = len(names)
+    fig, axes = plt.subplots(2, ncol, figsize=(5.2 * ncol + 0.6, 7.5), squeeze=False,
+                             sharey="row", gridspec_kw={"height_ratios": [3, 2]})
+    for c, name in enumerate(names):
+        reports = sorted(series.get(name, []), key=lambda r: r.generation)
+        th = effective_thresholds((thresholds or {}).get(name))
+        ax, axd = axes[0][c], axes[1][c]
+        g = [r.generation for r in reports]
+        t1 = [r.per_dim.track1_drift for r in reports]
+        t2 = [r.per_dim.track2_drift for r in reports]
+        hw = [r.per_dim.drift_halfwidth for r in reports]
+        dv = [r.per_dim.divergence for r in reports]
+        for sign in (1, -1):
+            ax.axhline(sign * th["drift_warning"], color="orange", ls="--", lw=1,
+                       label="warning ±%.2g/dim" % th["drift_warning"] if sign > 0 else None)
+            ax.axhline(sign * th["drift_critical"], color="red", ls="--", lw=1,
+                       label="critical ±%.2g/dim" % th["drift_critical"] if sign > 0 else None)
+            axd.axhline(sign * th["divergence_warning"], color="orange", ls="--", lw=1,
+                        label="early warning ±%.2g/dim" % th["divergence_warning"] if sign > 0 else None)
+        ax.axhline(0, color="black", lw=0.6)
+        axd.axhline(0, color="black", lw=0.6)
+        if reports:
+            ax.fill_between(g, [a - b for a, b in zip(t2, hw)], [a + b for a, b in zip(t2, hw)],
+                            color="tab:blue", alpha=0.2, label="Track II 95 % band")
+            ax.plot(g, t2, "o-", color="tab:blue", label="Track II drift (estimate)")
+            ax.plot(g, t1, "s-", color="tab:gray", label="Track I drift (envelope)")
+            axd.plot(g, dv, "o-", color="tab:purple", label="divergence = T1 - T2 drift")
+            first = {"critical": True, "warning": True}
+            for r, y, yd in zip(reports, t2, dv):
+                for level, color, marker in (("critical", "red", "X"), ("warning", "orange", "^")):
+                    drift_rules = {a.rule for a in r.alerts if a.severity == level and
+                                   a.rule.startswith("collapse_")}
+                    if drift_rules:
+                        ax.plot([r.generation], [y], marker=marker, color=color, ms=12, ls="none",
+                                label=f"{level} alert" if first[level] else None)
+                        first[level] = False
+                        break
+                if any(a.rule == "early_warning_divergence" for a in r.alerts):
+                    axd.plot([r.generation], [yd], marker="^", color="orange", ms=11, ls="none",
+                             label="early-warning alert" if first.pop("early", True) else None)
+                    first["early"] = False
+                if r.flags.cholesky_failed:
+                    ax.annotate("failed", (r.generation, y), color="red", fontsize=8)
+            lo = min(min(t1), min(a - b for a, b in zip(t2, hw)), -th["drift_critical"])
+            hi = max(max(t1), max(a + b for a, b in zip(t2, hw)), th["drift_critical"])
+            pad = 0.08 * (hi - lo if math.isfinite(hi - lo) and hi > lo else 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+            m = reports[-1].m
+            ax.set_title(f"{name}  (m = {m}, n_A = {reports[-1].n_a})", fontsize=10)
+        else:
+            ax.set_title(f"{name}  (no sealed generations)", fontsize=10)
+        ax.set_ylabel("drift per dimension (nats / m)")
+        axd.set_ylabel("divergence per dimension")
+        axd.set_xlabel("generation")
+        ax.grid(alpha=0.3)
+        axd.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        axd.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title or "SIGMA: log-det drift against the baseline generation", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

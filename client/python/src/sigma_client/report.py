@@ -1,0 +1,160 @@
+"""Plain dataclasses for the daemon's messages (GenerationReport, JobInfo, ...)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Alert:
+    rule: str       # collapse_contraction, collapse_expansion, early_warning_divergence, track1_invalid_rho, low_confidence
+    severity: str   # info, warning, critical
+
+
+@dataclass(frozen=True)
+class ReportFlags:
+    rho_violated: bool = False
+    n_a_below_m: bool = False
+    low_confidence: bool = False
+    cholesky_failed: bool = False
+    failure_reason: str = ""
+    rho_violations: int = 0
+    max_energy: float = 0.0
+    mean_energy: float = 0.0
+    closed_explicitly: bool = False
+
+
+@dataclass(frozen=True)
+class PerDimension:
+    track1_drift: float = 0.0
+    track2_drift: float = 0.0
+    divergence: float = 0.0
+    drift_halfwidth: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """One sealed snapshot (job, tap, generation): spec §3's tracks, drift and alerts."""
+    job: str = ""
+    tap: str = ""
+    generation: int = 0
+    m: int = 0
+    n: float = 0.0
+    n_a: int = 0
+    backend: str = ""
+    track1_lower: float = 0.0
+    track1_upper: float = 0.0
+    track2: float = 0.0
+    track2_raw: float = 0.0
+    track2_bias: float = 0.0
+    track2_ci_halfwidth: float = 0.0
+    track1_drift: float = 0.0
+    track2_drift: float = 0.0
+    divergence: float = 0.0
+    drift_halfwidth: float = 0.0
+    per_dim: PerDimension = field(default_factory=PerDimension)
+    baseline_generation: int = 0
+    baseline_job: str = ""
+    flags: ReportFlags = field(default_factory=ReportFlags)
+    alerts: tuple[Alert, ...] = ()
+    generations_to_critical: Optional[float] = None
+    compute_seconds: float = 0.0
+    sealed_unix_ms: int = 0
+    world_size: int = 0
+    ranks_finished: int = 0
+
+    @property
+    def track2_ci(self) -> tuple[float, float]:
+        return (self.track2 - self.track2_ci_halfwidth, self.track2 + self.track2_ci_halfwidth)
+
+    @property
+    def failed(self) -> bool:
+        return self.flags.cholesky_failed
+
+    @property
+    def drift_significant(self) -> bool:
+        return abs(self.track2_drift) > self.drift_halfwidth
+
+    def alert_names(self) -> list[str]:
+        return [f"{a.rule}:{a.severity}" for a in self.alerts]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    drift_warning: Optional[float] = None
+    drift_critical: Optional[float] = None
+    divergence_warning: Optional[float] = None
+    track1_stable: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    n_a: Optional[int] = None
+    delta: Optional[float] = None
+    rho: Optional[float] = None
+    preprocessing: str = ""       # "l2", "none" or "" (unspecified)
+    seed: Optional[int] = None
+    baseline_generation: Optional[int] = None
+    baseline_job: str = ""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job: str
+    config: JobConfig
+    taps: tuple[str, ...]
+    generations_sealed: int
+    last_generation: int
+    m: int
+
+
+# ---------------------------------------------------------------- conversion
+
+_PREP_NAMES = {0: "", 1: "l2", 2: "none"}
+
+
+def _opt(msg, name):
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def report_from_proto(msg) -> GenerationReport:
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(GenerationReport):
+        name = f.name
+        if name == "per_dim":
+            kw[name] = PerDimension(**{g.name: getattr(msg.per_dim, g.name)
+                                       for g in dataclasses.fields(PerDimension)})
+        elif name == "flags":
+            kw[name] = ReportFlags(**{g.name: getattr(msg.flags, g.name)
+                                      for g in dataclasses.fields(ReportFlags)})
+        elif name == "alerts":
+            kw[name] = tuple(Alert(rule=a.rule, severity=a.severity) for a in msg.alerts)
+        elif name == "generations_to_critical":
+            kw[name] = _opt(msg, name)
+        else:
+            kw[name] = getattr(msg, name)
+    return GenerationReport(**kw)
+
+
+def config_from_proto(msg) -> JobConfig:
+    th = msg.thresholds
+    return JobConfig(
+        n_a=_opt(msg, "n_a"), delta=_opt(msg, "delta"), rho=_opt(msg, "rho"),
+        preprocessing=_PREP_NAMES.get(msg.preprocessing, str(msg.preprocessing)),
+        seed=_opt(msg, "seed"), baseline_generation=_opt(msg, "baseline_generation"),
+        baseline_job=msg.baseline_job,
+        thresholds=Thresholds(drift_warning=_opt(th, "drift_warning"),
+                              drift_critical=_opt(th, "drift_critical"),
+                              divergence_warning=_opt(th, "divergence_warning"),
+                              track1_stable=_opt(th, "track1_stable")))
+
+
+def job_info_from_proto(msg) -> JobInfo:
+    return JobInfo(job=msg.job, config=config_from_proto(msg.config), taps=tuple(msg.taps),
+                   generations_sealed=msg.generations_sealed, last_generation=msg.last_generation,
+                   m=msg.m)

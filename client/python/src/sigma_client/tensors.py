@@ -1,0 +1,73 @@
+"""Turns a [rows, m] torch tensor or numpy array into the wire layout without
+changing its precision: fp32, fp16 and fp64 as they are, bf16 as its 16-bit
+patterns (no fp32 round trip). Internally a bf16 block is a uint16 array."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from .errors import invalid
+
+FP32, FP16, BF16, FP64 = "fp32", "fp16", "bf16", "fp64"
+DTYPE_ENUM = {FP32: 1, FP16: 2, BF16: 3, FP64: 4}
+_NP = {FP32: np.dtype("<f4"), FP16: np.dtype("<f2"), BF16: np.dtype("<u2"), FP64: np.dtype("<f8")}
+
+
+def _from_torch(x: Any):
+    import torch
+
+    t = x.detach()
+    if t.dtype == torch.bfloat16:
+        a = t.contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
+        return a, BF16
+    kinds = {torch.float32: FP32, torch.float16: FP16, torch.float64: FP64}
+    if t.dtype not in kinds:
+        raise invalid(f"unsupported tensor dtype {t.dtype} (fp32, fp16, bf16 or fp64)")
+    return t.contiguous().cpu().numpy(), kinds[t.dtype]
+
+
+def to_wire(x: Any) -> tuple[np.ndarray, str]:
+    """(C-contiguous little-endian array, dtype name); a bf16 array is uint16."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        arr, kind = _from_torch(x)
+    else:
+        arr = np.asarray(x)
+        name = arr.dtype.name
+        if name == "bfloat16":  # ml_dtypes.bfloat16
+            arr, kind = arr.view(np.uint16), BF16
+        elif arr.dtype.kind == "f" and arr.dtype.itemsize == 4:
+            kind = FP32
+        elif arr.dtype.kind == "f" and arr.dtype.itemsize == 2:
+            kind = FP16
+        elif arr.dtype.kind == "f" and arr.dtype.itemsize == 8:
+            kind = FP64
+        else:
+            raise invalid(f"unsupported array dtype {arr.dtype} (float32, float16, float64 "
+                          "or ml_dtypes.bfloat16)")
+    if arr.ndim != 2:
+        raise invalid(f"embeddings must be [rows, m], got shape {tuple(arr.shape)}")
+    if arr.shape[1] < 1:
+        raise invalid("embedding dimension m must be >= 1")
+    arr = np.ascontiguousarray(arr, dtype=_NP[kind])
+    return arr, kind
+
+
+def to_float(arr: np.ndarray, kind: str) -> np.ndarray:
+    """The values as float32/float64 (exact for every wire dtype)."""
+    if kind == BF16:
+        return (arr.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    if kind == FP16:
+        return arr.astype(np.float32)
+    return arr
+
+
+def row_energies(values: np.ndarray, preprocessing: str) -> np.ndarray:
+    """||x_j||^2 after preprocessing: l2 -> 1 for every nonzero row (0 for a zero row); none -> raw."""
+    v = values.astype(np.float64, copy=False)
+    sq = np.einsum("ij,ij->i", v, v)
+    if preprocessing == "l2":
+        return (sq > 0).astype(np.float64)
+    return sq
