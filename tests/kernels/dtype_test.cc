@@ -1,4 +1,5 @@
 #include "sigma/kernels/dtype.h"
+#include "sigma/kernels/preprocess.h"
 
 #include <gtest/gtest.h>
 
@@ -6,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <vector>
 
 namespace sigma {
@@ -107,6 +109,46 @@ TEST(DTypeTest, ParseNames) {
   EXPECT_EQ(ParseDType("float16"), DType::kFloat16);
   EXPECT_FALSE(ParseDType("int8").has_value());
   EXPECT_EQ(DTypeName(DType::kFloat32), "fp32");
+}
+
+}  // namespace
+}  // namespace sigma
+
+namespace sigma {
+namespace {
+
+// A unit row is never a rho violation, whatever m (rounding of its recomputed
+// energy grows with m).
+TEST(PreprocessTest, L2RowsHaveUnitEnergyAtAnyDimension) {
+  std::mt19937_64 rng(8);
+  std::normal_distribution<float> normal;
+  for (int64_t m : {8, 256, 4096}) {
+    std::vector<double> rows(16 * m);
+    for (double& v : rows) v = normal(rng);
+    rows[0] = 0;  // keep one row entirely zero
+    for (int64_t c = 0; c < m; ++c) rows[c] = 0;
+    EnergyStats stats;
+    PreprocessRows(Preprocessing::kL2, 1.0, rows.data(), 16, m, &stats);
+    EXPECT_EQ(stats.rho_violations, 0) << m;
+    EXPECT_EQ(stats.max_energy, 1.0);
+    EXPECT_EQ(stats.sum_energy, 15.0);  // the zero row stays zero
+    double energy = 0;
+    for (int64_t c = 0; c < m; ++c) energy += rows[m + c] * rows[m + c];
+    EXPECT_NEAR(energy, 1.0, 1e-12);
+    EnergyStats strict;
+    PreprocessRows(Preprocessing::kL2, 0.5, rows.data(), 16, m, &strict);
+    EXPECT_EQ(strict.rho_violations, 15);
+  }
+}
+
+TEST(PreprocessTest, NoneKeepsRawEnergies) {
+  std::vector<double> rows = {3, 4, 0.6, 0.8};
+  EnergyStats stats;
+  PreprocessRows(Preprocessing::kNone, 2.0, rows.data(), 2, 2, &stats);
+  EXPECT_EQ(rows[0], 3);
+  EXPECT_EQ(stats.max_energy, 25);
+  EXPECT_EQ(stats.rho_violations, 1);
+  EXPECT_NEAR(stats.mean_energy(), 13.0, 1e-12);
 }
 
 }  // namespace

@@ -31,9 +31,8 @@ struct EnergyStats {
 
 // Applies `p` in place to rows [num_rows, m] float64 (host memory) and adds each
 // row's energy after preprocessing to `stats` (may be null), counting rows with
-// energy > rho as violations. l2 rows have energy 1 up to rounding; the
-// violation test allows 8 ulps of slack above rho for them (a unit row is never
-// a violation of rho = 1).
+// energy > rho as violations. A nonzero l2 row counts as energy exactly 1 (its
+// recomputed sum of squares is 1 only up to ~m ulps; spec §2).
 void PreprocessRows(Preprocessing p, double rho, double* rows, int64_t num_rows,
                     int64_t m, EnergyStats* stats);
 
