@@ -47,7 +47,9 @@ struct CudaBackendOptions {
 int DeviceCount();
 
 // A backend bound to device `ordinal`, with its context (stream, cuBLAS and
-// cuSOLVER handles, workspace, pinned staging) created here once.
+// cuSOLVER handles, events, small pinned buffer) created here once; the device
+// workspace and the pinned upload slots belong to the context too and grow on
+// first use to the largest call seen (never per request, never shrunk).
 // UNAVAILABLE without a device; RESOURCE_EXHAUSTED when the context cannot be
 // allocated.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int ordinal);

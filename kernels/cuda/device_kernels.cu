@@ -111,39 +111,75 @@ template <> struct Elem<3> {
   static __device__ __forceinline__ double Load(const T* p, int64_t i) { return p[i]; }
 };
 
-// One warp per row: energy of the raw row, then (l2) scale and energy again.
+// Compensated (error-free transformation) accumulation of squares: each
+// lane keeps a sum and a correction; v*v is split exactly with an FMA, so a
+// row's energy has ~1 ulp of error whatever m is (it decides the l2 scale and,
+// for raw rows, the rho test). __dadd_rn/__dmul_rn keep nvcc from contracting
+// the transformation into FMAs.
+struct CompensatedSum {
+  double s = 0.0, c = 0.0;
+  __device__ __forceinline__ void Add(double x) {
+    const double t = __dadd_rn(s, x);
+    if (!isfinite(t)) {  // overflow: the error terms would turn Inf into NaN
+      s = t;
+      return;
+    }
+    const double bp = __dsub_rn(t, s);
+    const double err = __dadd_rn(__dsub_rn(s, __dsub_rn(t, bp)), __dsub_rn(x, bp));
+    s = t;
+    c = __dadd_rn(c, err);
+  }
+  __device__ __forceinline__ void AddSquare(double v) {
+    const double p = __dmul_rn(v, v);
+    const double pe = isfinite(p) ? fma(v, v, -p) : 0.0;  // exact: v*v = p + pe
+    Add(p);
+    c = __dadd_rn(c, pe);
+  }
+  // Warp-wide merge (fixed butterfly order); every lane gets the total.
+  __device__ __forceinline__ double WarpTotal() {
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      const double os = __shfl_xor_sync(0xffffffffu, s, offset);
+      const double oc = __shfl_xor_sync(0xffffffffu, c, offset);
+      c = __dadd_rn(c, oc);
+      Add(os);
+    }
+    return __dadd_rn(s, c);
+  }
+};
+
+// Records the smallest linear index of a non-finite element as its bitwise
+// complement (atomicMax of ~index: 0 means none).
+__device__ __forceinline__ void NoteNonFinite(unsigned long long* first_bad, unsigned long long index) {
+  atomicMax(first_bad, ~index);
+}
+
+// One warp per row: one read of the raw row for its energy (and a finiteness
+// check), then (l2) a second, cached read to scale and store.
 template <int kDType>
 __global__ void ConvertRowsKernel(const typename Elem<kDType>::T* __restrict__ raw, int64_t num_rows,
                                   int64_t m, bool l2, double* __restrict__ x,
-                                  double* __restrict__ row_energy) {
+                                  double* __restrict__ row_energy, int64_t first_row,
+                                  unsigned long long* first_bad) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= num_rows) return;  // whole warp leaves together
   const typename Elem<kDType>::T* in = raw + row * m;
   double* out = x + row * m;
-  double energy = 0.0;
-  if (!l2) {
-    for (int64_t c = lane; c < m; c += kWarp) {
-      const double v = Elem<kDType>::Load(in, c);
-      out[c] = v;
-      energy = __dadd_rn(energy, __dmul_rn(v, v));
-    }
-    energy = WarpSum(energy);
-  } else {
-    for (int64_t c = lane; c < m; c += kWarp) {
-      const double v = Elem<kDType>::Load(in, c);
-      energy = __dadd_rn(energy, __dmul_rn(v, v));
-    }
-    energy = WarpSum(energy);
+  const unsigned long long base = static_cast<unsigned long long>(first_row + row) * static_cast<unsigned long long>(m);
+  CompensatedSum acc;
+  for (int64_t c = lane; c < m; c += kWarp) {
+    const double v = Elem<kDType>::Load(in, c);
+    if (!isfinite(v)) NoteNonFinite(first_bad, base + static_cast<unsigned long long>(c));
+    if (!l2) out[c] = v;
+    acc.AddSquare(v);
+  }
+  double energy = acc.WarpTotal();
+  if (l2) {
     if (energy > 0.0) {
       const double inv = 1.0 / sqrt(energy);  // as preprocess.cc
-      double scaled_energy = 0.0;
-      for (int64_t c = lane; c < m; c += kWarp) {
-        const double v = __dmul_rn(Elem<kDType>::Load(in, c), inv);
-        out[c] = v;
-        scaled_energy = __dadd_rn(scaled_energy, __dmul_rn(v, v));
-      }
-      energy = WarpSum(scaled_energy);
+      for (int64_t c = lane; c < m; c += kWarp) out[c] = __dmul_rn(Elem<kDType>::Load(in, c), inv);
+      // A normalised row has unit energy by definition (spec §2; preprocess.cc).
+      energy = 1.0;
     } else {
       for (int64_t c = lane; c < m; c += kWarp) out[c] = 0.0;
     }
@@ -306,25 +342,26 @@ unsigned int GridFor(int64_t work, int threads) {
 }  // namespace
 
 cudaError_t LaunchConvertRows(int dtype, const void* raw, int64_t num_rows, int64_t m, bool l2,
-                              double* x, double* row_energy, cudaStream_t stream) {
+                              double* x, double* row_energy, int64_t first_row,
+                              unsigned long long* first_bad, cudaStream_t stream) {
   if (num_rows <= 0) return cudaSuccess;
   const int64_t blocks = (num_rows + kRowsPerBlock - 1) / kRowsPerBlock;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned int>(blocks)), block(kRowsPerBlock * kWarp);
   switch (dtype) {
     case 0:
-      ConvertRowsKernel<0><<<grid, block, 0, stream>>>(static_cast<const float*>(raw), num_rows, m, l2, x, row_energy);
+      ConvertRowsKernel<0><<<grid, block, 0, stream>>>(static_cast<const float*>(raw), num_rows, m, l2, x, row_energy, first_row, first_bad);
       break;
     case 1:
       ConvertRowsKernel<1><<<grid, block, 0, stream>>>(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
-                                                       row_energy);
+                                                       row_energy, first_row, first_bad);
       break;
     case 2:
       ConvertRowsKernel<2><<<grid, block, 0, stream>>>(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
-                                                       row_energy);
+                                                       row_energy, first_row, first_bad);
       break;
     case 3:
-      ConvertRowsKernel<3><<<grid, block, 0, stream>>>(static_cast<const double*>(raw), num_rows, m, l2, x, row_energy);
+      ConvertRowsKernel<3><<<grid, block, 0, stream>>>(static_cast<const double*>(raw), num_rows, m, l2, x, row_energy, first_row, first_bad);
       break;
     default:
       return cudaErrorInvalidValue;

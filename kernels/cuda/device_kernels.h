@@ -45,17 +45,22 @@ struct SnapshotDev {
   double trace_a;
   double trace_a2;
   EnergyDev energy;
+  unsigned long long first_nonfinite;  // ~index of the first NaN/Inf element, 0 if none
   int trtri_info;
   int pad;
 };
 
 // dtype codes: the values of sigma::DType (0 fp32, 1 fp16, 2 bf16, 3 fp64).
 // raw [num_rows, m] of that dtype -> x [num_rows, m] float64, with l2
-// normalisation when `l2` (zero rows stay zero) and row_energy[r] =
-// ||x_r||^2 after preprocessing. One warp per row, one pass over the input
-// (spec §2 preprocessing; same rule as kernels/src/preprocess.cc).
+// normalisation when `l2` (zero rows stay zero) and row_energy[r] = the row's
+// energy after preprocessing, by kernels/src/preprocess.cc's rule: ||x_r||^2
+// for raw rows, exactly 1 for normalised rows (0 for zero rows). One warp per
+// row, one pass over the input (spec §2). Non-finite elements: *first_bad
+// (initialise to 0) becomes max(*first_bad, ~i) for their linear indices
+// i = (first_row + r) * m + c, so ~*first_bad is the first one when non-zero.
 cudaError_t LaunchConvertRows(int dtype, const void* raw, int64_t num_rows, int64_t m, bool l2,
-                              double* x, double* row_energy, cudaStream_t stream);
+                              double* x, double* row_energy, int64_t first_row,
+                              unsigned long long* first_bad, cudaStream_t stream);
 
 // Folds row_energy[0..n) into *acc (which must be initialised, e.g. zeroed):
 // max, sum, count += n, rho_violations += #(energy > limit). Single block.

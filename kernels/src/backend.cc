@@ -7,13 +7,12 @@
 
 namespace sigma {
 
-absl::Status ValidateSealInput(const SealInput& input) {
+absl::Status ValidateSealShape(const SealInput& input) {
   const RowBlock& rows = input.rows;
   if (rows.m <= 0) return absl::InvalidArgumentError(absl::StrFormat("m must be > 0, got %d", rows.m));
   if (rows.num_rows <= 0)
     return absl::InvalidArgumentError("the sub-sample is empty (n_A = 0)");
   if (rows.data == nullptr) return absl::InvalidArgumentError("rows are null");
-  if (absl::Status s = CheckFinite(rows); !s.ok()) return s;
   if (!(input.corpus_size >= static_cast<double>(rows.num_rows)))
     return absl::InvalidArgumentError(absl::StrFormat(
         "corpus size n = %g is smaller than n_A = %d", input.corpus_size, rows.num_rows));
@@ -22,6 +21,11 @@ absl::Status ValidateSealInput(const SealInput& input) {
   if (!(input.rho > 0) || !std::isfinite(input.rho))
     return absl::InvalidArgumentError(absl::StrFormat("rho must be > 0, got %g", input.rho));
   return absl::OkStatus();
+}
+
+absl::Status ValidateSealInput(const SealInput& input) {
+  if (absl::Status s = ValidateSealShape(input); !s.ok()) return s;
+  return CheckFinite(input.rows);
 }
 
 std::vector<ShiftedMatrix> TrackShifts(int64_t n_a, double corpus_size, double delta, double rho) {

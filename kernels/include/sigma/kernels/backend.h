@@ -120,7 +120,11 @@ class Backend {
   SealScratch seal_scratch_;
 };
 
-// Validates a SealInput's shape and parameters (INVALID_ARGUMENT with a message).
+// Validates a SealInput's shape and parameters, O(1) (INVALID_ARGUMENT with a
+// message). Device backends use it and check finiteness on the device.
+absl::Status ValidateSealShape(const SealInput& input);
+
+// ValidateSealShape plus a host scan refusing NaN/Inf (CheckFinite), O(n_A m).
 absl::Status ValidateSealInput(const SealInput& input);
 
 // The three shifts of spec §3 for a snapshot with the given parameters, in the
