@@ -12,6 +12,11 @@
 #include "sigma/kernels/estimator.h"
 
 namespace sigma {
+
+void PrintTo(BackendKind kind, std::ostream* os) {
+  *os << (kind == BackendKind::kCpu ? "cpu" : kind == BackendKind::kCuda ? "cuda" : "auto");
+}
+
 namespace {
 
 using testing::CloseRel;
