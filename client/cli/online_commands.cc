@@ -1,0 +1,744 @@
+// sigmactl online commands: send, report, jobs, configure, health, close.
+#include "online_commands.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "npy.h"
+#include "sigma/client/client.h"
+#include "sigma/client/json.h"
+#include "sigma/kernels/dtype.h"
+
+namespace sigma::cli {
+namespace {
+
+namespace v1 = ::sigma::v1;
+using ::sigma::client::Client;
+using ::sigma::client::ClientOptions;
+
+constexpr char kDefaultTarget[] = "127.0.0.1:50051";
+
+constexpr char kCommonFlagsHelp[] =
+    "common flags:\n"
+    "  --target HOST:PORT    sigmad address; repeat or give a comma list to spread jobs over\n"
+    "                        several daemons by rendezvous hashing of the job name\n"
+    "                        (default: $SIGMA_TARGET, else 127.0.0.1:50051)\n"
+    "  --timeout SECONDS     deadline of each attempt of each RPC (default 120)\n"
+    "  --retries N           retries on UNAVAILABLE / DEADLINE_EXCEEDED, with exponential\n"
+    "                        backoff; a share is re-sent whole, which is safe (default 5)\n"
+    "  --tls                 connect with TLS, checking the server against the system roots\n"
+    "  --tls-ca FILE         ... against this PEM CA bundle instead (implies --tls)\n"
+    "  --tls-cert FILE --tls-key FILE   client certificate and key, PEM (mutual TLS)\n"
+    "  --tls-server-name N   expect this name in the server certificate\n"
+    "  -h, --help            print this help\n"
+    "exit status: 0 ok, 1 error (\"sigmactl: CODE: message\" for RPC errors), 2 usage\n";
+
+constexpr char kConfigFlagsHelp[] =
+    "  --n-a K               sub-sample size n_A (default max(4096, 16 m))\n"
+    "  --delta D             regulariser, > 0 (default 1e-6)\n"
+    "  --rho R               energy budget per embedding, > 0 (default 1)\n"
+    "  --preprocessing P     l2 (default: rows scaled to unit norm) or none\n"
+    "  --seed S              bottom-k sketch seed, unsigned 64-bit (default 0)\n";
+
+constexpr char kSendUsage[] =
+    "usage: sigmactl send FILE.npy [FILE2.npy ...] --job J --generation K [--tap T]\n"
+    "                     [--rank R --world-size W] [--corpus-size N]\n"
+    "                     [--n-a K --delta D --rho R --preprocessing l2|none --seed S]\n"
+    "                     [--batch-rows N] [--presketch] [--close] [--json] [common flags]\n"
+    "Streams the rows of the .npy files (2-D [rows, m], float16/float32/float64, all with\n"
+    "the same m; concatenated in order) as this rank's share of snapshot (job, tap,\n"
+    "generation). Files of different dtypes are sent as float64 (exact). Prints the\n"
+    "report when this rank completed the snapshot, else the ingest counts.\n"
+    "  --job J               job name, [A-Za-z0-9_.:-]{1,128} (required)\n"
+    "  --tap T               tap (layer) name (default \"default\")\n"
+    "  --generation K        generation number, >= 0 (required)\n"
+    "  --rank R              this sender's rank, 0 <= R < W (default 0)\n"
+    "  --world-size W        number of ranks that send shares of this snapshot (default 1)\n"
+    "  --corpus-size N       corpus size n of the snapshot (default: rows streamed)\n"
+    "job configuration, applied by sigmad only when the job is new (see configure):\n"
+    "%s"
+    "  --batch-rows N        rows per Batch message (default: about 1 MiB per message)\n"
+    "  --presketch           keep only the local bottom-n_A rows of the job's sketch (spec §2)\n"
+    "                        and send those with their ids and the energy statistics of all\n"
+    "                        rows: same report, at most n_A rows on the wire\n"
+    "  --close               after sending, seal the snapshot now (CloseGeneration) even if\n"
+    "                        other ranks have not finished, and print its report\n"
+    "  --json                print the GenerationReport as one JSON object, keys = proto\n"
+    "                        field names (or the IngestResponse when not sealed)\n"
+    "%s";
+
+constexpr char kReportUsage[] =
+    "usage: sigmactl report --job J [--tap T] [--json] [common flags]\n"
+    "Prints the history of a job: one row per sealed snapshot (tap, generation).\n"
+    "  --job J               job name (required)\n"
+    "  --tap T               only this tap (default: every tap)\n"
+    "  --json                print the GetHistoryResponse as one JSON object\n"
+    "                        {\"reports\": [GenerationReport, ...]}\n"
+    "%s";
+
+constexpr char kJobsUsage[] =
+    "usage: sigmactl jobs [--json] [common flags]\n"
+    "Lists the jobs of every target with their effective configuration.\n"
+    "  --json                print the ListJobsResponse as one JSON object {\"jobs\": [...]}\n"
+    "%s";
+
+constexpr char kConfigureUsage[] =
+    "usage: sigmactl configure --job J [config flags] [--json] [common flags]\n"
+    "Creates or updates a job's configuration and prints the effective one. Unset flags\n"
+    "leave the setting as it is. Sketch parameters are fixed once a generation sealed.\n"
+    "  --job J               job name (required)\n"
+    "%s"
+    "  --baseline-generation B   pin the baseline generation (default: first sealed)\n"
+    "  --baseline-job J2     compare against job J2's baseline generation\n"
+    "thresholds, per dimension (spec §3):\n"
+    "  --drift-warning X     |track2 drift| / m for warning (default 0.1)\n"
+    "  --drift-critical X    |track2 drift| / m for critical (default 0.5)\n"
+    "  --divergence-warning X  |divergence| / m for the early warning (default 0.1)\n"
+    "  --track1-stable X     |track1 drift| / m below which Track I counts as stable\n"
+    "                        for the early warning (default 0.01)\n"
+    "  --json                print the JobInfo as one JSON object\n"
+    "%s";
+
+constexpr char kHealthUsage[] =
+    "usage: sigmactl health [--service S] [--json] [common flags]\n"
+    "Checks every target with grpc.health.v1.Health/Check; exit 0 when all are SERVING.\n"
+    "  --service S           service name to check (default \"\": the whole server)\n"
+    "  --json                print {\"targets\": [{\"target\": T, \"status\": S}, ...]}\n"
+    "%s";
+
+constexpr char kCloseUsage[] =
+    "usage: sigmactl close --job J [--tap T] --generation K [--json] [common flags]\n"
+    "Seals snapshot (job, tap, generation) now with whatever the ranks sent, and prints its\n"
+    "report (idempotent: an already sealed snapshot prints its stored report).\n"
+    "  --job J               job name (required)\n"
+    "  --tap T               tap (default \"default\")\n"
+    "  --generation K        generation (required)\n"
+    "  --json                print the GenerationReport as one JSON object\n"
+    "%s";
+
+// ---- flag parsing ---------------------------------------------------------
+
+struct FlagSpec {
+  std::string_view name;  // without the leading "--"
+  bool takes_value;
+};
+
+constexpr FlagSpec kCommonFlags[] = {
+    {"target", true},  {"timeout", true},  {"retries", true},  {"tls", false},
+    {"tls-ca", true},  {"tls-cert", true}, {"tls-key", true},  {"tls-server-name", true}};
+
+struct Parsed {
+  std::map<std::string, std::vector<std::string>> flags;
+  std::vector<std::string> positional;
+  bool help = false;
+
+  bool Has(const std::string& name) const { return flags.count(name) > 0; }
+  // The last value given for `name`.
+  std::optional<std::string> Get(const std::string& name) const {
+    auto it = flags.find(name);
+    if (it == flags.end()) return std::nullopt;
+    return it->second.back();
+  }
+};
+
+absl::StatusOr<Parsed> ParseArgs(const Args& args, std::initializer_list<FlagSpec> specs,
+                                 bool allow_positional) {
+  std::map<std::string, bool> known;
+  for (const FlagSpec& s : kCommonFlags) known[std::string(s.name)] = s.takes_value;
+  for (const FlagSpec& s : specs) known[std::string(s.name)] = s.takes_value;
+  Parsed parsed;
+  bool flags_done = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (flags_done || arg.size() < 2 || arg[0] != '-' || arg == "-") {
+      if (!allow_positional)
+        return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+      parsed.positional.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      flags_done = true;
+      continue;
+    }
+    if (arg == "-h" || arg == "--help") {
+      parsed.help = true;
+      continue;
+    }
+    if (arg.rfind("--", 0) != 0)
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "'"));
+    std::string name = arg.substr(2);
+    std::optional<std::string> value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    auto it = known.find(name);
+    if (it == known.end())
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '--", name, "'"));
+    if (it->second) {
+      if (!value) {
+        if (i + 1 >= args.size())
+          return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        value = args[++i];
+      }
+      parsed.flags[name].push_back(*value);
+    } else {
+      if (value) return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
+      parsed.flags[name].push_back("");
+    }
+  }
+  return parsed;
+}
+
+absl::StatusOr<std::optional<int64_t>> GetInt(const Parsed& p, const std::string& name,
+                                              int64_t min_value) {
+  std::optional<std::string> v = p.Get(name);
+  if (!v) return std::optional<int64_t>();
+  int64_t x;
+  if (!absl::SimpleAtoi(*v, &x))
+    return absl::InvalidArgumentError(absl::StrCat("--", name, ": not an integer: '", *v, "'"));
+  if (x < min_value)
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " must be >= ", min_value));
+  return std::optional<int64_t>(x);
+}
+
+absl::StatusOr<std::optional<uint64_t>> GetUint(const Parsed& p, const std::string& name) {
+  std::optional<std::string> v = p.Get(name);
+  if (!v) return std::optional<uint64_t>();
+  uint64_t x;
+  if (!absl::SimpleAtoi(*v, &x))
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, ": not an unsigned integer: '", *v, "'"));
+  return std::optional<uint64_t>(x);
+}
+
+absl::StatusOr<std::optional<double>> GetDouble(const Parsed& p, const std::string& name,
+                                                bool positive) {
+  std::optional<std::string> v = p.Get(name);
+  if (!v) return std::optional<double>();
+  double x;
+  if (!absl::SimpleAtod(*v, &x) || !std::isfinite(x))
+    return absl::InvalidArgumentError(absl::StrCat("--", name, ": not a number: '", *v, "'"));
+  if (positive && !(x > 0))
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " must be > 0"));
+  return std::optional<double>(x);
+}
+
+// Usage error: message and the command's help on `err`, exit 2.
+int UsageError(std::ostream& err, const std::string& usage, const absl::Status& status) {
+  err << "sigmactl: " << status.message() << "\n" << usage;
+  return 2;
+}
+
+// A client that could not be made: bad flags are usage errors (2), an
+// unreadable TLS file is a failure (1).
+int ClientError(std::ostream& err, const std::string& usage, const absl::Status& status) {
+  if (absl::IsInvalidArgument(status)) return UsageError(err, usage, status);
+  err << "sigmactl: " << status.message() << "\n";
+  return 1;
+}
+
+int RpcError(std::ostream& err, const absl::Status& status) {
+  err << "sigmactl: " << absl::StatusCodeToString(status.code()) << ": " << status.message()
+      << "\n";
+  return 1;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> MakeClient(const Parsed& p) {
+  std::vector<std::string> targets;
+  std::vector<std::string> specs;
+  if (p.Has("target")) {
+    specs = p.flags.at("target");
+  } else if (const char* env = std::getenv("SIGMA_TARGET"); env != nullptr && *env != '\0') {
+    specs.push_back(env);
+  } else {
+    specs.push_back(kDefaultTarget);
+  }
+  std::set<std::string> seen;
+  for (const std::string& spec : specs) {
+    for (absl::string_view t : absl::StrSplit(spec, ',', absl::SkipWhitespace())) {
+      std::string target(absl::StripAsciiWhitespace(t));
+      if (seen.insert(target).second) targets.push_back(target);
+    }
+  }
+  if (targets.empty()) return absl::InvalidArgumentError("--target: no address given");
+  ClientOptions options;
+  absl::StatusOr<std::optional<double>> timeout = GetDouble(p, "timeout", true);
+  if (!timeout.ok()) return timeout.status();
+  if (*timeout) options.deadline = absl::Seconds(**timeout);
+  absl::StatusOr<std::optional<int64_t>> retries = GetInt(p, "retries", 0);
+  if (!retries.ok()) return retries.status();
+  if (*retries) options.max_retries = static_cast<int>(**retries);
+  if (p.Has("tls") || p.Has("tls-ca") || p.Has("tls-cert") || p.Has("tls-key")) {
+    client::TlsFiles files;
+    files.ca_file = p.Get("tls-ca").value_or("");
+    files.cert_file = p.Get("tls-cert").value_or("");
+    files.key_file = p.Get("tls-key").value_or("");
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds = client::TlsCredentials(files);
+    if (!creds.ok()) return creds.status();
+    options.credentials = *creds;
+  }
+  options.tls_server_name = p.Get("tls-server-name").value_or("");
+  return Client::Create(std::move(targets), options);
+}
+
+// Fills `config` from the config flags; returns whether any was given.
+absl::StatusOr<bool> ParseJobConfig(const Parsed& p, v1::JobConfig* config) {
+  bool any = false;
+  absl::StatusOr<std::optional<int64_t>> n_a = GetInt(p, "n-a", 1);
+  if (!n_a.ok()) return n_a.status();
+  if (*n_a) config->set_n_a(**n_a), any = true;
+  absl::StatusOr<std::optional<double>> delta = GetDouble(p, "delta", true);
+  if (!delta.ok()) return delta.status();
+  if (*delta) config->set_delta(**delta), any = true;
+  absl::StatusOr<std::optional<double>> rho = GetDouble(p, "rho", true);
+  if (!rho.ok()) return rho.status();
+  if (*rho) config->set_rho(**rho), any = true;
+  if (std::optional<std::string> pre = p.Get("preprocessing")) {
+    if (*pre == "l2") {
+      config->set_preprocessing(v1::PREPROCESSING_L2);
+    } else if (*pre == "none") {
+      config->set_preprocessing(v1::PREPROCESSING_NONE);
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--preprocessing must be l2 or none, got '", *pre, "'"));
+    }
+    any = true;
+  }
+  absl::StatusOr<std::optional<uint64_t>> seed = GetUint(p, "seed");
+  if (!seed.ok()) return seed.status();
+  if (*seed) config->set_seed(**seed), any = true;
+  return any;
+}
+
+// ---- output ---------------------------------------------------------------
+
+int PrintJson(const google::protobuf::Message& message, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<std::string> json = client::MessageToJson(message);
+  if (!json.ok()) {
+    err << "sigmactl: " << json.status().message() << "\n";
+    return 1;
+  }
+  out << *json << "\n";
+  return 0;
+}
+
+std::string PreprocessingText(v1::Preprocessing p) {
+  switch (p) {
+    case v1::PREPROCESSING_L2: return "l2";
+    case v1::PREPROCESSING_NONE: return "none";
+    default: return "default";
+  }
+}
+
+std::string AlertsText(const v1::GenerationReport& r) {
+  std::vector<std::string> parts;
+  for (const v1::Alert& a : r.alerts()) parts.push_back(absl::StrCat(a.rule(), "(", a.severity(), ")"));
+  return parts.empty() ? "-" : absl::StrJoin(parts, ",");
+}
+
+void PrintReport(const v1::GenerationReport& r, std::ostream& out) {
+  out << absl::StrFormat("job %s  tap %s  generation %d  (ranks finished %d of %d)\n", r.job(),
+                         r.tap(), r.generation(), r.ranks_finished(), r.world_size());
+  const double ratio = r.m() > 0 ? static_cast<double>(r.n_a()) / r.m() : 0.0;
+  out << absl::StrFormat("  m %d  n %.0f  n_A %d  (n_A/m %.1f)  backend %s  compute %.4f s\n",
+                         r.m(), r.n(), r.n_a(), ratio, r.backend(), r.compute_seconds());
+  const v1::ReportFlags& f = r.flags();
+  if (f.cholesky_failed()) {
+    out << "  FAILED: " << f.failure_reason() << "\n";
+  } else {
+    out << absl::StrFormat("  track1  [%.6f, %.6f]\n", r.track1_lower(), r.track1_upper());
+    out << absl::StrFormat("  track2  %.6f +- %.6f  (raw %.6f, bias %.6f)\n", r.track2(),
+                           r.track2_ci_halfwidth(), r.track2_raw(), r.track2_bias());
+    std::string baseline = absl::StrCat("generation ", r.baseline_generation());
+    if (!r.baseline_job().empty() && r.baseline_job() != r.job())
+      baseline = absl::StrCat("job ", r.baseline_job(), " ", baseline);
+    out << absl::StrFormat(
+        "  drift vs %s: track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n", baseline,
+        r.track1_drift(), r.track2_drift(), r.drift_halfwidth(), r.divergence());
+    out << absl::StrFormat("  per dim:  track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n",
+                           r.per_dim().track1_drift(), r.per_dim().track2_drift(),
+                           r.per_dim().drift_halfwidth(), r.per_dim().divergence());
+  }
+  std::vector<std::string> flags;
+  if (f.rho_violated())
+    flags.push_back(absl::StrFormat("rho_violated (%d rows, max energy %.6g)", f.rho_violations(),
+                                    f.max_energy()));
+  if (f.n_a_below_m()) flags.push_back("n_a_below_m");
+  if (f.low_confidence()) flags.push_back("low_confidence");
+  if (f.closed_explicitly()) flags.push_back("closed_explicitly");
+  out << "  flags: " << (flags.empty() ? "-" : absl::StrJoin(flags, ", ")) << "\n";
+  out << "  alerts: " << AlertsText(r) << "\n";
+  if (r.has_generations_to_critical()) {
+    out << absl::StrFormat("  forecast: %.1f generations to critical\n",
+                           r.generations_to_critical());
+  }
+}
+
+// ---- .npy loading ---------------------------------------------------------
+
+std::optional<v1::DType> WireDType(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return v1::DTYPE_FP32;
+    case DType::kFloat16: return v1::DTYPE_FP16;
+    case DType::kBFloat16: return v1::DTYPE_BF16;
+    case DType::kFloat64: return v1::DTYPE_FP64;
+  }
+  return std::nullopt;
+}
+
+// Reads the files; converts every array to float64 when their dtypes differ.
+absl::StatusOr<std::vector<NpyArray>> LoadArrays(const std::vector<std::string>& paths) {
+  std::vector<NpyArray> arrays;
+  for (const std::string& path : paths) {
+    absl::StatusOr<NpyArray> a = ReadNpy(path);
+    if (!a.ok()) return a.status();
+    if (!arrays.empty() && a->cols != arrays.front().cols) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("'%s' has m = %d, '%s' has m = %d: every file must have the same m",
+                          path, a->cols, paths.front(), arrays.front().cols));
+    }
+    if (a->cols > std::numeric_limits<int32_t>::max())
+      return absl::InvalidArgumentError(absl::StrCat("'", path, "': m is too large"));
+    arrays.push_back(*std::move(a));
+  }
+  bool mixed = false;
+  for (const NpyArray& a : arrays) mixed |= a.dtype != arrays.front().dtype;
+  if (mixed) {
+    for (NpyArray& a : arrays) {
+      if (a.dtype == DType::kFloat64) continue;
+      std::vector<unsigned char> data(static_cast<size_t>(a.rows * a.cols) * sizeof(double));
+      ConvertToDouble(a.block(), reinterpret_cast<double*>(data.data()));
+      a.data = std::move(data);
+      a.dtype = DType::kFloat64;
+    }
+  }
+  return arrays;
+}
+
+std::string WithCommon(const char* usage) { return absl::StrFormat(usage, kCommonFlagsHelp); }
+
+}  // namespace
+
+int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
+  const std::string usage = absl::StrFormat(kSendUsage, kConfigFlagsHelp, kCommonFlagsHelp);
+  absl::StatusOr<Parsed> p =
+      ParseArgs(args,
+                {{"job", true}, {"tap", true}, {"generation", true}, {"rank", true},
+                 {"world-size", true}, {"corpus-size", true}, {"n-a", true}, {"delta", true},
+                 {"rho", true}, {"preprocessing", true}, {"seed", true}, {"batch-rows", true},
+                 {"presketch", false}, {"close", false}, {"json", false}},
+                /*allow_positional=*/true);
+  if (!p.ok()) return UsageError(err, usage, p.status());
+  if (p->help) {
+    out << usage;
+    return 0;
+  }
+  if (p->positional.empty())
+    return UsageError(err, usage, absl::InvalidArgumentError("no .npy file given"));
+  client::SnapshotId snapshot;
+  client::ShareOptions share;
+  absl::Status status;
+  auto check = [&](const absl::Status& s) {
+    if (status.ok() && !s.ok()) status = s;
+  };
+  if (std::optional<std::string> job = p->Get("job")) snapshot.job = *job;
+  else check(absl::InvalidArgumentError("--job is required"));
+  if (std::optional<std::string> tap = p->Get("tap")) snapshot.tap = *tap;
+  absl::StatusOr<std::optional<int64_t>> generation = GetInt(*p, "generation", 0);
+  check(generation.status());
+  if (generation.ok()) {
+    if (*generation) snapshot.generation = **generation;
+    else check(absl::InvalidArgumentError("--generation is required"));
+  }
+  absl::StatusOr<std::optional<int64_t>> world_size = GetInt(*p, "world-size", 1);
+  check(world_size.status());
+  if (world_size.ok() && *world_size) share.world_size = static_cast<int32_t>(**world_size);
+  absl::StatusOr<std::optional<int64_t>> rank = GetInt(*p, "rank", 0);
+  check(rank.status());
+  if (rank.ok() && *rank) share.rank = static_cast<int32_t>(**rank);
+  if (status.ok() && share.rank >= share.world_size)
+    check(absl::InvalidArgumentError(absl::StrFormat("--rank %d must be < --world-size %d",
+                                                     share.rank, share.world_size)));
+  absl::StatusOr<std::optional<int64_t>> corpus = GetInt(*p, "corpus-size", 1);
+  check(corpus.status());
+  if (corpus.ok() && *corpus) share.corpus_size = **corpus;
+  v1::JobConfig config;
+  absl::StatusOr<bool> any_config = ParseJobConfig(*p, &config);
+  check(any_config.status());
+  if (any_config.ok() && *any_config) share.config = config;
+  absl::StatusOr<std::optional<int64_t>> batch_rows = GetInt(*p, "batch-rows", 1);
+  check(batch_rows.status());
+  if (!status.ok()) return UsageError(err, usage, status);
+
+  absl::StatusOr<std::unique_ptr<Client>> made = MakeClient(*p);
+  if (!made.ok()) return ClientError(err, usage, made.status());
+  absl::StatusOr<std::vector<NpyArray>> arrays = LoadArrays(p->positional);
+  if (!arrays.ok()) {
+    err << "sigmactl: " << arrays.status().message() << "\n";
+    return 1;
+  }
+  const int32_t m = static_cast<int32_t>(arrays->front().cols);
+  const v1::DType dtype = *WireDType(arrays->front().dtype);
+  if (*batch_rows) {
+    // Rebuild the client with the requested chunk size.
+    ClientOptions options = (*made)->options();
+    options.chunk_bytes = static_cast<size_t>(**batch_rows) * m * client::DTypeBytes(dtype);
+    made = Client::Create((*made)->targets(), options);
+    if (!made.ok()) return ClientError(err, usage, made.status());
+  }
+  Client& c = **made;
+  if (p->Has("presketch")) {
+    absl::StatusOr<client::SketchParams> params = c.EffectiveSketchParams(snapshot.job, m, config);
+    if (!params.ok()) return RpcError(err, params.status());
+    share.presketch = *params;
+  }
+  std::vector<client::Embeddings> blocks;
+  for (const NpyArray& a : *arrays) {
+    blocks.push_back(client::Embeddings{a.data.data(), dtype, a.rows, m, {}});
+  }
+  absl::StatusOr<v1::IngestResponse> response = c.SendGeneration(snapshot, blocks, share);
+  if (!response.ok()) return RpcError(err, response.status());
+  const bool json = p->Has("json");
+  if (!response->sealed() && p->Has("close")) {
+    absl::StatusOr<v1::GenerationReport> report = c.CloseGeneration(snapshot);
+    if (!report.ok()) return RpcError(err, report.status());
+    *response->mutable_report() = *report;
+    response->set_sealed(true);
+  }
+  if (response->sealed()) {
+    if (json) return PrintJson(response->report(), out, err);
+    PrintReport(response->report(), out);
+    return 0;
+  }
+  if (json) return PrintJson(*response, out, err);
+  out << absl::StrFormat(
+      "rank %d of %d: %d batches accepted (%d duplicate), %d rows; snapshot %s/%s/%d waits for "
+      "the other ranks (or `sigmactl close`)\n",
+      share.rank, share.world_size, response->batches_accepted(), response->batches_duplicate(),
+      response->rows_accepted(), snapshot.job, snapshot.tap, snapshot.generation);
+  return 0;
+}
+
+int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
+  const std::string usage = WithCommon(kReportUsage);
+  absl::StatusOr<Parsed> p = ParseArgs(args, {{"job", true}, {"tap", true}, {"json", false}}, false);
+  if (!p.ok()) return UsageError(err, usage, p.status());
+  if (p->help) {
+    out << usage;
+    return 0;
+  }
+  std::optional<std::string> job = p->Get("job");
+  if (!job) return UsageError(err, usage, absl::InvalidArgumentError("--job is required"));
+  absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
+  if (!c.ok()) return ClientError(err, usage, c.status());
+  absl::StatusOr<std::vector<v1::GenerationReport>> history =
+      (*c)->GetHistory(*job, p->Get("tap").value_or(""));
+  if (!history.ok()) return RpcError(err, history.status());
+  if (p->Has("json")) {
+    v1::GetHistoryResponse response;
+    for (const auto& r : *history) *response.add_reports() = r;
+    return PrintJson(response, out, err);
+  }
+  if (history->empty()) {
+    out << "job " << *job << ": no sealed generation\n";
+    return 0;
+  }
+  out << absl::StrFormat("%-16s %5s %6s %10s %7s %14s %14s %10s %11s %11s  %s\n", "TAP", "GEN", "M",
+                         "N", "N_A", "TRACK1_UPPER", "TRACK2", "CI_HALF", "DRIFT2/DIM",
+                         "DIVERG/DIM", "ALERTS");
+  for (const v1::GenerationReport& r : *history) {
+    if (r.flags().cholesky_failed()) {
+      out << absl::StrFormat("%-16s %5d %6d %10.0f %7d  FAILED: %s\n", r.tap(), r.generation(),
+                             r.m(), r.n(), r.n_a(), r.flags().failure_reason());
+      continue;
+    }
+    out << absl::StrFormat("%-16s %5d %6d %10.0f %7d %14.6f %14.6f %10.6f %+11.6f %+11.6f  %s\n",
+                           r.tap(), r.generation(), r.m(), r.n(), r.n_a(), r.track1_upper(),
+                           r.track2(), r.track2_ci_halfwidth(), r.per_dim().track2_drift(),
+                           r.per_dim().divergence(), AlertsText(r));
+  }
+  return 0;
+}
+
+int RunJobs(const Args& args, std::ostream& out, std::ostream& err) {
+  const std::string usage = WithCommon(kJobsUsage);
+  absl::StatusOr<Parsed> p = ParseArgs(args, {{"json", false}}, false);
+  if (!p.ok()) return UsageError(err, usage, p.status());
+  if (p->help) {
+    out << usage;
+    return 0;
+  }
+  absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
+  if (!c.ok()) return ClientError(err, usage, c.status());
+  absl::StatusOr<std::vector<v1::JobInfo>> jobs = (*c)->ListJobs();
+  if (!jobs.ok()) return RpcError(err, jobs.status());
+  if (p->Has("json")) {
+    v1::ListJobsResponse response;
+    for (const auto& j : *jobs) *response.add_jobs() = j;
+    return PrintJson(response, out, err);
+  }
+  if (jobs->empty()) {
+    out << "no jobs\n";
+    return 0;
+  }
+  out << absl::StrFormat("%-24s %6s %5s %5s %7s %10s %8s %7s %-9s %s\n", "JOB", "M", "GENS", "LAST",
+                         "N_A", "DELTA", "RHO", "PREPROC", "BASELINE", "TAPS");
+  for (const v1::JobInfo& j : *jobs) {
+    const v1::JobConfig& cfg = j.config();
+    std::string baseline = cfg.has_baseline_generation()
+                               ? absl::StrCat(cfg.baseline_generation())
+                               : std::string("first");
+    if (!cfg.baseline_job().empty()) baseline = absl::StrCat(cfg.baseline_job(), ":", baseline);
+    out << absl::StrFormat("%-24s %6d %5d %5d %7d %10.3g %8.3g %7s %-9s %s\n", j.job(), j.m(),
+                           j.generations_sealed(), j.last_generation(), cfg.n_a(), cfg.delta(),
+                           cfg.rho(), PreprocessingText(cfg.preprocessing()), baseline,
+                           j.taps().empty() ? "-" : absl::StrJoin(j.taps(), ","));
+  }
+  return 0;
+}
+
+int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
+  const std::string usage = absl::StrFormat(kConfigureUsage, kConfigFlagsHelp, kCommonFlagsHelp);
+  absl::StatusOr<Parsed> p = ParseArgs(
+      args,
+      {{"job", true}, {"n-a", true}, {"delta", true}, {"rho", true}, {"preprocessing", true},
+       {"seed", true}, {"baseline-generation", true}, {"baseline-job", true},
+       {"drift-warning", true}, {"drift-critical", true}, {"divergence-warning", true},
+       {"track1-stable", true}, {"json", false}},
+      false);
+  if (!p.ok()) return UsageError(err, usage, p.status());
+  if (p->help) {
+    out << usage;
+    return 0;
+  }
+  std::optional<std::string> job = p->Get("job");
+  if (!job) return UsageError(err, usage, absl::InvalidArgumentError("--job is required"));
+  v1::JobConfig config;
+  absl::StatusOr<bool> any = ParseJobConfig(*p, &config);
+  if (!any.ok()) return UsageError(err, usage, any.status());
+  absl::StatusOr<std::optional<int64_t>> baseline = GetInt(*p, "baseline-generation", 0);
+  if (!baseline.ok()) return UsageError(err, usage, baseline.status());
+  if (*baseline) config.set_baseline_generation(**baseline);
+  if (std::optional<std::string> bj = p->Get("baseline-job")) config.set_baseline_job(*bj);
+  struct ThresholdFlag {
+    const char* name;
+    void (v1::Thresholds::*set)(double);
+  };
+  const ThresholdFlag thresholds[] = {
+      {"drift-warning", &v1::Thresholds::set_drift_warning},
+      {"drift-critical", &v1::Thresholds::set_drift_critical},
+      {"divergence-warning", &v1::Thresholds::set_divergence_warning},
+      {"track1-stable", &v1::Thresholds::set_track1_stable},
+  };
+  for (const ThresholdFlag& t : thresholds) {
+    absl::StatusOr<std::optional<double>> v = GetDouble(*p, t.name, true);
+    if (!v.ok()) return UsageError(err, usage, v.status());
+    if (*v) (config.mutable_thresholds()->*t.set)(**v);
+  }
+  absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
+  if (!c.ok()) return ClientError(err, usage, c.status());
+  absl::StatusOr<v1::JobInfo> info = (*c)->ConfigureJob(*job, config);
+  if (!info.ok()) return RpcError(err, info.status());
+  if (p->Has("json")) return PrintJson(*info, out, err);
+  const v1::JobConfig& cfg = info->config();
+  out << absl::StrFormat("job %s  m %d  generations sealed %d  last %d  taps %s\n", info->job(),
+                         info->m(), info->generations_sealed(), info->last_generation(),
+                         info->taps().empty() ? "-" : absl::StrJoin(info->taps(), ","));
+  out << absl::StrFormat("  n_A %d  delta %g  rho %g  preprocessing %s  seed %d\n", cfg.n_a(),
+                         cfg.delta(), cfg.rho(), PreprocessingText(cfg.preprocessing()),
+                         cfg.seed());
+  out << "  baseline: "
+      << (cfg.baseline_job().empty() ? std::string() : absl::StrCat("job ", cfg.baseline_job(), " "))
+      << (cfg.has_baseline_generation() ? absl::StrCat("generation ", cfg.baseline_generation())
+                                        : std::string("first sealed generation"))
+      << "\n";
+  const v1::Thresholds& th = cfg.thresholds();
+  out << absl::StrFormat(
+      "  thresholds per dim: drift warning %g  critical %g  divergence warning %g  track1 stable "
+      "%g\n",
+      th.drift_warning(), th.drift_critical(), th.divergence_warning(), th.track1_stable());
+  return 0;
+}
+
+int RunHealth(const Args& args, std::ostream& out, std::ostream& err) {
+  const std::string usage = WithCommon(kHealthUsage);
+  absl::StatusOr<Parsed> p = ParseArgs(args, {{"service", true}, {"json", false}}, false);
+  if (!p.ok()) return UsageError(err, usage, p.status());
+  if (p->help) {
+    out << usage;
+    return 0;
+  }
+  absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
+  if (!c.ok()) return ClientError(err, usage, c.status());
+  const std::string service = p->Get("service").value_or("");
+  int rc = 0;
+  nlohmann::json targets = nlohmann::json::array();
+  for (const std::string& target : (*c)->targets()) {
+    absl::StatusOr<client::ServingStatus> s = (*c)->Health(target, service);
+    std::string text;
+    if (s.ok()) {
+      text = std::string(client::ServingStatusName(*s));
+      if (*s != client::ServingStatus::kServing) rc = 1;
+    } else {
+      text = std::string(absl::StatusCodeToString(s.status().code()));
+      err << "sigmactl: " << target << ": " << text << ": " << s.status().message() << "\n";
+      rc = 1;
+    }
+    if (p->Has("json")) {
+      targets.push_back({{"target", target}, {"status", text}});
+    } else {
+      out << target << " " << text << "\n";
+    }
+  }
+  if (p->Has("json")) out << nlohmann::json{{"targets", targets}}.dump() << "\n";
+  return rc;
+}
+
+int RunClose(const Args& args, std::ostream& out, std::ostream& err) {
+  const std::string usage = WithCommon(kCloseUsage);
+  absl::StatusOr<Parsed> p =
+      ParseArgs(args, {{"job", true}, {"tap", true}, {"generation", true}, {"json", false}}, false);
+  if (!p.ok()) return UsageError(err, usage, p.status());
+  if (p->help) {
+    out << usage;
+    return 0;
+  }
+  client::SnapshotId snapshot;
+  std::optional<std::string> job = p->Get("job");
+  if (!job) return UsageError(err, usage, absl::InvalidArgumentError("--job is required"));
+  snapshot.job = *job;
+  if (std::optional<std::string> tap = p->Get("tap")) snapshot.tap = *tap;
+  absl::StatusOr<std::optional<int64_t>> generation = GetInt(*p, "generation", 0);
+  if (!generation.ok()) return UsageError(err, usage, generation.status());
+  if (!*generation)
+    return UsageError(err, usage, absl::InvalidArgumentError("--generation is required"));
+  snapshot.generation = **generation;
+  absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
+  if (!c.ok()) return ClientError(err, usage, c.status());
+  absl::StatusOr<v1::GenerationReport> report = (*c)->CloseGeneration(snapshot);
+  if (!report.ok()) return RpcError(err, report.status());
+  if (p->Has("json")) return PrintJson(*report, out, err);
+  PrintReport(*report, out);
+  return 0;
+}
+
+}  // namespace sigma::cli
