@@ -1,12 +1,19 @@
 // The only place that knows whether the CUDA backend was built.
 #include "sigma/kernels/backend_factory.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #if SIGMA_HAVE_CPU_BLAS
 #include "sigma/kernels/cpu_backend.h"
 #endif
 #if SIGMA_HAVE_CUDA
-#include "cuda_backend.h"  // kernels/cuda/, private to this library
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <mutex>
+#include <vector>
 #endif
 
 namespace sigma {
@@ -20,19 +27,70 @@ std::optional<BackendKind> ParseBackendKind(std::string_view name) {
 
 bool BuiltWithCuda() { return SIGMA_HAVE_CUDA != 0; }
 
-int CudaDeviceCount() {
+namespace {
+
 #if SIGMA_HAVE_CUDA
-  return cuda::DeviceCount();
-#else
-  return 0;
-#endif
+// The CUDA backend lives in a module (libsigma_cuda_backend.so, see
+// kernels/cuda/CMakeLists.txt for why) loaded once, on first use, and never
+// unloaded. Search order: $SIGMA_CUDA_MODULE; next to the executable; ../lib
+// relative to it; the build tree; the dynamic linker's default path.
+struct CudaModule {
+  int (*device_count)() = nullptr;
+  void (*make_backend)(int, absl::StatusOr<std::unique_ptr<Backend>>*) = nullptr;
+  std::string error;  // why it could not be loaded
+};
+
+std::string ExecutableDir() {
+  char path[4096];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  if (n <= 0) return "";
+  std::string exe(path, static_cast<size_t>(n));
+  return exe.substr(0, exe.find_last_of('/'));
 }
 
-namespace {
+const CudaModule& LoadCudaModule() {
+  static CudaModule module;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("SIGMA_CUDA_MODULE"); env != nullptr && *env)
+      candidates.push_back(env);
+    const std::string dir = ExecutableDir();
+    if (!dir.empty()) {
+      candidates.push_back(dir + "/" SIGMA_CUDA_MODULE_NAME);
+      candidates.push_back(dir + "/../lib/" SIGMA_CUDA_MODULE_NAME);
+    }
+    candidates.push_back(SIGMA_CUDA_MODULE_BUILD_PATH);
+    candidates.push_back(SIGMA_CUDA_MODULE_NAME);  // LD_LIBRARY_PATH, ld.so.cache
+    std::string errors;
+    for (const std::string& path : candidates) {
+      if (path.find('/') != std::string::npos && access(path.c_str(), F_OK) != 0) continue;
+      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (handle == nullptr) {
+        absl::StrAppend(&errors, errors.empty() ? "" : "; ", dlerror());
+        continue;
+      }
+      module.device_count = reinterpret_cast<int (*)()>(dlsym(handle, "SigmaCudaDeviceCount"));
+      module.make_backend = reinterpret_cast<void (*)(int, absl::StatusOr<std::unique_ptr<Backend>>*)>(
+          dlsym(handle, "SigmaMakeCudaBackend"));
+      if (module.device_count != nullptr && module.make_backend != nullptr) return;
+      absl::StrAppend(&errors, errors.empty() ? "" : "; ", path, ": entry points missing");
+    }
+    module.error = absl::StrCat("the CUDA backend module " SIGMA_CUDA_MODULE_NAME
+                                " could not be loaded (set SIGMA_CUDA_MODULE): ",
+                                errors.empty() ? "not found" : errors);
+  });
+  return module;
+}
+#endif  // SIGMA_HAVE_CUDA
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeCuda(int ordinal) {
 #if SIGMA_HAVE_CUDA
-  return cuda::MakeCudaBackend(ordinal);
+  const CudaModule& module = LoadCudaModule();
+  if (module.make_backend == nullptr) return absl::UnavailableError(module.error);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = absl::UnavailableError("not created");
+  module.make_backend(ordinal, &backend);
+  return backend;
 #else
   (void)ordinal;
   return absl::UnavailableError("this build has no CUDA backend (SIGMA_WITH_CUDA=OFF or no toolkit)");
@@ -48,6 +106,15 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCpu() {
 }
 
 }  // namespace
+
+int CudaDeviceCount() {
+#if SIGMA_HAVE_CUDA
+  const CudaModule& module = LoadCudaModule();
+  return module.device_count != nullptr ? module.device_count() : 0;
+#else
+  return 0;
+#endif
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options,
                                                      std::string* fallback_reason) {

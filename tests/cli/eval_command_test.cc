@@ -24,8 +24,9 @@ struct RunResult {
   std::string out;  // stdout and stderr together
 };
 
+// Runs `sigmactl eval ARGS`.
 RunResult RunSigmactl(const std::string& args) {
-  const std::string command = std::string(SIGMACTL_PATH) + " " + args + " 2>&1";
+  const std::string command = std::string(SIGMACTL_PATH) + " eval " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   RunResult result{-1, ""};
   if (pipe == nullptr) return result;

@@ -1,0 +1,67 @@
+// sigmad configuration: command-line flags and the YAML file (--config).
+// Flags override the file; the file overrides the built-in defaults.
+#ifndef SIGMA_SERVER_CONFIG_H_
+#define SIGMA_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "sigma/v1/sigma.pb.h"
+
+namespace sigma::server {
+
+struct DaemonOptions {
+  std::string listen = "127.0.0.1:50051";          // gRPC; port 0 picks a free port
+  std::string metrics_listen = "127.0.0.1:9464";   // Prometheus /metrics; port 0 picks one
+  std::string db = "./var/sigma.db";               // SQLite file; parent dir is created
+  std::string backend = "auto";                    // auto | cpu | cuda
+  std::string port_file;                           // JSON {"grpc_port","metrics_port","pid"}
+  std::string tls_cert;                            // PEM certificate chain: gRPC over TLS
+  std::string tls_key;                             // PEM private key (with tls_cert)
+  std::string tls_client_ca;                       // PEM CA: require and verify client certs
+  int64_t max_jobs = 256;                          // cardinality cap on jobs
+  int64_t max_taps_per_job = 64;                   // cardinality cap on taps per job
+  int64_t max_open_snapshots = 256;
+  int64_t max_memory_bytes = int64_t{8} << 30;     // rows held by open snapshots
+  int64_t max_message_bytes = int64_t{64} << 20;   // one Batch's payload
+  int64_t seal_batch_window_ms = 5;                // gather seals for one SealBatch call
+  int64_t max_seal_batch = 64;                     // snapshots per SealBatch call at most
+  int64_t compute_queue_capacity = 1024;           // queued non-seal tasks (ConfigureJob)
+  // Defaults for every job's unset JobConfig fields (YAML `defaults:`).
+  sigma::v1::JobConfig job_defaults;
+  // Per-job configuration applied when the job is created (YAML `jobs:`).
+  std::map<std::string, sigma::v1::JobConfig> job_configs;
+};
+
+// Reads a YAML file into `options` (only the keys present change).
+absl::Status LoadConfigFile(const std::string& path, DaemonOptions* options);
+
+// Parses sigmad's command line (argv[0] skipped). --config is read first, then
+// every other flag overrides it. Returns NOT_FOUND-free errors as
+// INVALID_ARGUMENT; `*help` is set when --help was given.
+absl::StatusOr<DaemonOptions> ParseCommandLine(int argc, char** argv, bool* help);
+
+std::string UsageText();
+
+// Validates the ranges of the options.
+absl::Status ValidateOptions(const DaemonOptions& options);
+
+// Validates a JobConfig's values (INVALID_ARGUMENT naming the field).
+absl::Status ValidateJobConfig(const sigma::v1::JobConfig& config);
+
+// `overlay`'s set fields replace `base`'s.
+sigma::v1::JobConfig MergeJobConfig(const sigma::v1::JobConfig& base,
+                                    const sigma::v1::JobConfig& overlay);
+
+// Fills every unset field with the built-in default (n_a only when m > 0).
+sigma::v1::JobConfig EffectiveJobConfig(const sigma::v1::JobConfig& config, int64_t m);
+
+// Splits "host:port" (host may be [v6]); port must be 0..65535.
+absl::Status SplitHostPort(const std::string& address, std::string* host, int* port);
+
+}  // namespace sigma::server
+
+#endif  // SIGMA_SERVER_CONFIG_H_

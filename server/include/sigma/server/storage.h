@@ -1,0 +1,61 @@
+// The embedded store: SQLite in WAL mode with synchronous=FULL. Tables:
+// schema_version, jobs (current config), configs (every config change),
+// reports (every sealed GenerationReport, serialized, plus indexed columns).
+// Not thread-safe: sigmad uses it from its compute worker only (and from
+// startup before the servers run).
+#ifndef SIGMA_SERVER_STORAGE_H_
+#define SIGMA_SERVER_STORAGE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "sigma/v1/sigma.pb.h"
+
+struct sqlite3;
+
+namespace sigma::server {
+
+inline constexpr int kSchemaVersion = 1;
+
+struct StoredJob {
+  std::string name;
+  sigma::v1::JobConfig config;  // as configured (unset fields = defaults)
+  int32_t m = 0;
+};
+
+class Store {
+ public:
+  // Opens or creates the database at `path` (parent directory created).
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Every job, and every report in the order it was sealed.
+  absl::Status LoadAll(std::vector<StoredJob>* jobs,
+                       std::vector<sigma::v1::GenerationReport>* reports);
+
+  // Upserts jobs (a configs row is appended when the config changed) and
+  // inserts reports, in one transaction; durable when it returns OK.
+  absl::Status Commit(const std::vector<StoredJob>& jobs,
+                      const std::vector<sigma::v1::GenerationReport>& reports);
+
+  int schema_version() const { return schema_version_; }
+
+ private:
+  explicit Store(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const char* sql);
+  absl::Status Init();
+  absl::Status UpsertJob(const StoredJob& job);
+  absl::Status InsertReport(const sigma::v1::GenerationReport& report);
+
+  sqlite3* db_;
+  int schema_version_ = 0;
+};
+
+}  // namespace sigma::server
+
+#endif  // SIGMA_SERVER_STORAGE_H_

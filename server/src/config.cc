@@ -1,0 +1,295 @@
+#include "sigma/server/config.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <string_view>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "sigma/kernels/estimator.h"
+#include "yaml-cpp/yaml.h"
+
+namespace sigma::server {
+namespace {
+
+std::string NormKey(std::string key) { return absl::StrReplaceAll(key, {{"-", "_"}}); }
+
+absl::Status ParseJobConfigYaml(const YAML::Node& node, const std::string& where,
+                                sigma::v1::JobConfig* out) {
+  if (!node.IsMap()) return absl::InvalidArgumentError(where + ": expected a mapping");
+  for (const auto& kv : node) {
+    const std::string key = NormKey(kv.first.as<std::string>());
+    const YAML::Node& v = kv.second;
+    if (key == "n_a") out->set_n_a(v.as<int64_t>());
+    else if (key == "delta") out->set_delta(v.as<double>());
+    else if (key == "rho") out->set_rho(v.as<double>());
+    else if (key == "seed") out->set_seed(v.as<uint64_t>());
+    else if (key == "baseline_generation") out->set_baseline_generation(v.as<int64_t>());
+    else if (key == "baseline_job") out->set_baseline_job(v.as<std::string>());
+    else if (key == "preprocessing") {
+      const std::string p = v.as<std::string>();
+      if (p == "l2") out->set_preprocessing(sigma::v1::PREPROCESSING_L2);
+      else if (p == "none") out->set_preprocessing(sigma::v1::PREPROCESSING_NONE);
+      else return absl::InvalidArgumentError(absl::StrCat(where, ".preprocessing: '", p,
+                                                          "' is not l2 or none"));
+    } else if (key == "thresholds") {
+      if (!v.IsMap()) return absl::InvalidArgumentError(where + ".thresholds: expected a mapping");
+      auto* t = out->mutable_thresholds();
+      for (const auto& tk : v) {
+        const std::string k2 = NormKey(tk.first.as<std::string>());
+        const double d = tk.second.as<double>();
+        if (k2 == "drift_warning") t->set_drift_warning(d);
+        else if (k2 == "drift_critical") t->set_drift_critical(d);
+        else if (k2 == "divergence_warning") t->set_divergence_warning(d);
+        else if (k2 == "track1_stable") t->set_track1_stable(d);
+        else return absl::InvalidArgumentError(absl::StrCat(where, ".thresholds: unknown key '", k2, "'"));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown key '", key, "'"));
+    }
+  }
+  return ValidateJobConfig(*out);
+}
+
+// Applies one scalar option by name; shared by the YAML reader and the flags.
+absl::Status ApplyOption(const std::string& key_in, const std::string& value, DaemonOptions* o) {
+  const std::string key = NormKey(key_in);
+  auto as_int = [&](int64_t* dst) -> absl::Status {
+    if (!absl::SimpleAtoi(value, dst))
+      return absl::InvalidArgumentError(absl::StrCat("--", key_in, ": '", value, "' is not an integer"));
+    return absl::OkStatus();
+  };
+  if (key == "listen") o->listen = value;
+  else if (key == "metrics_listen") o->metrics_listen = value;
+  else if (key == "db") o->db = value;
+  else if (key == "backend") o->backend = value;
+  else if (key == "port_file") o->port_file = value;
+  else if (key == "tls_cert") o->tls_cert = value;
+  else if (key == "tls_key") o->tls_key = value;
+  else if (key == "tls_client_ca") o->tls_client_ca = value;
+  else if (key == "max_jobs") return as_int(&o->max_jobs);
+  else if (key == "max_taps_per_job") return as_int(&o->max_taps_per_job);
+  else if (key == "max_open_snapshots") return as_int(&o->max_open_snapshots);
+  else if (key == "max_memory_bytes") return as_int(&o->max_memory_bytes);
+  else if (key == "max_message_bytes") return as_int(&o->max_message_bytes);
+  else if (key == "seal_batch_window_ms") return as_int(&o->seal_batch_window_ms);
+  else if (key == "max_seal_batch") return as_int(&o->max_seal_batch);
+  else if (key == "compute_queue_capacity") return as_int(&o->compute_queue_capacity);
+  else return absl::InvalidArgumentError(absl::StrCat("unknown option '", key_in, "'"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LoadConfigFile(const std::string& path, DaemonOptions* options) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("--config ", path, ": ", e.what()));
+  }
+  if (root.IsNull()) return absl::OkStatus();
+  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat("--config ", path, ": expected a mapping"));
+  try {
+    for (const auto& kv : root) {
+      const std::string key = NormKey(kv.first.as<std::string>());
+      if (key == "defaults") {
+        sigma::v1::JobConfig c;
+        if (auto s = ParseJobConfigYaml(kv.second, "defaults", &c); !s.ok()) return s;
+        options->job_defaults = MergeJobConfig(options->job_defaults, c);
+      } else if (key == "jobs") {
+        if (!kv.second.IsMap()) return absl::InvalidArgumentError("jobs: expected a mapping of job name to config");
+        for (const auto& job : kv.second) {
+          const std::string name = job.first.as<std::string>();
+          sigma::v1::JobConfig c;
+          if (auto s = ParseJobConfigYaml(job.second, "jobs." + name, &c); !s.ok()) return s;
+          options->job_configs[name] = c;
+        }
+      } else if (key == "config") {
+        return absl::InvalidArgumentError("--config: a config file cannot name another config file");
+      } else {
+        if (!kv.second.IsScalar())
+          return absl::InvalidArgumentError(absl::StrCat(key, ": expected a scalar"));
+        if (auto s = ApplyOption(key, kv.second.as<std::string>(), options); !s.ok()) return s;
+      }
+    }
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("--config ", path, ": ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+std::string UsageText() {
+  return R"(usage: sigmad [flags]
+  --listen HOST:PORT            gRPC address (default 127.0.0.1:50051; port 0 = any free port)
+  --metrics-listen HOST:PORT    Prometheus /metrics address (default 127.0.0.1:9464)
+  --db FILE                     SQLite history (default ./var/sigma.db; parent dir created)
+  --backend auto|cpu|cuda       numeric backend (default auto: CUDA when available)
+  --config FILE                 YAML file: the keys of these flags (e.g. max_jobs: 10) plus
+                                `defaults:` and `jobs: {NAME: ...}` job configs
+  --port-file FILE              write {"grpc_port","metrics_port","pid"} once listening
+  --tls-cert FILE --tls-key FILE  serve gRPC over TLS (PEM); default plaintext
+  --tls-client-ca FILE          with TLS: require client certificates signed by this CA
+  --max-jobs N                  cap on jobs (metric cardinality), default 256
+  --max-taps-per-job N          cap on taps per job, default 64
+  --max-open-snapshots N        default 256
+  --max-memory-bytes N          rows held by open snapshots, default 8 GiB
+  --max-message-bytes N         largest Batch payload, default 64 MiB
+  --seal-batch-window-ms N      seals arriving within N ms share one backend call, default 5
+  --max-seal-batch N            snapshots per backend call at most, default 64
+  --compute-queue-capacity N    queued configuration tasks at most, default 1024
+)";
+}
+
+absl::StatusOr<DaemonOptions> ParseCommandLine(int argc, char** argv, bool* help) {
+  DaemonOptions options;
+  *help = false;
+  std::vector<std::pair<std::string, std::string>> flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      *help = true;
+      return options;
+    }
+    if (arg.rfind("--", 0) != 0)
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    arg = arg.substr(2);
+    std::string value;
+    if (const size_t eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else {
+      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", arg, " needs a value"));
+      value = argv[++i];
+    }
+    flags.emplace_back(arg, value);
+  }
+  for (const auto& [k, v] : flags) {
+    if (NormKey(k) == "config") {
+      if (auto s = LoadConfigFile(v, &options); !s.ok()) return s;
+    }
+  }
+  for (const auto& [k, v] : flags) {
+    if (NormKey(k) == "config") continue;
+    if (auto s = ApplyOption(k, v, &options); !s.ok()) return s;
+  }
+  if (auto s = ValidateOptions(options); !s.ok()) return s;
+  return options;
+}
+
+absl::Status SplitHostPort(const std::string& address, std::string* host, int* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' is not HOST:PORT"));
+  *host = address.substr(0, colon);
+  int p = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &p) || p < 0 || p > 65535)
+    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' has no valid port"));
+  *port = p;
+  return absl::OkStatus();
+}
+
+absl::Status ValidateOptions(const DaemonOptions& o) {
+  std::string host;
+  int port;
+  if (auto s = SplitHostPort(o.listen, &host, &port); !s.ok()) return absl::InvalidArgumentError("--listen: " + std::string(s.message()));
+  if (auto s = SplitHostPort(o.metrics_listen, &host, &port); !s.ok()) return absl::InvalidArgumentError("--metrics-listen: " + std::string(s.message()));
+  if (o.backend != "auto" && o.backend != "cpu" && o.backend != "cuda")
+    return absl::InvalidArgumentError(absl::StrCat("--backend: '", o.backend, "' is not auto, cpu or cuda"));
+  if (o.db.empty()) return absl::InvalidArgumentError("--db must not be empty");
+  if (o.tls_cert.empty() != o.tls_key.empty())
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  if (!o.tls_client_ca.empty() && o.tls_cert.empty())
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+  auto positive = [](const char* name, int64_t v) -> absl::Status {
+    if (v < 1) return absl::InvalidArgumentError(absl::StrFormat("--%s must be >= 1, got %d", name, v));
+    return absl::OkStatus();
+  };
+  for (auto s : {positive("max-jobs", o.max_jobs), positive("max-taps-per-job", o.max_taps_per_job),
+                 positive("max-open-snapshots", o.max_open_snapshots),
+                 positive("max-memory-bytes", o.max_memory_bytes),
+                 positive("max-message-bytes", o.max_message_bytes),
+                 positive("max-seal-batch", o.max_seal_batch),
+                 positive("compute-queue-capacity", o.compute_queue_capacity)}) {
+    if (!s.ok()) return s;
+  }
+  if (o.max_message_bytes > (int64_t{1} << 31) - (int64_t{1} << 20))
+    return absl::InvalidArgumentError("--max-message-bytes must be < 2 GiB - 1 MiB");
+  if (o.seal_batch_window_ms < 0 || o.seal_batch_window_ms > 60000)
+    return absl::InvalidArgumentError("--seal-batch-window-ms must be in [0, 60000]");
+  if (auto s = ValidateJobConfig(o.job_defaults); !s.ok()) return s;
+  return absl::OkStatus();
+}
+
+absl::Status ValidateJobConfig(const sigma::v1::JobConfig& c) {
+  if (c.has_n_a() && c.n_a() < 1)
+    return absl::InvalidArgumentError(absl::StrFormat("config.n_a must be >= 1, got %d", c.n_a()));
+  if (c.has_n_a() && c.n_a() > (int64_t{1} << 26))
+    return absl::InvalidArgumentError(absl::StrFormat("config.n_a = %d is too large (max 2^26)", c.n_a()));
+  if (c.has_delta() && !(c.delta() > 0 && std::isfinite(c.delta())))
+    return absl::InvalidArgumentError(absl::StrFormat("config.delta must be > 0 and finite, got %g", c.delta()));
+  if (c.has_rho() && !(c.rho() > 0 && std::isfinite(c.rho())))
+    return absl::InvalidArgumentError(absl::StrFormat("config.rho must be > 0 and finite, got %g", c.rho()));
+  if (c.preprocessing() != sigma::v1::PREPROCESSING_UNSPECIFIED &&
+      c.preprocessing() != sigma::v1::PREPROCESSING_L2 &&
+      c.preprocessing() != sigma::v1::PREPROCESSING_NONE)
+    return absl::InvalidArgumentError(absl::StrFormat("config.preprocessing: unknown value %d",
+                                                      static_cast<int>(c.preprocessing())));
+  if (c.has_baseline_generation() && c.baseline_generation() < 0)
+    return absl::InvalidArgumentError("config.baseline_generation must be >= 0");
+  const auto& t = c.thresholds();
+  auto check = [](const char* name, bool has, double v) -> absl::Status {
+    if (has && !(v >= 0 && std::isfinite(v)))
+      return absl::InvalidArgumentError(absl::StrFormat("config.thresholds.%s must be >= 0 and finite, got %g", name, v));
+    return absl::OkStatus();
+  };
+  for (auto s : {check("drift_warning", t.has_drift_warning(), t.drift_warning()),
+                 check("drift_critical", t.has_drift_critical(), t.drift_critical()),
+                 check("divergence_warning", t.has_divergence_warning(), t.divergence_warning()),
+                 check("track1_stable", t.has_track1_stable(), t.track1_stable())}) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+sigma::v1::JobConfig MergeJobConfig(const sigma::v1::JobConfig& base,
+                                    const sigma::v1::JobConfig& overlay) {
+  sigma::v1::JobConfig out = base;
+  if (overlay.has_n_a()) out.set_n_a(overlay.n_a());
+  if (overlay.has_delta()) out.set_delta(overlay.delta());
+  if (overlay.has_rho()) out.set_rho(overlay.rho());
+  if (overlay.preprocessing() != sigma::v1::PREPROCESSING_UNSPECIFIED)
+    out.set_preprocessing(overlay.preprocessing());
+  if (overlay.has_seed()) out.set_seed(overlay.seed());
+  if (overlay.has_baseline_generation()) out.set_baseline_generation(overlay.baseline_generation());
+  if (!overlay.baseline_job().empty()) out.set_baseline_job(overlay.baseline_job());
+  const auto& t = overlay.thresholds();
+  auto* ot = out.mutable_thresholds();
+  if (t.has_drift_warning()) ot->set_drift_warning(t.drift_warning());
+  if (t.has_drift_critical()) ot->set_drift_critical(t.drift_critical());
+  if (t.has_divergence_warning()) ot->set_divergence_warning(t.divergence_warning());
+  if (t.has_track1_stable()) ot->set_track1_stable(t.track1_stable());
+  return out;
+}
+
+sigma::v1::JobConfig EffectiveJobConfig(const sigma::v1::JobConfig& config, int64_t m) {
+  sigma::v1::JobConfig out = config;
+  if (!out.has_n_a() && m > 0) out.set_n_a(sigma::DefaultNA(m));
+  if (!out.has_delta()) out.set_delta(1e-6);
+  if (!out.has_rho()) out.set_rho(1.0);
+  if (out.preprocessing() == sigma::v1::PREPROCESSING_UNSPECIFIED)
+    out.set_preprocessing(sigma::v1::PREPROCESSING_L2);
+  if (!out.has_seed()) out.set_seed(0);
+  const sigma::AlertThresholds d;
+  auto* t = out.mutable_thresholds();
+  if (!t->has_drift_warning()) t->set_drift_warning(d.drift_warning);
+  if (!t->has_drift_critical()) t->set_drift_critical(d.drift_critical);
+  if (!t->has_divergence_warning()) t->set_divergence_warning(d.divergence_warning);
+  if (!t->has_track1_stable()) t->set_track1_stable(d.track1_stable);
+  return out;
+}
+
+}  // namespace sigma::server

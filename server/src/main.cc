@@ -1,0 +1,54 @@
+// sigmad: the SIGMA monitoring daemon. See docs/server.md.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "sigma/server/config.h"
+#include "sigma/server/daemon.h"
+
+int main(int argc, char** argv) {
+  // Block SIGTERM/SIGINT in every thread; the main thread waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  bool help = false;
+  auto options = sigma::server::ParseCommandLine(argc, argv, &help);
+  if (help) {
+    std::cout << sigma::server::UsageText();
+    return 0;
+  }
+  if (!options.ok()) {
+    std::cerr << "sigmad: " << options.status().message() << "\n" << sigma::server::UsageText();
+    return 2;
+  }
+  sigma::server::Daemon daemon;
+  auto ports = daemon.Start(*options);
+  if (!ports.ok()) {
+    std::cerr << "sigmad: " << ports.status().message() << "\n";
+    return 1;
+  }
+  if (!daemon.fallback_reason().empty())
+    std::cerr << "sigmad: CUDA not used: " << daemon.fallback_reason() << "\n";
+  std::cout << daemon.Banner() << std::endl;
+  if (!options->tls_cert.empty())
+    std::cerr << "sigmad: gRPC uses TLS" << (options->tls_client_ca.empty() ? "" : " with client certificates")
+              << "\n";
+  if (!options->port_file.empty()) {
+    if (auto s = sigma::server::WritePortFile(options->port_file, *ports); !s.ok()) {
+      std::cerr << "sigmad: " << s.message() << "\n";
+      daemon.Shutdown();
+      return 1;
+    }
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::cout << "sigmad: signal " << sig << ", shutting down" << std::endl;
+  daemon.Shutdown();
+  std::cout << "sigmad: stopped" << std::endl;
+  return 0;
+}

@@ -1,0 +1,258 @@
+#include "sigma/server/storage.h"
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+
+namespace sigma::server {
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// RAII prepared statement.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
+  }
+  sqlite3_stmt* get() { return stmt_; }
+  void Text(int i, const std::string& s) { sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT); }
+  void Blob(int i, const std::string& s) { sqlite3_bind_blob(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT); }
+  void Int(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
+  void Real(int i, double v) { sqlite3_bind_double(stmt_, i, v); }
+  int Step() { return sqlite3_step(stmt_); }
+  std::string ColumnBlob(int i) {
+    const void* p = sqlite3_column_blob(stmt_, i);
+    const int n = sqlite3_column_bytes(stmt_, i);
+    return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  if (path != ":memory:") {
+    std::error_code ec;
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    if (!parent.empty()) {
+      std::filesystem::create_directories(parent, ec);
+      if (ec) return absl::UnavailableError(absl::StrCat("--db: cannot create directory ", parent.string(), ": ", ec.message()));
+    }
+  }
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat("--db: cannot open ", path, ": ", msg));
+  }
+  std::unique_ptr<Store> store(new Store(db));
+  if (auto s = store->Init(); !s.ok()) return s;
+  return store;
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+absl::Status Store::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : sqlite3_errmsg(db_);
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat("sqlite: ", msg, " (in: ", sql, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::Init() {
+  sqlite3_busy_timeout(db_, 5000);
+  if (auto s = Exec("PRAGMA journal_mode=WAL;"); !s.ok()) return s;
+  if (auto s = Exec("PRAGMA synchronous=FULL;"); !s.ok()) return s;
+  if (auto s = Exec("PRAGMA foreign_keys=ON;"); !s.ok()) return s;
+  if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+  auto fail = [this](absl::Status s) {
+    Exec("ROLLBACK;").IgnoreError();
+    return s;
+  };
+  if (auto s = Exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"); !s.ok()) return fail(s);
+  {
+    Stmt q(db_, "SELECT version FROM schema_version LIMIT 1;");
+    if (auto s = q.status(); !s.ok()) return fail(s);
+    if (q.Step() == SQLITE_ROW) schema_version_ = sqlite3_column_int(q.get(), 0);
+  }
+  if (schema_version_ > kSchemaVersion)
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "--db: schema version ", schema_version_, " is newer than this sigmad (", kSchemaVersion, ")")));
+  if (schema_version_ == 0) {
+    const char* ddl =
+        "CREATE TABLE jobs ("
+        "  name TEXT PRIMARY KEY,"
+        "  config BLOB NOT NULL,"
+        "  m INTEGER NOT NULL DEFAULT 0,"
+        "  created_unix_ms INTEGER NOT NULL,"
+        "  updated_unix_ms INTEGER NOT NULL);"
+        "CREATE TABLE configs ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  job TEXT NOT NULL REFERENCES jobs(name),"
+        "  config BLOB NOT NULL,"
+        "  set_unix_ms INTEGER NOT NULL);"
+        "CREATE TABLE reports ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  job TEXT NOT NULL REFERENCES jobs(name),"
+        "  tap TEXT NOT NULL,"
+        "  generation INTEGER NOT NULL,"
+        "  m INTEGER NOT NULL,"
+        "  n REAL NOT NULL,"
+        "  n_a INTEGER NOT NULL,"
+        "  backend TEXT NOT NULL,"
+        "  track1_lower REAL, track1_upper REAL, track2 REAL, track2_ci_halfwidth REAL,"
+        "  track1_drift REAL, track2_drift REAL, divergence REAL, drift_halfwidth REAL,"
+        "  baseline_job TEXT, baseline_generation INTEGER,"
+        "  failed INTEGER NOT NULL,"
+        "  sealed_unix_ms INTEGER NOT NULL,"
+        "  report BLOB NOT NULL,"
+        "  UNIQUE (job, tap, generation));"
+        "CREATE INDEX reports_by_job ON reports (job, tap, generation);"
+        "INSERT INTO schema_version (version) VALUES (1);";
+    if (auto s = Exec(ddl); !s.ok()) return fail(s);
+    schema_version_ = kSchemaVersion;
+  }
+  return Exec("COMMIT;");
+}
+
+absl::Status Store::LoadAll(std::vector<StoredJob>* jobs,
+                            std::vector<sigma::v1::GenerationReport>* reports) {
+  {
+    Stmt q(db_, "SELECT name, config, m FROM jobs ORDER BY name;");
+    if (auto s = q.status(); !s.ok()) return s;
+    int rc;
+    while ((rc = q.Step()) == SQLITE_ROW) {
+      StoredJob job;
+      job.name = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
+      if (!job.config.ParseFromString(q.ColumnBlob(1)))
+        return absl::DataLossError(absl::StrCat("--db: job ", job.name, ": unreadable config"));
+      job.m = sqlite3_column_int(q.get(), 2);
+      jobs->push_back(std::move(job));
+    }
+    if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  Stmt q(db_, "SELECT report FROM reports ORDER BY id;");
+  if (auto s = q.status(); !s.ok()) return s;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) {
+    sigma::v1::GenerationReport r;
+    if (!r.ParseFromString(q.ColumnBlob(0))) return absl::DataLossError("--db: unreadable report");
+    reports->push_back(std::move(r));
+  }
+  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  return absl::OkStatus();
+}
+
+absl::Status Store::UpsertJob(const StoredJob& job) {
+  std::string blob;
+  job.config.SerializeToString(&blob);
+  std::string old;
+  bool exists = false;
+  {
+    Stmt q(db_, "SELECT config FROM jobs WHERE name = ?1;");
+    if (auto s = q.status(); !s.ok()) return s;
+    q.Text(1, job.name);
+    if (q.Step() == SQLITE_ROW) {
+      exists = true;
+      old = q.ColumnBlob(0);
+    }
+  }
+  const int64_t now = NowMs();
+  {
+    Stmt q(db_,
+           "INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms) VALUES (?1, ?2, ?3, ?4, ?4) "
+           "ON CONFLICT(name) DO UPDATE SET config = excluded.config, m = excluded.m, "
+           "updated_unix_ms = excluded.updated_unix_ms;");
+    if (auto s = q.status(); !s.ok()) return s;
+    q.Text(1, job.name);
+    q.Blob(2, blob);
+    q.Int(3, job.m);
+    q.Int(4, now);
+    if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  if (!exists || old != blob) {
+    Stmt q(db_, "INSERT INTO configs (job, config, set_unix_ms) VALUES (?1, ?2, ?3);");
+    if (auto s = q.status(); !s.ok()) return s;
+    q.Text(1, job.name);
+    q.Blob(2, blob);
+    q.Int(3, now);
+    if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::InsertReport(const sigma::v1::GenerationReport& r) {
+  std::string blob;
+  r.SerializeToString(&blob);
+  Stmt q(db_,
+         "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track1_lower, track1_upper,"
+         " track2, track2_ci_halfwidth, track1_drift, track2_drift, divergence, drift_halfwidth,"
+         " baseline_job, baseline_generation, failed, sealed_unix_ms, report)"
+         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20);");
+  if (auto s = q.status(); !s.ok()) return s;
+  q.Text(1, r.job());
+  q.Text(2, r.tap());
+  q.Int(3, r.generation());
+  q.Int(4, r.m());
+  q.Real(5, r.n());
+  q.Int(6, r.n_a());
+  q.Text(7, r.backend());
+  q.Real(8, r.track1_lower());
+  q.Real(9, r.track1_upper());
+  q.Real(10, r.track2());
+  q.Real(11, r.track2_ci_halfwidth());
+  q.Real(12, r.track1_drift());
+  q.Real(13, r.track2_drift());
+  q.Real(14, r.divergence());
+  q.Real(15, r.drift_halfwidth());
+  q.Text(16, r.baseline_job());
+  q.Int(17, r.baseline_generation());
+  q.Int(18, r.flags().cholesky_failed() ? 1 : 0);
+  q.Int(19, r.sealed_unix_ms());
+  q.Blob(20, blob);
+  if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  return absl::OkStatus();
+}
+
+absl::Status Store::Commit(const std::vector<StoredJob>& jobs,
+                           const std::vector<sigma::v1::GenerationReport>& reports) {
+  if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+  for (const StoredJob& j : jobs) {
+    if (auto s = UpsertJob(j); !s.ok()) {
+      Exec("ROLLBACK;").IgnoreError();
+      return s;
+    }
+  }
+  for (const auto& r : reports) {
+    if (auto s = InsertReport(r); !s.ok()) {
+      Exec("ROLLBACK;").IgnoreError();
+      return s;
+    }
+  }
+  return Exec("COMMIT;");
+}
+
+}  // namespace sigma::server

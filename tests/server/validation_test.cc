@@ -1,0 +1,263 @@
+// Every bad-input class gets its gRPC status with a message naming the
+// problem, and the snapshot is exactly as before (verified by sealing it and
+// comparing with a snapshot that only ever saw the good batches).
+#include <cmath>
+#include <limits>
+
+#include "gtest/gtest.h"
+#include "server_test_util.h"
+
+namespace sigma::server::testing {
+namespace {
+
+using grpc::StatusCode;
+
+class ValidationTest : public ::testing::Test {
+ protected:
+  static constexpr int64_t kM = 16;
+  void SetUp() override {
+    DaemonOptions o = TestOptions(dir_.path());
+    o.max_message_bytes = 64 * 1024;
+    o.max_jobs = 4;
+    o.max_open_snapshots = 3;
+    o.max_memory_bytes = 200 * 1024;
+    d_ = StartDaemon(o);
+    ASSERT_NE(d_, nullptr);
+    rows_ = GaussianRows(400, kM, 77);
+    cfg_.set_n_a(256);
+  }
+
+  // Opens `job` gen 0 as rank 0 of 2 and sends seq 0..1 (200 good rows).
+  void OpenWithGoodBatches(const std::string& job) {
+    v1::IngestResponse resp;
+    std::vector<v1::IngestRequest> msgs{MakeOpen(job, 0, 0, 2, kM, v1::DTYPE_FP32, std::nullopt, &cfg_),
+                                        MakeBatch(rows_, 0, 100, 0, v1::DTYPE_FP32),
+                                        MakeBatch(rows_, 100, 200, 1, v1::DTYPE_FP32)};
+    ASSERT_TRUE(SendStream(d_->stub.get(), msgs, &resp).ok());
+    EXPECT_EQ(resp.batches_accepted(), 2);
+  }
+
+  // A stream for rank 0 of `job` whose last message is `bad`.
+  grpc::Status SendBad(const std::string& job, const v1::IngestRequest& bad, bool open_first = true) {
+    std::vector<v1::IngestRequest> msgs;
+    if (open_first) msgs.push_back(MakeOpen(job, 0, 0, 2, kM, v1::DTYPE_FP32, std::nullopt, &cfg_));
+    msgs.push_back(bad);
+    v1::IngestResponse resp;
+    return SendStream(d_->stub.get(), msgs, &resp);
+  }
+
+  v1::GenerationReport Close(const std::string& job) {
+    v1::CloseGenerationRequest req;
+    req.set_job(job);
+    req.set_generation(0);
+    v1::GenerationReport report;
+    grpc::ClientContext ctx;
+    grpc::Status s = d_->stub->CloseGeneration(&ctx, req, &report);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return report;
+  }
+
+  void ExpectStatus(const grpc::Status& s, StatusCode code, const std::string& needle) {
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_NE(s.error_message().find(needle), std::string::npos)
+        << "message '" << s.error_message() << "' does not mention '" << needle << "'";
+  }
+
+  TempDir dir_;
+  std::unique_ptr<TestDaemon> d_;
+  Rows rows_;
+  v1::JobConfig cfg_;
+};
+
+TEST_F(ValidationTest, EveryBadBatchIsRefusedAndLeavesTheSnapshotUnchanged) {
+  OpenWithGoodBatches("reference");
+  OpenWithGoodBatches("target");
+
+  // Byte size not rows x m x width.
+  {
+    auto b = MakeBatch(rows_, 200, 300, 2, v1::DTYPE_FP32);
+    b.mutable_batch()->mutable_data()->resize(b.batch().data().size() - 3);
+    ExpectStatus(SendBad("target", b), StatusCode::INVALID_ARGUMENT, "expected rows (100) x m (16)");
+  }
+  // Wrong dtype width (fp64 bytes for an fp32 snapshot).
+  ExpectStatus(SendBad("target", MakeBatch(rows_, 200, 300, 2, v1::DTYPE_FP64)), StatusCode::INVALID_ARGUMENT,
+               "bytes");
+  // NaN and Inf.
+  for (double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    Rows r = rows_;
+    r.values[static_cast<size_t>(250 * kM + 3)] = bad;
+    ExpectStatus(SendBad("target", MakeBatch(r, 200, 300, 2, v1::DTYPE_FP32)), StatusCode::INVALID_ARGUMENT,
+                 "row 50");
+  }
+  // rows = 0.
+  {
+    v1::IngestRequest b;
+    b.mutable_batch()->set_seq(2);
+    b.mutable_batch()->set_rows(0);
+    ExpectStatus(SendBad("target", b), StatusCode::INVALID_ARGUMENT, "rows must be >= 1");
+  }
+  // sample_ids count mismatch.
+  {
+    auto b = MakeBatch(rows_, 200, 300, 2, v1::DTYPE_FP32);
+    for (int i = 0; i < 7; ++i) b.mutable_batch()->add_sample_ids(i);
+    ExpectStatus(SendBad("target", b), StatusCode::INVALID_ARGUMENT, "7 sample_ids for 100 rows");
+  }
+  // Over --max-message-bytes (our check names the flag) and far over (transport limit).
+  ExpectStatus(SendBad("target", MakeBatch(GaussianRows(1100, kM, 1), 0, 1100, 2, v1::DTYPE_FP32)),
+               StatusCode::RESOURCE_EXHAUSTED, "--max-message-bytes");
+  EXPECT_EQ(SendBad("target", MakeBatch(GaussianRows(20000, kM, 1), 0, 20000, 2, v1::DTYPE_FP32)).error_code(),
+            StatusCode::RESOURCE_EXHAUSTED);
+  // m different from the snapshot's / the tap's.
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, 1, 2, kM + 1, v1::DTYPE_FP32), false),
+               StatusCode::INVALID_ARGUMENT, "m = 17 differs");
+  ExpectStatus(SendBad("target", MakeOpen("target", 1, 0, 1, kM + 1, v1::DTYPE_FP32), false),
+               StatusCode::INVALID_ARGUMENT, "m = 17 differs from m = 16 of job 'target'");
+  // Unknown dtype.
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, 1, 2, kM, v1::DTYPE_UNSPECIFIED), false),
+               StatusCode::INVALID_ARGUMENT, "unknown dtype");
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, 1, 2, kM, static_cast<v1::DType>(42)), false),
+               StatusCode::INVALID_ARGUMENT, "unknown dtype 42");
+  // A dtype different from the other ranks'.
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, 1, 2, kM, v1::DTYPE_FP16), false),
+               StatusCode::INVALID_ARGUMENT, "dtype");
+  // Rank and world size.
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, 2, 2, kM, v1::DTYPE_FP32), false),
+               StatusCode::INVALID_ARGUMENT, "rank must be in [0, world_size = 2)");
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, -1, 2, kM, v1::DTYPE_FP32), false),
+               StatusCode::INVALID_ARGUMENT, "rank");
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, 0, 0, kM, v1::DTYPE_FP32), false),
+               StatusCode::INVALID_ARGUMENT, "world_size must be");
+  ExpectStatus(SendBad("target", MakeOpen("target", 0, 1, 3, kM, v1::DTYPE_FP32), false),
+               StatusCode::FAILED_PRECONDITION, "world_size 3 differs from 2");
+  // Malformed and too long names.
+  ExpectStatus(SendBad("", MakeOpen("bad name!", 0, 0, 1, kM, v1::DTYPE_FP32), false),
+               StatusCode::INVALID_ARGUMENT, "invalid job name 'bad name!'");
+  ExpectStatus(SendBad("", MakeOpen(std::string(129, 'j'), 0, 0, 1, kM, v1::DTYPE_FP32), false),
+               StatusCode::INVALID_ARGUMENT, "invalid job name");
+  ExpectStatus(SendBad("", MakeOpen("target", 0, 0, 2, kM, v1::DTYPE_FP32, std::nullopt, nullptr, "tap/1"), false),
+               StatusCode::INVALID_ARGUMENT, "invalid tap name 'tap/1'");
+  // Batch before open; EndOfShare before open.
+  ExpectStatus(SendBad("", MakeBatch(rows_, 0, 10, 0, v1::DTYPE_FP32), false), StatusCode::FAILED_PRECONDITION,
+               "Batch before OpenSnapshot");
+  ExpectStatus(SendBad("", MakeEnd(), false), StatusCode::FAILED_PRECONDITION, "EndOfShare before OpenSnapshot");
+  // EndOfShare count smaller than the rows sent.
+  ExpectStatus(SendBad("target", MakeEnd(50)), StatusCode::INVALID_ARGUMENT, "EndOfShare.count = 50");
+
+  // The target is untouched: sealing it gives bitwise the reference's report.
+  const v1::GenerationReport ref = Close("reference");
+  const v1::GenerationReport got = Close("target");
+  EXPECT_EQ(got.n(), 200);
+  EXPECT_EQ(got.n_a(), 200);
+  ExpectSameValues(got, ref);
+
+  const std::string scrape = Scrape(d_->ports.metrics_port);
+  for (const char* reason : {"size_mismatch", "non_finite", "empty_batch", "sample_ids_mismatch", "too_large",
+                             "dimension_mismatch", "invalid_dtype", "invalid_rank", "invalid_name", "not_open"}) {
+    auto v = MetricValue(scrape, "sigma_rejected_batches_total", {{"reason", reason}});
+    ASSERT_TRUE(v.has_value()) << reason;
+    EXPECT_GE(*v, 1) << reason;
+  }
+}
+
+TEST_F(ValidationTest, LimitsGiveResourceExhausted) {
+  OpenWithGoodBatches("j1");
+  OpenWithGoodBatches("j2");
+  OpenWithGoodBatches("j3");
+  // Too many open snapshots (3).
+  ExpectStatus(SendBad("", MakeOpen("j1", 1, 0, 1, kM, v1::DTYPE_FP32), false), StatusCode::RESOURCE_EXHAUSTED,
+               "too many open snapshots");
+  const v1::GenerationReport before = Close("j3");  // frees a slot; j1 got the same batches
+  // Bytes in memory: job j4 (n_a 2048: a 96 KiB sketch) exceeds 200 KiB with its first 1000 rows.
+  {
+    v1::ConfigureJobRequest cj;
+    cj.set_job("j4");
+    cj.mutable_config()->set_n_a(2048);
+    v1::JobInfo info;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(d_->stub->ConfigureJob(&ctx, cj, &info).ok());
+    const Rows rows = GaussianRows(1000, kM, 5);
+    v1::IngestResponse resp;
+    ExpectStatus(SendStream(d_->stub.get(), {MakeOpen("j4", 0, 0, 2, kM, v1::DTYPE_FP32),
+                                             MakeBatch(rows, 0, 1000, 0, v1::DTYPE_FP32)}, &resp),
+                 StatusCode::RESOURCE_EXHAUSTED, "--max-memory-bytes");
+  }
+  // Too many jobs (4 exist now: j1..j4).
+  ExpectStatus(SendBad("", MakeOpen("j5", 0, 0, 1, kM, v1::DTYPE_FP32), false), StatusCode::RESOURCE_EXHAUSTED,
+               "too many jobs");
+  v1::ConfigureJobRequest cj;
+  cj.set_job("j6");
+  v1::JobInfo info;
+  grpc::ClientContext ctx;
+  EXPECT_EQ(d_->stub->ConfigureJob(&ctx, cj, &info).error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  // Unknown job on close; known job, unknown generation.
+  v1::CloseGenerationRequest creq;
+  creq.set_job("nope");
+  v1::GenerationReport r;
+  grpc::ClientContext c1;
+  grpc::Status s = d_->stub->CloseGeneration(&c1, creq, &r);
+  ExpectStatus(s, StatusCode::NOT_FOUND, "unknown job 'nope'");
+  creq.set_job("j1");
+  creq.set_generation(9);
+  grpc::ClientContext c2;
+  ExpectStatus(d_->stub->CloseGeneration(&c2, creq, &r), StatusCode::NOT_FOUND, "no open snapshot or report");
+  v1::GetHistoryRequest h;
+  h.set_job("nope");
+  v1::GetHistoryResponse hr;
+  grpc::ClientContext c3;
+  EXPECT_EQ(d_->stub->GetHistory(&c3, h, &hr).error_code(), StatusCode::NOT_FOUND);
+  // The snapshots that hit limits are unchanged.
+  const v1::GenerationReport j1 = Close("j1");
+  ExpectSameValues(j1, before);
+}
+
+TEST_F(ValidationTest, CloseWithoutRowsIsFailedPrecondition) {
+  v1::IngestResponse resp;
+  ASSERT_TRUE(SendStream(d_->stub.get(), {MakeOpen("empty", 0, 0, 2, kM, v1::DTYPE_FP32)}, &resp).ok());
+  v1::CloseGenerationRequest req;
+  req.set_job("empty");
+  v1::GenerationReport r;
+  grpc::ClientContext ctx;
+  EXPECT_EQ(d_->stub->CloseGeneration(&ctx, req, &r).error_code(), StatusCode::FAILED_PRECONDITION);
+}
+
+}  // namespace
+}  // namespace sigma::server::testing
+
+namespace sigma::server::testing {
+namespace {
+
+TEST(ValidationEdgeTest, CorpusSizeAndEmptyShares) {
+  TempDir dir;
+  auto d = StartDaemon(TestOptions(dir.path()));
+  ASSERT_NE(d, nullptr);
+  const Rows rows = GaussianRows(300, 4, 2);
+  // More rows than the declared corpus_size.
+  v1::IngestResponse resp;
+  grpc::Status s = SendShare(d->stub.get(), MakeOpen("corpus", 0, 0, 1, 4, v1::DTYPE_FP32, 250), rows, 0, 300, 100,
+                             v1::DTYPE_FP32, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("corpus_size 250"), std::string::npos) << s.error_message();
+  v1::CloseGenerationRequest req;
+  req.set_job("corpus");
+  v1::GenerationReport r;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(d->stub->CloseGeneration(&ctx, req, &r).ok());
+  EXPECT_EQ(r.n(), 250);
+  EXPECT_EQ(r.n_a(), 200);
+  // Every rank finished without rows: FAILED_PRECONDITION, and the snapshot can be re-sent.
+  EXPECT_EQ(SendStream(d->stub.get(), {MakeOpen("nothing", 0, 0, 1, 4, v1::DTYPE_FP32), MakeEnd()}, &resp).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  ASSERT_TRUE(SendShare(d->stub.get(), MakeOpen("nothing", 0, 0, 1, 4, v1::DTYPE_FP32), rows, 0, 300, 100,
+                        v1::DTYPE_FP32, &resp)
+                  .ok());
+  EXPECT_TRUE(resp.sealed());
+  // Second OpenSnapshot in one stream; empty message.
+  EXPECT_EQ(SendStream(d->stub.get(), {MakeOpen("x", 0, 0, 1, 4, v1::DTYPE_FP32), MakeOpen("x", 0, 0, 1, 4, v1::DTYPE_FP32)},
+                       &resp)
+                .error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(SendStream(d->stub.get(), {v1::IngestRequest()}, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+}  // namespace
+}  // namespace sigma::server::testing
