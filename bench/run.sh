@@ -12,7 +12,7 @@ echo "== seal vs raw BLAS/LAPACK calls, and dsyrk vs dgemm (Google Benchmark)"
 echo "== seal vs the numpy pipeline, same data"
 "$python" bench/numpy_reference.py --sigmactl "$build/client/cli/sigmactl"
 
-if [ -x "$build/bench/ingest/sigma_ingest_bench" ]; then
+if [ -x "$build/server/bench_ingest/sigma_ingest_bench" ]; then
   echo "== sigmad ingest vs a do-nothing gRPC sink"
-  "$build/bench/ingest/sigma_ingest_bench"
+  "$build/server/bench_ingest/sigma_ingest_bench"
 fi
