@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "cuda_backend.h"
-#include "json_lite.h"
+#include <nlohmann/json.hpp>
 #include "sigma/kernels/backend.h"
 #include "sigma/kernels/backend_factory.h"
 #include "sigma/kernels/dtype.h"
@@ -38,7 +38,7 @@ namespace sigma {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::Json;
+using Json = nlohmann::json;
 
 constexpr double kRel = 1e-9;
 constexpr double kAbsFloor = 1e-12;
@@ -292,37 +292,37 @@ TEST(CudaTestVectors, MatchExpectedTracks) {
     for (const auto& entry : fs::directory_iterator(dir)) {
       if (entry.path().extension() != ".json" || entry.path().filename() == "sketch.json") continue;
       SCOPED_TRACE(std::string(variant.name) + " " + entry.path().filename().string());
-      const Json v = testing::ParseJson(ReadFile(entry.path()));
-      const int64_t m = static_cast<int64_t>(v["m"].Num()), n_a = static_cast<int64_t>(v["n_A"].Num());
+      const Json v = Json::parse(ReadFile(entry.path()));
+      const int64_t m = static_cast<int64_t>(v["m"].get<double>()), n_a = static_cast<int64_t>(v["n_A"].get<double>());
       std::vector<double> values;
       values.reserve(static_cast<size_t>(m * n_a));
-      for (const Json& row : v["rows"].array)
-        for (const Json& x : row.array) values.push_back(x.Num());
+      for (const Json& row : v["rows"])
+        for (const Json& x : row) values.push_back(x.get<double>());
       ASSERT_EQ(values.size(), static_cast<size_t>(m * n_a));
       HostRows rows = Encode(values, DType::kFloat64, n_a, m);
       SealInput in;
       in.rows = rows.block;
-      in.preprocessing = v["preprocessing"].Str() == "l2" ? Preprocessing::kL2 : Preprocessing::kNone;
-      in.corpus_size = v["n"].Num();
-      in.delta = v["delta"].Num();
-      in.rho = v["rho"].Num();
+      in.preprocessing = v["preprocessing"].get<std::string>() == "l2" ? Preprocessing::kL2 : Preprocessing::kNone;
+      in.corpus_size = v["n"].get<double>();
+      in.delta = v["delta"].get<double>();
+      in.rho = v["rho"].get<double>();
       absl::StatusOr<SealMoments> mo = Seal(*b, in);
       ASSERT_TRUE(mo.ok()) << mo.status();
       ExpectNoNaN(*mo);
       const TrackValues t = EstimateTracks(*mo, in.corpus_size, in.delta, in.rho, mo->energy);
       const Json& e = v["expected"];
       ASSERT_FALSE(t.flags.cholesky_failed) << t.flags.failure_reason;
-      ExpectClose(t.track1_lower, e["track1_lower"].Num(), "track1_lower");
-      ExpectClose(t.track1_upper, e["track1_upper"].Num(), "track1_upper");
-      ExpectClose(t.track2, e["track2"].Num(), "track2");
-      ExpectClose(t.track2_raw, e["track2_raw"].Num(), "track2_raw");
-      ExpectClose(t.track2_bias, e["track2_bias"].Num(), "track2_bias");
-      ExpectClose(t.track2_ci_halfwidth, e["track2_ci_halfwidth"].Num(), "track2_ci_halfwidth");
-      ExpectClose(t.max_energy, v["max_energy"].Num(), "max_energy");
+      ExpectClose(t.track1_lower, e["track1_lower"].get<double>(), "track1_lower");
+      ExpectClose(t.track1_upper, e["track1_upper"].get<double>(), "track1_upper");
+      ExpectClose(t.track2, e["track2"].get<double>(), "track2");
+      ExpectClose(t.track2_raw, e["track2_raw"].get<double>(), "track2_raw");
+      ExpectClose(t.track2_bias, e["track2_bias"].get<double>(), "track2_bias");
+      ExpectClose(t.track2_ci_halfwidth, e["track2_ci_halfwidth"].get<double>(), "track2_ci_halfwidth");
+      ExpectClose(t.max_energy, v["max_energy"].get<double>(), "max_energy");
       const Json& f = v["expected_flags"];
-      EXPECT_EQ(t.flags.rho_violated, f["rho_violated"].Bool());
-      EXPECT_EQ(t.flags.n_a_below_m, f["n_a_below_m"].Bool());
-      EXPECT_EQ(t.flags.low_confidence, f["low_confidence"].Bool());
+      EXPECT_EQ(t.flags.rho_violated, f["rho_violated"].get<bool>());
+      EXPECT_EQ(t.flags.n_a_below_m, f["n_a_below_m"].get<bool>());
+      EXPECT_EQ(t.flags.low_confidence, f["low_confidence"].get<bool>());
 #if SIGMA_HAVE_CPU_BLAS
       std::unique_ptr<Backend> cpu = MakeCpuBackend();
       absl::StatusOr<SealMoments> ref = Seal(*cpu, in);
@@ -353,18 +353,18 @@ constexpr const char* kNoReference =
 // One case written by make_reference.py, sealed by `b`, against its expected
 // moments and track values.
 void CheckNumpyCase(Backend& b, const fs::path& path) {
-  const Json v = testing::ParseJson(ReadFile(path));
-  const int64_t m = static_cast<int64_t>(v["m"].Num()), n_a = static_cast<int64_t>(v["n_A"].Num());
-  const std::optional<DType> dtype = ParseDType(v["dtype"].Str());
-  ASSERT_TRUE(dtype.has_value()) << v["dtype"].Str();
-  const std::string bytes = ReadFile(path.parent_path() / v["rows_file"].Str());
+  const Json v = Json::parse(ReadFile(path));
+  const int64_t m = static_cast<int64_t>(v["m"].get<double>()), n_a = static_cast<int64_t>(v["n_A"].get<double>());
+  const std::optional<DType> dtype = ParseDType(v["dtype"].get<std::string>());
+  ASSERT_TRUE(dtype.has_value()) << v["dtype"].get<std::string>();
+  const std::string bytes = ReadFile(path.parent_path() / v["rows_file"].get<std::string>());
   ASSERT_EQ(bytes.size(), static_cast<size_t>(m * n_a) * DTypeWidth(*dtype));
   SealInput in;
   in.rows = RowBlock{bytes.data(), *dtype, n_a, m};
-  in.preprocessing = v["preprocessing"].Str() == "l2" ? Preprocessing::kL2 : Preprocessing::kNone;
-  in.corpus_size = v["n"].Num();
-  in.delta = v["delta"].Num();
-  in.rho = v["rho"].Num();
+  in.preprocessing = v["preprocessing"].get<std::string>() == "l2" ? Preprocessing::kL2 : Preprocessing::kNone;
+  in.corpus_size = v["n"].get<double>();
+  in.delta = v["delta"].get<double>();
+  in.rho = v["rho"].get<double>();
   absl::StatusOr<SealMoments> mo = Seal(b, in);
   ASSERT_TRUE(mo.ok()) << mo.status();
   ExpectNoNaN(*mo);
@@ -373,28 +373,28 @@ void CheckNumpyCase(Backend& b, const fs::path& path) {
   want.n_a = n_a;
   want.m = m;
   for (int k = 0; k < 3; ++k) {
-    want.cholesky[k].ok = e["ok"][k].Bool();
-    want.cholesky[k].log_det = e["log_det"][k].Num();
+    want.cholesky[k].ok = e["ok"][k].get<bool>();
+    want.cholesky[k].log_det = e["log_det"][k].get<double>();
   }
-  want.q_mean = e["q_mean"].Num();
-  want.q_sq_mean = e["q_sq_mean"].Num();
-  want.q_sd = e["q_sd"].Num();
-  want.trace_a = e["trace_a"].Num();
-  want.trace_a2 = e["trace_a2"].Num();
-  want.energy.count = static_cast<int64_t>(e["energy_count"].Num());
-  want.energy.max_energy = e["energy_max"].Num();
-  want.energy.sum_energy = e["energy_sum"].Num();
-  want.energy.rho_violations = static_cast<int64_t>(e["rho_violations"].Num());
+  want.q_mean = e["q_mean"].get<double>();
+  want.q_sq_mean = e["q_sq_mean"].get<double>();
+  want.q_sd = e["q_sd"].get<double>();
+  want.trace_a = e["trace_a"].get<double>();
+  want.trace_a2 = e["trace_a2"].get<double>();
+  want.energy.count = static_cast<int64_t>(e["energy_count"].get<double>());
+  want.energy.max_energy = e["energy_max"].get<double>();
+  want.energy.sum_energy = e["energy_sum"].get<double>();
+  want.energy.rho_violations = static_cast<int64_t>(e["rho_violations"].get<double>());
   ExpectMomentsClose(*mo, want);
-  if (v.Has("expected_tracks")) {
+  if (v.contains("expected_tracks")) {
     const Json& et = v["expected_tracks"];
     const TrackValues t = EstimateTracks(*mo, in.corpus_size, in.delta, in.rho, mo->energy);
-    ExpectClose(t.track1_lower, et["track1_lower"].Num(), "track1_lower");
-    ExpectClose(t.track1_upper, et["track1_upper"].Num(), "track1_upper");
-    ExpectClose(t.track2_raw, et["track2_raw"].Num(), "track2_raw");
-    ExpectClose(t.track2_bias, et["track2_bias"].Num(), "track2_bias");
-    ExpectClose(t.track2, et["track2"].Num(), "track2");
-    ExpectClose(t.track2_ci_halfwidth, et["track2_ci_halfwidth"].Num(), "track2_ci_halfwidth");
+    ExpectClose(t.track1_lower, et["track1_lower"].get<double>(), "track1_lower");
+    ExpectClose(t.track1_upper, et["track1_upper"].get<double>(), "track1_upper");
+    ExpectClose(t.track2_raw, et["track2_raw"].get<double>(), "track2_raw");
+    ExpectClose(t.track2_bias, et["track2_bias"].get<double>(), "track2_bias");
+    ExpectClose(t.track2, et["track2"].get<double>(), "track2");
+    ExpectClose(t.track2_ci_halfwidth, et["track2_ci_halfwidth"].get<double>(), "track2_ci_halfwidth");
   }
 }
 
