@@ -104,8 +104,9 @@ else
 fi
 if [[ "${STATE[configure]}" == ok* ]]; then
   log "build sigma_gpu_test sigma_gpu_bench (-j$JOBS)"
+  # sigma_cuda_backend: the module the factory dlopens (MakeBackend(kCuda)).
   if timeout "$(left 300)" cmake --build "$BUILD" -j "$JOBS" --target sigma_gpu_test sigma_gpu_bench \
-      >"$RESULTS/build.log" 2>&1; then
+      sigma_cuda_backend >"$RESULTS/build.log" 2>&1; then
     STATE[build]=ok
   else
     STATE[build]=FAILED
@@ -142,6 +143,22 @@ if ((BUILD_ONLY == 0)) && [[ "${STATE[build]}" == ok ]]; then
   TEST_COUNTS="${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
   if ((rc == 0)); then STATE[tests]=ok; else STATE[tests]="FAILED (rc $rc)"; fi
   grep -E "^\[  (FAILED|SKIPPED) \]|Failure|Skipped|^.*: got " "$RESULTS/gpu_test.log" | head -40
+
+  # The backend conformance suite through the factory (dlopen of the module),
+  # when the full kernel tests configured (they need nothing but GTest/json).
+  if [[ "${STATE[configure]}" == ok ]] &&
+     timeout "$(left 200)" cmake --build "$BUILD" -j "$JOBS" --target sigma_kernels_test \
+       >>"$RESULTS/build.log" 2>&1; then
+    KT="$(find "$BUILD" -name sigma_kernels_test -type f -perm -u+x | head -1)"
+    log "sigma_kernels_test --gtest_filter='*/cuda' (factory + module)"
+    if SIGMA_SHARED_DIR="$SHARED" timeout "$(left 60)" "$KT" \
+         --gtest_filter='*/cuda' >"$RESULTS/conformance.log" 2>&1; then
+      TEST_COUNTS="$TEST_COUNTS; conformance ok"
+    else
+      STATE[tests]="FAILED (conformance)"
+      grep -E "Failure|FAILED" "$RESULTS/conformance.log" | head -20
+    fi
+  fi
 
   # ---- 4. benchmarks ----------------------------------------------------------------
   BQ=()
