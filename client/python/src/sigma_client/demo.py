@@ -130,10 +130,12 @@ def main(argv=None) -> int:
                      for rule, sev in sorted(worst.items())]
             first_crit = next((r.generation for r in reps
                                if any(x.severity == "critical" for x in r.alerts)), None)
+            critical = (f"first critical at generation {first_crit}" if first_crit is not None
+                        else "never critical")
             print(f"{job}: generation {last.generation}: Track II drift {last.track2_drift:+.1f} nats "
                   f"({last.per_dim.track2_drift:+.3f}/dim) +- {last.drift_halfwidth:.1f}, "
                   f"Track I drift {last.track1_drift:+.2f}, divergence {last.divergence:+.1f}; "
-                  f"first critical at generation {first_crit if first_crit is not None else 'none'}; alerts: {', '.join(fired) or 'none'}")
+                  f"{critical}; alerts: {', '.join(fired) or 'none'}")
             if last.generations_to_critical is not None:
                 print(f"    forecast: {last.generations_to_critical:.1f} generations to the critical threshold")
         png = plot_reports(series, str(out / "report.png"), thresholds=thresholds,
