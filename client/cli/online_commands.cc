@@ -3,11 +3,13 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -48,6 +50,8 @@ constexpr char kCommonFlagsHelp[] =
     "  --tls-ca FILE         ... against this PEM CA bundle instead (implies --tls)\n"
     "  --tls-cert FILE --tls-key FILE   client certificate and key, PEM (mutual TLS)\n"
     "  --tls-server-name N   expect this name in the server certificate\n"
+    "  --token-file FILE     bearer token for sigmad --tokens, read from FILE (surrounding\n"
+    "                        whitespace stripped); default: $SIGMA_TOKEN, else none\n"
     "  -h, --help            print this help\n"
     "exit status: 0 ok, 1 error (\"sigmactl: CODE: message\" for RPC errors), 2 usage\n";
 
@@ -143,7 +147,8 @@ struct FlagSpec {
 
 constexpr FlagSpec kCommonFlags[] = {
     {"target", true},  {"timeout", true},  {"retries", true},  {"tls", false},
-    {"tls-ca", true},  {"tls-cert", true}, {"tls-key", true},  {"tls-server-name", true}};
+    {"tls-ca", true},  {"tls-cert", true}, {"tls-key", true},  {"tls-server-name", true},
+    {"token-file", true}};
 
 struct Parsed {
   std::map<std::string, std::vector<std::string>> flags;
@@ -297,6 +302,17 @@ absl::StatusOr<std::unique_ptr<Client>> MakeClient(const Parsed& p) {
     options.credentials = *creds;
   }
   options.tls_server_name = p.Get("tls-server-name").value_or("");
+  if (std::optional<std::string> file = p.Get("token-file")) {
+    std::ifstream in(*file, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (!in) return absl::NotFoundError(absl::StrCat("--token-file: cannot read ", *file));
+    options.bearer_token = std::string(absl::StripAsciiWhitespace(ss.str()));
+    if (options.bearer_token.empty())
+      return absl::InvalidArgumentError(absl::StrCat("--token-file ", *file, " is empty"));
+  } else if (const char* env = std::getenv("SIGMA_TOKEN"); env != nullptr && *env != '\0') {
+    options.bearer_token = std::string(absl::StripAsciiWhitespace(env));
+  }
   return Client::Create(std::move(targets), options);
 }
 

@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <string_view>
 
 #include "absl/strings/numbers.h"
@@ -70,6 +72,8 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   else if (key == "tls_cert") o->tls_cert = value;
   else if (key == "tls_key") o->tls_key = value;
   else if (key == "tls_client_ca") o->tls_client_ca = value;
+  else if (key == "tokens") o->tokens_file = value;
+  else if (key == "metrics_basic_auth_file") o->metrics_basic_auth_file = value;
   else if (key == "max_jobs") return as_int(&o->max_jobs);
   else if (key == "max_taps_per_job") return as_int(&o->max_taps_per_job);
   else if (key == "max_open_snapshots") return as_int(&o->max_open_snapshots);
@@ -85,9 +89,17 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
 }  // namespace
 
 absl::Status LoadConfigFile(const std::string& path, DaemonOptions* options) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("--config ", path, ": cannot read"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return LoadConfigText(ss.str(), path, options);
+}
+
+absl::Status LoadConfigText(const std::string& text, const std::string& path, DaemonOptions* options) {
   YAML::Node root;
   try {
-    root = YAML::LoadFile(path);
+    root = YAML::Load(text);
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("--config ", path, ": ", e.what()));
   }
@@ -133,6 +145,11 @@ std::string UsageText() {
   --port-file FILE              write {"grpc_port","metrics_port","pid"} once listening
   --tls-cert FILE --tls-key FILE  serve gRPC over TLS (PEM); default plaintext
   --tls-client-ca FILE          with TLS: require client certificates signed by this CA
+  --tokens FILE                 YAML list of bearer tokens {token_sha256, role: write|read,
+                                job_prefixes: [...]}; requests need 'authorization: Bearer T'
+                                (default: no authorisation)
+  --metrics-basic-auth-file FILE  /metrics requires HTTP basic auth; lines USER:SHA256HEX
+                                (hex SHA-256 of the password)
   --max-jobs N                  cap on jobs (metric cardinality), default 256
   --max-taps-per-job N          cap on taps per job, default 64
   --max-open-snapshots N        default 256

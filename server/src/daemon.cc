@@ -15,6 +15,7 @@
 #include "prometheus/exposer.h"
 #include "sigma/kernels/backend_factory.h"
 #include "sigma/server/api.h"
+#include "sigma/server/auth.h"
 #include "sigma/server/metrics.h"
 #include "sigma/server/scheduler.h"
 #include "sigma/server/storage.h"
@@ -31,6 +32,29 @@ absl::StatusOr<BoundPorts> Daemon::Start(const DaemonOptions& options) {
   int port = 0;
   if (auto s = SplitHostPort(options.listen, &grpc_host_, &port); !s.ok()) return s;
   if (auto s = SplitHostPort(options.metrics_listen, &metrics_host_, &port); !s.ok()) return s;
+  warnings_.clear();
+  auth_.reset();
+  metrics_auth_.reset();
+  if (!options.tokens_file.empty()) {
+    auto auth = Authorizer::LoadFile(options.tokens_file, &warnings_);
+    if (!auth.ok()) return auth.status();
+    auth_ = std::move(*auth);
+  }
+  if (!options.metrics_basic_auth_file.empty()) {
+    auto basic = BasicAuth::LoadFile(options.metrics_basic_auth_file);
+    if (!basic.ok()) return basic.status();
+    metrics_auth_ = std::move(*basic);
+  }
+  if (!IsLoopbackHost(grpc_host_) && options.tls_cert.empty())
+    warnings_.push_back(absl::StrCat("--listen ", options.listen,
+                                     " is not a loopback address and gRPC is not encrypted: pass "
+                                     "--tls-cert/--tls-key", auth_ ? "" : " (and --tokens)"));
+  if (!IsLoopbackHost(metrics_host_))
+    warnings_.push_back(absl::StrCat("--metrics-listen ", options.metrics_listen,
+                                     " is not a loopback address and /metrics is plain HTTP",
+                                     metrics_auth_ ? " (basic-auth passwords travel in clear text)"
+                                                   : " without authentication (--metrics-basic-auth-file)",
+                                     ": put it behind a TLS proxy or bind a private interface"));
 
   sigma::BackendOptions bo;
   bo.kind = *sigma::ParseBackendKind(options.backend);
@@ -60,13 +84,19 @@ absl::StatusOr<BoundPorts> Daemon::Start(const DaemonOptions& options) {
     return absl::UnavailableError(
         absl::StrCat("--metrics-listen ", options.metrics_listen, ": cannot listen: ", e.what()));
   }
+  if (metrics_auth_) {
+    const BasicAuth* basic = metrics_auth_.get();
+    exposer_->RegisterAuth(
+        [basic](const std::string& user, const std::string& password) { return basic->Check(user, password); },
+        "sigmad");
+  }
   exposer_->RegisterCollectable(metrics_->registry());
   const std::vector<int> mports = exposer_->GetListeningPorts();
   ports_.metrics_port = mports.empty() ? 0 : mports.front();
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  service_ = std::make_unique<MonitorService>(engine_.get());
+  service_ = std::make_unique<MonitorService>(engine_.get(), auth_.get(), metrics_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert.empty()) {
     auto read = [](const std::string& flag, const std::string& path, std::string* out) -> absl::Status {
@@ -132,6 +162,8 @@ void Daemon::Shutdown(double grace_seconds) {
   service_.reset();
   engine_.reset();
   metrics_.reset();
+  metrics_auth_.reset();
+  auth_.reset();
 }
 
 std::string Daemon::Banner() const {

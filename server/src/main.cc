@@ -32,12 +32,15 @@ int main(int argc, char** argv) {
     std::cerr << "sigmad: " << ports.status().message() << "\n";
     return 1;
   }
+  for (const std::string& w : daemon.warnings()) std::cerr << "sigmad: warning: " << w << "\n";
   if (!daemon.fallback_reason().empty())
     std::cerr << "sigmad: CUDA not used: " << daemon.fallback_reason() << "\n";
   std::cout << daemon.Banner() << std::endl;
   if (!options->tls_cert.empty())
     std::cerr << "sigmad: gRPC uses TLS" << (options->tls_client_ca.empty() ? "" : " with client certificates")
               << "\n";
+  if (!options->tokens_file.empty()) std::cerr << "sigmad: bearer tokens required (--tokens)\n";
+  if (!options->metrics_basic_auth_file.empty()) std::cerr << "sigmad: /metrics requires basic auth\n";
   if (!options->port_file.empty()) {
     if (auto s = sigma::server::WritePortFile(options->port_file, *ports); !s.ok()) {
       std::cerr << "sigmad: " << s.message() << "\n";

@@ -49,6 +49,12 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                        .Help("Ingest messages refused, by reason")
                        .Register(r);
   for (const char* reason : kRejectReasons) rejected_[reason] = &rejected.Add({{"reason", reason}});
+  auto& auth = prometheus::BuildCounter()
+                   .Name("sigma_auth_failures_total")
+                   .Help("Requests refused by --tokens, by gRPC code (the token is never exported)")
+                   .Register(r);
+  auth_unauthenticated_ = &auth.Add({{"code", "unauthenticated"}});
+  auth_denied_ = &auth.Add({{"code", "permission_denied"}});
   seal_duration_ = &prometheus::BuildHistogram()
                         .Name("sigma_seal_duration_seconds")
                         .Help("Time from a snapshot's seal request to its durable report")

@@ -200,6 +200,14 @@ Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) {
   if (open.m() < 1 || open.m() > (1 << 20))
     return Reject("dimension_mismatch", StatusCode::INVALID_ARGUMENT,
                   absl::StrFormat("m must be in [1, 2^20], got %d", open.m()));
+  // The seal works on m x m float64 matrices (the Gram matrix and its shifted
+  // factors, about 4 of them): a dimension whose seal could never fit in the
+  // memory budget is refused here, before rows are taken.
+  if (const int64_t seal_bytes = int64_t{32} * open.m() * open.m(); seal_bytes > options_.max_memory_bytes)
+    return Reject("memory_exhausted", StatusCode::RESOURCE_EXHAUSTED,
+                  absl::StrFormat("m = %d needs about %d bytes to seal (4 m x m float64 matrices) > "
+                                  "--max-memory-bytes = %d",
+                                  open.m(), seal_bytes, options_.max_memory_bytes));
   const std::optional<sigma::DType> dtype = MapDType(open.dtype());
   if (!dtype)
     return Reject("invalid_dtype", StatusCode::INVALID_ARGUMENT,

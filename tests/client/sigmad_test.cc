@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <random>
@@ -537,6 +539,67 @@ TEST_F(SigmadTest, TwoGenerationsHistoryJobsAndConfigure) {
                 "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_PRED2(Close, JsonNumber(nlohmann::json::parse(r.out)["track2"]), b.track2());
+}
+
+
+// sigmad --tokens: the client's bearer_token, sigmactl --token-file and
+// $SIGMA_TOKEN; the token never shows in the daemon's log.
+TEST(SigmadTokensTest, ClientAndSigmactlSendTheToken) {
+  if (sigma::testing::SigmadPath().empty()) GTEST_SKIP() << "sigmad is not part of this build";
+  TempDir dir;
+  const std::string write_token = "cpp-write-token-0123456789";
+  {
+    // token_sha256 of write_token; the read token is stored in plain text.
+    std::ofstream f(dir.File("tokens.yaml"));
+    f << "- token_sha256: 4c6ef1ce0e9b4b6fa0d09d90c34e64b2b6b1c5e3a8e0e1df7d5c9b1f1d3a2c10\n"
+         "  role: write\n  job_prefixes: [unused.]\n"
+         "- token: " << write_token << "\n  role: write\n  job_prefixes: [cpp.]\n";
+  }
+  auto started = Sigmad::Start(dir.path(), {"--backend", "cpu", "--tokens", dir.File("tokens.yaml")});
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<Sigmad> daemon = *std::move(started);
+  const std::vector<float> data = RandomRows(64, 8, 3);
+  const Embeddings block{data.data(), v1::DTYPE_FP32, 64, 8, {}};
+
+  ClientOptions options;
+  options.max_retries = 0;
+  auto anonymous = Client::Create({daemon->target()}, options);
+  ASSERT_TRUE(anonymous.ok());
+  EXPECT_TRUE(absl::IsUnauthenticated((*anonymous)->GetHistory("cpp.job").status()));
+  options.bearer_token = write_token;
+  auto client = Client::Create({daemon->target()}, options);
+  ASSERT_TRUE(client.ok());
+  auto sent = (*client)->SendGeneration({"cpp.job", "default", 0}, block, {});
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_TRUE(sent->sealed());
+  EXPECT_TRUE(absl::IsPermissionDenied(
+      (*client)->SendGeneration({"other.job", "default", 0}, block, {}).status()));
+  auto history = (*client)->GetHistory("cpp.job");
+  ASSERT_TRUE(history.ok()) << history.status();
+  EXPECT_EQ(history->size(), 1u);
+  options.bearer_token = "has space";
+  EXPECT_TRUE(absl::IsInvalidArgument(Client::Create({daemon->target()}, options).status()));
+
+  CommandResult r = RunCommand({SigmactlPath(), "report", "--target", daemon->target(), "--job", "cpp.job"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, StartsWith("sigmactl: UNAUTHENTICATED: "));
+  {
+    std::ofstream f(dir.File("token"));
+    f << "  " << write_token << "\n";
+  }
+  r = RunCommand({SigmactlPath(), "report", "--target", daemon->target(), "--job", "cpp.job", "--token-file",
+                  dir.File("token")});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = RunCommand({SigmactlPath(), "report", "--target", daemon->target(), "--job", "cpp.job", "--token-file",
+                  dir.File("missing")});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  setenv("SIGMA_TOKEN", write_token.c_str(), 1);
+  r = RunCommand({SigmactlPath(), "jobs", "--target", daemon->target()});
+  unsetenv("SIGMA_TOKEN");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cpp.job"));
+  daemon->Stop();
+  EXPECT_EQ(daemon->Log().find(write_token), std::string::npos) << daemon->Log();
 }
 
 }  // namespace

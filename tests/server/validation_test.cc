@@ -259,5 +259,30 @@ TEST(ValidationEdgeTest, CorpusSizeAndEmptyShares) {
   EXPECT_EQ(SendStream(d->stub.get(), {v1::IngestRequest()}, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+
+// A dimension whose seal (m x m float64 matrices) cannot fit in
+// --max-memory-bytes is refused at OpenSnapshot; the daemon keeps serving.
+TEST(SealMemoryTest, DimensionBeyondTheBudgetIsRefusedAtOpen) {
+  TempDir dir;
+  DaemonOptions o = TestOptions(dir.path());
+  o.max_memory_bytes = 1 << 20;  // 32 m^2 <= 1 MiB: m <= 181
+  auto d = StartDaemon(o);
+  ASSERT_NE(d, nullptr);
+  v1::IngestResponse resp;
+  const Rows wide = GaussianRows(4, 256, 1);
+  grpc::Status s = SendShare(d->stub.get(), MakeOpen("wide", 0, 0, 1, 256, v1::DTYPE_FP32), wide, 0, 4, 4,
+                             v1::DTYPE_FP32, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("--max-memory-bytes"), std::string::npos) << s.error_message();
+  v1::JobConfig cfg;
+  cfg.set_n_a(512);
+  const Rows ok = GaussianRows(600, 128, 2);
+  s = SendShare(d->stub.get(), MakeOpen("narrow", 0, 0, 1, 128, v1::DTYPE_FP32, std::nullopt, &cfg), ok, 0, 600, 200,
+                v1::DTYPE_FP32, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.sealed());
+  EXPECT_EQ(resp.report().m(), 128);
+}
+
 }  // namespace
 }  // namespace sigma::server::testing

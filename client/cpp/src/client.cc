@@ -47,8 +47,10 @@ bool Retryable(const absl::Status& status) {
   return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status);
 }
 
-void SetDeadline(grpc::ClientContext& context, absl::Duration deadline) {
-  context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline));
+// The deadline of one attempt and, when set, the bearer token.
+void PrepareContext(grpc::ClientContext& context, const ClientOptions& options) {
+  context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options.deadline));
+  if (!options.bearer_token.empty()) context.AddMetadata("authorization", "Bearer " + options.bearer_token);
 }
 
 absl::Status ValidateBlocks(absl::Span<const Embeddings> blocks) {
@@ -299,6 +301,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(std::vector<std::string> 
       return absl::InvalidArgumentError(absl::StrCat("duplicate sigmad target '", t, "'"));
   }
   if (options.max_retries < 0) return absl::InvalidArgumentError("max_retries must be >= 0");
+  for (char c : options.bearer_token) {
+    if (c < 0x21 || c > 0x7e)  // an HTTP/2 header value; the token itself is not echoed
+      return absl::InvalidArgumentError("bearer_token must be printable ASCII without spaces");
+  }
   if (options.deadline <= absl::ZeroDuration())
     return absl::InvalidArgumentError("deadline must be > 0");
   if (options.backoff_multiplier < 1.0)
@@ -416,7 +422,7 @@ absl::StatusOr<v1::IngestResponse> Client::SendShare(const SnapshotId& snapshot,
   v1::IngestResponse result;
   absl::Status status = WithRetries([&]() -> absl::Status {
     grpc::ClientContext context;
-    SetDeadline(context, options_.deadline);
+    PrepareContext(context, options_);
     v1::IngestResponse response;
     std::unique_ptr<grpc::ClientWriter<v1::IngestRequest>> writer = stub->Ingest(&context, &response);
     bool ok = writer->Write(open_request);
@@ -512,7 +518,7 @@ absl::StatusOr<v1::GenerationReport> Client::CloseGeneration(const SnapshotId& s
   v1::GenerationReport report;
   absl::Status status = WithRetries([&] {
     grpc::ClientContext context;
-    SetDeadline(context, options_.deadline);
+    PrepareContext(context, options_);
     return FromGrpcStatus(stub->CloseGeneration(&context, request, &report));
   });
   if (!status.ok()) return status;
@@ -528,7 +534,7 @@ absl::StatusOr<std::vector<v1::GenerationReport>> Client::GetHistory(std::string
   v1::GetHistoryResponse response;
   absl::Status status = WithRetries([&] {
     grpc::ClientContext context;
-    SetDeadline(context, options_.deadline);
+    PrepareContext(context, options_);
     return FromGrpcStatus(stub->GetHistory(&context, request, &response));
   });
   if (!status.ok()) return status;
@@ -540,7 +546,7 @@ absl::StatusOr<std::vector<v1::JobInfo>> Client::ListJobsOn(const std::string& t
   v1::ListJobsResponse response;
   absl::Status status = WithRetries([&] {
     grpc::ClientContext context;
-    SetDeadline(context, options_.deadline);
+    PrepareContext(context, options_);
     return FromGrpcStatus(stub->ListJobs(&context, v1::ListJobsRequest(), &response));
   });
   if (!status.ok()) {
@@ -592,7 +598,7 @@ absl::StatusOr<v1::JobInfo> Client::ConfigureJob(std::string_view job, const v1:
   v1::JobInfo info;
   absl::Status status = WithRetries([&] {
     grpc::ClientContext context;
-    SetDeadline(context, options_.deadline);
+    PrepareContext(context, options_);
     return FromGrpcStatus(stub->ConfigureJob(&context, request, &info));
   });
   if (!status.ok()) return status;
@@ -606,7 +612,7 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& target, std::str
   grpc::health::v1::HealthCheckResponse response;
   absl::Status status = WithRetries([&] {
     grpc::ClientContext context;
-    SetDeadline(context, options_.deadline);
+    PrepareContext(context, options_);
     return FromGrpcStatus(stub->Check(&context, request, &response));
   });
   if (!status.ok()) return status;

@@ -63,6 +63,8 @@ class Monitor:
     preprocessing ("l2"/"none") and seed configure the job when it is new
     (None: the daemon's default); an existing job keeps its settings and the
     client pre-sketches with the job's effective n_a and seed.
+    token: bearer token for a sigmad started with --tokens (sent as
+    "authorization: Bearer TOKEN" on every call); None: $SIGMA_TOKEN if set.
     """
 
     def __init__(self, target: str | Sequence[str], job: str, tap: str = "default",
@@ -75,7 +77,8 @@ class Monitor:
                  presketch: bool = True, timeout: float = 120.0, max_retries: int = 8,
                  backoff: float = 0.2, max_backoff: float = 5.0,
                  batch_bytes: int = DEFAULT_BATCH_BYTES,
-                 channel_options: Optional[Sequence[tuple[str, Any]]] = None):
+                 channel_options: Optional[Sequence[tuple[str, Any]]] = None,
+                 token: Optional[str] = None):
         if preprocessing not in _PREP:
             raise ValueError(f"preprocessing must be 'l2' or 'none', got {preprocessing!r}")
         self.targets = parse_targets(target)
@@ -99,6 +102,10 @@ class Monitor:
                 ("grpc.max_receive_message_length", MAX_MESSAGE)]
         opts += list(channel_options or [])
         self._opts = opts
+        # Bearer token for sigmad --tokens: `token`, else $SIGMA_TOKEN, else none.
+        token = token if token is not None else os.environ.get("SIGMA_TOKEN", "")
+        token = token.strip()
+        self._metadata = (("authorization", "Bearer " + token),) if token else None
         self._channel = grpc.insecure_channel(self.target, options=opts)
         self._stub = grpc_mod.SigmaMonitorStub(self._channel)
         self._fixed_params: Optional[SketchParams] = None
@@ -125,7 +132,7 @@ class Monitor:
         while True:
             try:
                 req = request() if callable(request) else request
-                return fn(req, timeout=self.timeout)
+                return fn(req, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
                 if retry and code in RETRYABLE and attempt < self.max_retries:

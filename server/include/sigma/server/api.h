@@ -4,6 +4,8 @@
 #ifndef SIGMA_SERVER_API_H_
 #define SIGMA_SERVER_API_H_
 
+#include "sigma/server/auth.h"
+#include "sigma/server/metrics.h"
 #include "sigma/server/scheduler.h"
 #include "sigma/v1/sigma.grpc.pb.h"
 
@@ -11,7 +13,9 @@ namespace sigma::server {
 
 class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
  public:
-  explicit MonitorService(Engine* engine) : engine_(engine) {}
+  // `auth` null: no authorisation (every request allowed). `metrics` may be null.
+  explicit MonitorService(Engine* engine, const Authorizer* auth = nullptr, Metrics* metrics = nullptr)
+      : engine_(engine), auth_(auth), metrics_(metrics) {}
 
   grpc::ServerReadReactor<sigma::v1::IngestRequest>* Ingest(
       grpc::CallbackServerContext* context, sigma::v1::IngestResponse* response) override;
@@ -29,7 +33,16 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
                                          sigma::v1::JobInfo* response) override;
 
  private:
+  // The caller's token entry (null when auth is off), or UNAUTHENTICATED.
+  grpc::Status Authenticate(grpc::CallbackServerContext* context, const TokenEntry** entry);
+  // Authenticate, then the role and (when `job` is set) the job's prefix and
+  // that of `baseline_job` (when not empty).
+  grpc::Status Check(grpc::CallbackServerContext* context, Rpc rpc, const std::string* job,
+                     const std::string& baseline_job = "", const TokenEntry** entry = nullptr);
+
   Engine* engine_;
+  const Authorizer* auth_;
+  Metrics* metrics_;
 };
 
 }  // namespace sigma::server

@@ -22,6 +22,8 @@ struct DaemonOptions {
   std::string tls_cert;                            // PEM certificate chain: gRPC over TLS
   std::string tls_key;                             // PEM private key (with tls_cert)
   std::string tls_client_ca;                       // PEM CA: require and verify client certs
+  std::string tokens_file;                         // YAML bearer tokens (auth.h); empty: no auth
+  std::string metrics_basic_auth_file;             // "user:sha256hex" lines; empty: open /metrics
   int64_t max_jobs = 256;                          // cardinality cap on jobs
   int64_t max_taps_per_job = 64;                   // cardinality cap on taps per job
   int64_t max_open_snapshots = 256;
@@ -38,6 +40,8 @@ struct DaemonOptions {
 
 // Reads a YAML file into `options` (only the keys present change).
 absl::Status LoadConfigFile(const std::string& path, DaemonOptions* options);
+// The same from YAML text; `path` names it in errors (the config fuzzer's entry).
+absl::Status LoadConfigText(const std::string& text, const std::string& path, DaemonOptions* options);
 
 // Parses sigmad's command line (argv[0] skipped). --config is read first, then
 // every other flag overrides it. Returns NOT_FOUND-free errors as

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -19,6 +20,8 @@ class Exposer;
 
 namespace sigma::server {
 
+class Authorizer;
+class BasicAuth;
 class Engine;
 class Metrics;
 class MonitorService;
@@ -47,12 +50,18 @@ class Daemon {
   // "sigmad: gRPC on HOST:PORT, metrics on http://HOST:PORT/metrics, backend NAME"
   std::string Banner() const;
   BoundPorts ports() const { return ports_; }
+  // Non-fatal remarks from Start (plain-text tokens, a non-loopback address
+  // without TLS), for the log. They never contain a token.
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   DaemonOptions options_;
   BoundPorts ports_;
   std::string grpc_host_, metrics_host_;
   std::string backend_name_, fallback_reason_;
+  std::vector<std::string> warnings_;
+  std::unique_ptr<Authorizer> auth_;
+  std::unique_ptr<BasicAuth> metrics_auth_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<MonitorService> service_;

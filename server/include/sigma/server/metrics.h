@@ -51,6 +51,8 @@ class Metrics {
 
   void Ingested(int64_t bytes, int64_t rows);
   void Rejected(const std::string& reason);
+  // A request refused by --tokens: UNAUTHENTICATED or PERMISSION_DENIED.
+  void AuthFailure(bool unauthenticated) { (unauthenticated ? auth_unauthenticated_ : auth_denied_)->Increment(); }
   void SealDuration(double seconds);
   void SealBatchSize(size_t snapshots);
   void SetOpenSnapshots(int64_t n) { open_snapshots_->Set(static_cast<double>(n)); }
@@ -116,6 +118,8 @@ class Metrics {
   prometheus::Counter* ingested_rows_;
   prometheus::Counter* ingested_batches_;
   std::map<std::string, prometheus::Counter*> rejected_;
+  prometheus::Counter* auth_unauthenticated_;
+  prometheus::Counter* auth_denied_;
   prometheus::Histogram* seal_duration_;
   prometheus::Histogram* seal_batch_size_;
   prometheus::Gauge* open_snapshots_;

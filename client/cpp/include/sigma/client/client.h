@@ -86,6 +86,9 @@ struct ClientOptions {
   // The name the server's certificate is checked against instead of the
   // target's host (TLS only; for tests and addresses by IP).
   std::string tls_server_name;
+  // Bearer token sent as `authorization: Bearer TOKEN` on every call (sigmad
+  // --tokens); empty: none. Over a plaintext channel it travels in clear text.
+  std::string bearer_token;
 };
 
 // PEM files for a TLS channel. Empty ca_file: the system's root certificates.
