@@ -40,7 +40,7 @@ test: build
 test-cpp:
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
-PYTEST_DIRS := $(wildcard tests/python tests/deploy tests/e2e)
+PYTEST_DIRS := $(wildcard tests/python tests/experiments tests/deploy tests/e2e tests/load)
 
 test-python:
 	@if [ -d client/python ]; then \

@@ -61,6 +61,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=4096, help="rows per generation")
     ap.add_argument("--batch-rows", type=int, default=512)
     ap.add_argument("--max-memory-bytes", type=int, default=64 << 20)
+    ap.add_argument("--rss-growth", type=float, default=0.25,
+                    help="allowed RSS growth after the first quarter (fraction; soak check)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
 
@@ -120,22 +122,26 @@ def main() -> int:
             gens_per_stream[i] = g
         ch.close()
 
-    peak = {"rss": 0, "open_bytes": 0.0}
+    peak = {"rss": 0, "open_bytes": 0.0, "rss_quarter": 0, "rss_last": 0}
     sampling = threading.Event()
 
     def sampler() -> None:
         while not sampling.is_set():
             try:
-                peak["rss"] = max(peak["rss"], rss_bytes(pid))
+                rss = rss_bytes(pid)
+                peak["rss"] = max(peak["rss"], rss)
+                peak["rss_last"] = rss
+                if time.monotonic() - t0 < a.seconds / 4:  # warm-up: the first quarter's peak
+                    peak["rss_quarter"] = max(peak["rss_quarter"], rss)
                 m = scrape(metrics_url)
                 peak["open_bytes"] = max(peak["open_bytes"], m.get("sigma_open_snapshot_bytes", 0))
             except Exception:  # noqa: BLE001 - a missed sample is fine
                 pass
             time.sleep(0.25)
 
+    t0 = time.monotonic()
     smp = threading.Thread(target=sampler)
     smp.start()
-    t0 = time.monotonic()
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(a.streams)]
     for t in threads:
         t.start()
@@ -175,7 +181,9 @@ def main() -> int:
         "seal_latency_max_ms": round(float(lat.max()) * 1e3, 1) if len(lat) else None,
         "daemon_seal_mean_ms": round(hist_sum / hist_count * 1e3, 2) if hist_count else None,
         "peak_open_snapshot_bytes": int(peak["open_bytes"]), "max_memory_bytes": a.max_memory_bytes,
-        "peak_rss_mib": round(peak["rss"] / 2**20, 1), "errors": totals["errors"],
+        "peak_rss_mib": round(peak["rss"] / 2**20, 1),
+        "rss_first_quarter_peak_mib": round(peak["rss_quarter"] / 2**20, 1),
+        "rss_end_mib": round(peak["rss_last"] / 2**20, 1), "errors": totals["errors"],
     }
     checks = {
         "batches reconcile": totals["accepted"] == m.get("sigma_ingested_batches_total"),
@@ -185,6 +193,9 @@ def main() -> int:
         "every generation sealed once": sealed == history == sum(gens_per_stream) == hist_count,
         "batches = generations x batches": totals["accepted"] == sealed * nb,
         "memory under budget": peak["open_bytes"] <= a.max_memory_bytes,
+        # Soak: after warm-up the daemon's RSS must not keep growing (a leak
+        # of 1 KiB per generation would show over thousands of generations).
+        "rss stable after warm-up": peak["rss_last"] <= peak["rss_quarter"] * (1 + a.rss_growth) + (8 << 20),
         "no errors": not errors,
     }
     print(json.dumps(fig, indent=2))

@@ -1,14 +1,25 @@
 #include "sigma/server/api.h"
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+
 namespace sigma::server {
 namespace v1 = sigma::v1;
 
 namespace {
+
+// Trailing metadata key of a rate-limit refusal: milliseconds until the
+// client's bucket holds the refused batch (the clients wait that long).
+constexpr char kRetryAfterKey[] = "sigma-retry-after-ms";
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
 
 // Counts a refusal by the authoriser in the metrics.
 grpc::Status CountAuth(Metrics* metrics, grpc::Status s) {
@@ -36,15 +47,34 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
  public:
   // `token`: the caller's entry (null when auth is off). A non-OK `refused`
   // (authentication failed) ends the stream before anything is read.
+  // `client`: who is calling (per-client stream count and rate limit).
   IngestReactor(Engine* engine, v1::IngestResponse* response, const TokenEntry* token, Metrics* metrics,
-                const grpc::Status& refused)
-      : engine_(engine), response_(response), token_(token), metrics_(metrics) {
-    if (!refused.ok()) {
+                const grpc::Status& refused, grpc::CallbackServerContext* context, ClientLimiter* limiter,
+                MonitorService::Client client)
+      : engine_(engine),
+        response_(response),
+        token_(token),
+        metrics_(metrics),
+        context_(context),
+        limiter_(limiter),
+        client_(std::move(client)) {
+    grpc::Status status = refused;
+    if (status.ok()) {
+      status = ToGrpc(limiter_->AcquireStream(client_.key, client_.label, client_.limits));
+      if (status.ok()) stream_counted_ = true;
+      else if (metrics_) metrics_->Rejected("too_many_streams");
+    }
+    if (!status.ok()) {
       finished_ = true;
-      Finish(refused);
+      Finish(status);
       return;
     }
     StartRead(&request_[0]);
+  }
+
+  void OnDone() override {
+    if (stream_counted_) limiter_->ReleaseStream(client_.key);
+    delete this;
   }
 
   void OnReadDone(bool ok) override {
@@ -61,7 +91,6 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     Drain(ok);
   }
 
-  void OnDone() override { delete this; }
 
  private:
   // Processes the message that just arrived in request_[current_], then any
@@ -104,7 +133,8 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
         if (status.ok()) status = engine_->Open(request.open(), &session_);
         break;
       case v1::IngestRequest::kBatch:
-        status = engine_->Batch(&session_, request.batch());
+        status = RateLimit(request.batch());
+        if (status.ok()) status = engine_->Batch(&session_, request.batch());
         break;
       default:
         status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -114,6 +144,20 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     *response_ = session_.response;
     Finish(status);  // the outstanding read completes and is ignored
     return true;
+  }
+
+  // The client's ingest rate limit over the batch's payload bytes.
+  grpc::Status RateLimit(const v1::Batch& batch) {
+    if (client_.limits.bytes_per_second <= 0 || engine_->IsDuplicate(session_, batch.seq()))
+      return grpc::Status::OK;
+    const int64_t bytes = static_cast<int64_t>(batch.data().size()) + 8 * int64_t{batch.sample_ids_size()};
+    absl::Duration retry_after;
+    const absl::Status s = limiter_->Consume(client_.key, client_.label, client_.limits, bytes, &retry_after);
+    if (s.ok()) return grpc::Status::OK;
+    if (metrics_) metrics_->Rejected("rate_limited");
+    if (retry_after > absl::ZeroDuration())
+      context_->AddTrailingMetadata(kRetryAfterKey, absl::StrCat(absl::ToInt64Milliseconds(retry_after)));
+    return ToGrpc(s);
   }
 
   void End(const v1::EndOfShare* end) {
@@ -127,6 +171,10 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   v1::IngestResponse* response_;
   const TokenEntry* token_;
   Metrics* metrics_;
+  grpc::CallbackServerContext* context_;
+  ClientLimiter* limiter_;
+  const MonitorService::Client client_;
+  bool stream_counted_ = false;  // AcquireStream succeeded: release in OnDone
   v1::IngestRequest request_[2];
   int current_ = 0;  // the buffer the latest read filled (or fills)
   IngestSession session_;
@@ -165,7 +213,39 @@ grpc::ServerReadReactor<v1::IngestRequest>* MonitorService::Ingest(grpc::Callbac
   // checked now, the job's prefix when OpenSnapshot arrives.
   const TokenEntry* token = nullptr;
   grpc::Status s = Check(context, Rpc::kIngest, nullptr, "", &token);
-  return new IngestReactor(engine_, response, token, metrics_, s);
+  return new IngestReactor(engine_, response, token, metrics_, s, context, &limiter_, Identify(context, token));
+}
+
+MonitorService::Client MonitorService::Identify(const grpc::CallbackServerContext* context,
+                                                const TokenEntry* token) const {
+  Client c;
+  c.limits = client_limits_;
+  if (token != nullptr) {
+    // The entry's address is unique per token and reveals nothing of it.
+    c.key = absl::StrCat("token:", reinterpret_cast<uintptr_t>(token));
+    c.label = absl::StrCat("token '", token->name, "'");
+    if (token->max_streams > 0) c.limits.max_streams = token->max_streams;
+    if (token->rate_limit_bytes_per_second > 0) c.limits.bytes_per_second = token->rate_limit_bytes_per_second;
+    if (token->rate_limit_burst_bytes > 0) c.limits.burst_bytes = token->rate_limit_burst_bytes;
+  } else {
+    const std::string host = PeerHost(context->peer());
+    c.key = "peer:" + host;
+    c.label = "peer " + host;
+  }
+  return c;
+}
+
+std::string PeerHost(const std::string& peer) {
+  std::string_view p = peer;
+  for (std::string_view scheme : {"ipv4:", "ipv6:"}) {
+    if (p.substr(0, scheme.size()) != scheme) continue;
+    p.remove_prefix(scheme.size());
+    const size_t colon = p.rfind(':');
+    if (colon != std::string_view::npos) p = p.substr(0, colon);
+    if (p.size() >= 2 && p.front() == '[' && p.back() == ']') p = p.substr(1, p.size() - 2);
+    return std::string(p);
+  }
+  return peer;
 }
 
 grpc::ServerUnaryReactor* MonitorService::CloseGeneration(grpc::CallbackServerContext* context,

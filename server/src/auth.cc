@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "yaml-cpp/yaml.h"
 
@@ -189,6 +190,14 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Parse(const std::string&
         } else if (key == "name") {
           if (!v.IsScalar()) return bad(at + ": name must be a string");
           e.name = v.as<std::string>();
+        } else if (key == "max_streams" || key == "rate_limit_bytes_per_second" ||
+                   key == "rate_limit_burst_bytes") {
+          int64_t value = -1;
+          if (v.IsScalar() && !absl::SimpleAtoi(v.as<std::string>(), &value)) value = -1;
+          if (value < 1) return bad(at + ": " + key + " must be an integer >= 1");
+          if (key == "max_streams") e.max_streams = value;
+          else if (key == "rate_limit_bytes_per_second") e.rate_limit_bytes_per_second = value;
+          else e.rate_limit_burst_bytes = value;
         } else {
           return bad(at + ": unknown key '" + key.substr(0, 40) + "'");
         }

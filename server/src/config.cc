@@ -79,6 +79,11 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   else if (key == "max_open_snapshots") return as_int(&o->max_open_snapshots);
   else if (key == "max_memory_bytes") return as_int(&o->max_memory_bytes);
   else if (key == "max_message_bytes") return as_int(&o->max_message_bytes);
+  else if (key == "max_rows_per_batch") return as_int(&o->max_rows_per_batch);
+  else if (key == "max_m") return as_int(&o->max_m);
+  else if (key == "max_streams_per_client") return as_int(&o->max_streams_per_client);
+  else if (key == "rate_limit_bytes_per_second") return as_int(&o->rate_limit_bytes_per_second);
+  else if (key == "rate_limit_burst_bytes") return as_int(&o->rate_limit_burst_bytes);
   else if (key == "seal_batch_window_ms") return as_int(&o->seal_batch_window_ms);
   else if (key == "max_seal_batch") return as_int(&o->max_seal_batch);
   else if (key == "compute_queue_capacity") return as_int(&o->compute_queue_capacity);
@@ -155,6 +160,15 @@ std::string UsageText() {
   --max-open-snapshots N        default 256
   --max-memory-bytes N          rows held by open snapshots, default 8 GiB
   --max-message-bytes N         largest Batch payload, default 64 MiB
+  --max-rows-per-batch N        rows in one Batch, default 65536
+  --max-m N                     largest embedding dimension, default 16384
+  --max-streams-per-client N    concurrent Ingest streams of one client (a token; the peer
+                                IP without --tokens), default 64
+  --rate-limit-bytes-per-second N  Batch payload rate of one client, default 0 (off);
+                                over it: RESOURCE_EXHAUSTED with grpc-retry-pushback-ms
+  --rate-limit-burst-bytes N    the rate limit's bucket, default 0 (one second's worth)
+  (tokens may override the last three: max_streams, rate_limit_bytes_per_second,
+   rate_limit_burst_bytes)
   --seal-batch-window-ms N      seals arriving within N ms share one backend call, default 5
   --max-seal-batch N            snapshots per backend call at most, default 64
   --compute-queue-capacity N    queued configuration tasks at most, default 1024
@@ -229,12 +243,20 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
                  positive("max-open-snapshots", o.max_open_snapshots),
                  positive("max-memory-bytes", o.max_memory_bytes),
                  positive("max-message-bytes", o.max_message_bytes),
+                 positive("max-rows-per-batch", o.max_rows_per_batch),
+                 positive("max-m", o.max_m),
+                 positive("max-streams-per-client", o.max_streams_per_client),
                  positive("max-seal-batch", o.max_seal_batch),
                  positive("compute-queue-capacity", o.compute_queue_capacity)}) {
     if (!s.ok()) return s;
   }
   if (o.max_message_bytes > (int64_t{1} << 31) - (int64_t{1} << 20))
     return absl::InvalidArgumentError("--max-message-bytes must be < 2 GiB - 1 MiB");
+  if (o.max_m > (1 << 20)) return absl::InvalidArgumentError("--max-m must be <= 2^20");
+  if (o.rate_limit_bytes_per_second < 0)
+    return absl::InvalidArgumentError("--rate-limit-bytes-per-second must be >= 0 (0: off)");
+  if (o.rate_limit_burst_bytes < 0)
+    return absl::InvalidArgumentError("--rate-limit-burst-bytes must be >= 0 (0: one second's worth)");
   if (o.seal_batch_window_ms < 0 || o.seal_batch_window_ms > 60000)
     return absl::InvalidArgumentError("--seal-batch-window-ms must be in [0, 60000]");
   if (auto s = ValidateJobConfig(o.job_defaults); !s.ok()) return s;

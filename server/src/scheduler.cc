@@ -200,6 +200,9 @@ Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) {
   if (open.m() < 1 || open.m() > (1 << 20))
     return Reject("dimension_mismatch", StatusCode::INVALID_ARGUMENT,
                   absl::StrFormat("m must be in [1, 2^20], got %d", open.m()));
+  if (open.m() > options_.max_m)
+    return Reject("m_too_large", StatusCode::RESOURCE_EXHAUSTED,
+                  absl::StrFormat("m = %d exceeds --max-m = %d", open.m(), options_.max_m));
   // The seal works on m x m float64 matrices (the Gram matrix and its shifted
   // factors, about 4 of them): a dimension whose seal could never fit in the
   // memory budget is refused here, before rows are taken.
@@ -341,6 +344,14 @@ Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) {
   return Status::OK;
 }
 
+bool Engine::IsDuplicate(const IngestSession& session, int64_t seq) const {
+  if (!session.opened || session.ended) return false;
+  if (session.sealed_report) return true;
+  Snapshot& snap = *session.snapshot;
+  std::lock_guard<std::mutex> slock(snap.mu);
+  return snap.state != Snapshot::kOpen || snap.ranks[static_cast<size_t>(session.rank)].seqs.contains(seq);
+}
+
 Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
   if (!session->opened)
     return Reject("not_open", StatusCode::FAILED_PRECONDITION, "Batch before OpenSnapshot");
@@ -367,6 +378,10 @@ Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
   if (rows <= 0)
     return Reject("empty_batch", StatusCode::INVALID_ARGUMENT,
                   absl::StrFormat("%s: rows must be >= 1, got %d", where, rows));
+  if (rows > options_.max_rows_per_batch)
+    return Reject("too_many_rows", StatusCode::RESOURCE_EXHAUSTED,
+                  absl::StrFormat("%s: %d rows exceed --max-rows-per-batch = %d; send smaller batches", where,
+                                  rows, options_.max_rows_per_batch));
   const int64_t payload = static_cast<int64_t>(batch.data().size()) +
                           8 * static_cast<int64_t>(batch.sample_ids_size());
   if (payload > options_.max_message_bytes)

@@ -8,11 +8,14 @@
 #include <limits>
 #include <chrono>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
 #include <utility>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -43,8 +46,21 @@ uint64_t SplitMix64(uint64_t x) {
   return z ^ (z >> 31);
 }
 
+// The payload a RESOURCE_EXHAUSTED status carries when the daemon said when
+// to retry (its rate limit: trailing metadata "sigma-retry-after-ms").
+constexpr char kRetryAfterPayload[] = "sigma.retry_after_ms";
+
+std::optional<absl::Duration> RetryAfter(const absl::Status& status) {
+  const auto payload = status.GetPayload(kRetryAfterPayload);  // absl::optional<absl::Cord>
+  int64_t ms = 0;
+  if (!payload || !absl::SimpleAtoi(std::string(*payload), &ms) || ms < 0) return std::nullopt;
+  return absl::Milliseconds(ms);
+}
+
+// Transport trouble, or a rate-limit refusal that names its retry time.
 bool Retryable(const absl::Status& status) {
-  return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status);
+  return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
+         (absl::IsResourceExhausted(status) && RetryAfter(status).has_value());
 }
 
 // The deadline of one attempt and, when set, the bearer token.
@@ -360,7 +376,9 @@ absl::Status Client::WithRetries(Fn&& attempt) {
     absl::Status status = attempt();
     if (status.ok() || !Retryable(status) || retry >= options_.max_retries) return status;
     retries_.fetch_add(1);
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(Backoff(retry + 1)));
+    absl::Duration wait = Backoff(retry + 1);
+    if (const std::optional<absl::Duration> after = RetryAfter(status)) wait = std::max(wait, *after);
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(wait));
   }
 }
 
@@ -448,7 +466,12 @@ absl::StatusOr<v1::IngestResponse> Client::SendShare(const SnapshotId& snapshot,
     if (ok) ok = writer->Write(end_request);
     if (ok) writer->WritesDone();
     absl::Status finished = FromGrpcStatus(writer->Finish());
-    if (!finished.ok()) return finished;
+    if (!finished.ok()) {
+      const auto& trailers = context.GetServerTrailingMetadata();
+      if (auto it = trailers.find("sigma-retry-after-ms"); it != trailers.end())
+        finished.SetPayload(kRetryAfterPayload, absl::Cord(std::string(it->second.data(), it->second.size())));
+      return finished;
+    }
     // The daemon may answer before reading everything (e.g. the snapshot was
     // already sealed and it returned the stored report): that answer counts.
     result = std::move(response);

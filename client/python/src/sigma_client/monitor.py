@@ -19,6 +19,44 @@ from .sketch import BottomK, as_ids, parse_targets, pick_target
 from .tensors import DTYPE_ENUM, row_energies, to_float, to_wire
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Trailing metadata of a rate-limit refusal (RESOURCE_EXHAUSTED): milliseconds
+# until the daemon takes the batch; such refusals are retried after that long.
+RETRY_AFTER_KEY = "sigma-retry-after-ms"
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot read ({e.strerror})") from None
+
+
+def _channel_credentials(tls: bool, ca: Optional[str], cert: Optional[str], key: Optional[str]):
+    """grpc.ssl_channel_credentials for the TLS options, or None for plaintext."""
+    if (cert is None) != (key is None):
+        raise ValueError("tls_cert and tls_key go together")
+    if not (tls or ca or cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_file(ca, "tls_ca") if ca else None,
+        private_key=_read_file(key, "tls_key") if key else None,
+        certificate_chain=_read_file(cert, "tls_cert") if cert else None)
+
+
+def _retry_after_seconds(error):
+    """The daemon's retry-after hint of an RpcError in seconds, or None."""
+    try:
+        trailers = error.trailing_metadata() or ()
+    except Exception:  # not a call error (no metadata)
+        return None
+    for key, value in trailers:
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(0.0, int(value) / 1000.0)
+            except ValueError:
+                return None
+    return None
 _PREP = {None: 0, "": 0, "l2": 1, "none": 2}
 DEFAULT_BATCH_BYTES = 1 << 20
 MAX_MESSAGE = 64 << 20
@@ -65,6 +103,10 @@ class Monitor:
     client pre-sketches with the job's effective n_a and seed.
     token: bearer token for a sigmad started with --tokens (sent as
     "authorization: Bearer TOKEN" on every call); None: $SIGMA_TOKEN if set.
+    tls: connect over TLS (sigmad --tls-cert), checking the server against the
+    system roots, or the PEM bundle tls_ca (which implies tls); tls_cert and
+    tls_key: a client certificate for sigmad --tls-client-ca (mutual TLS);
+    tls_server_name: the name expected in the server certificate.
     """
 
     def __init__(self, target: str | Sequence[str], job: str, tap: str = "default",
@@ -78,7 +120,9 @@ class Monitor:
                  backoff: float = 0.2, max_backoff: float = 5.0,
                  batch_bytes: int = DEFAULT_BATCH_BYTES,
                  channel_options: Optional[Sequence[tuple[str, Any]]] = None,
-                 token: Optional[str] = None):
+                 token: Optional[str] = None, tls: bool = False,
+                 tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None, tls_server_name: Optional[str] = None):
         if preprocessing not in _PREP:
             raise ValueError(f"preprocessing must be 'l2' or 'none', got {preprocessing!r}")
         self.targets = parse_targets(target)
@@ -106,12 +150,20 @@ class Monitor:
         token = token if token is not None else os.environ.get("SIGMA_TOKEN", "")
         token = token.strip()
         self._metadata = (("authorization", "Bearer " + token),) if token else None
-        self._channel = grpc.insecure_channel(self.target, options=opts)
+        self._credentials = _channel_credentials(tls, tls_ca, tls_cert, tls_key)
+        if self._credentials is not None and tls_server_name:
+            opts.append(("grpc.ssl_target_name_override", tls_server_name))
+        self._channel = self._open_channel(self.target)
         self._stub = grpc_mod.SigmaMonitorStub(self._channel)
         self._fixed_params: Optional[SketchParams] = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ plumbing
+    def _open_channel(self, target: str):
+        if self._credentials is None:
+            return grpc.insecure_channel(target, options=self._opts)
+        return grpc.secure_channel(target, self._credentials, options=self._opts)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -135,9 +187,11 @@ class Monitor:
                 return fn(req, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
-                if retry and code in RETRYABLE and attempt < self.max_retries:
+                after = _retry_after_seconds(e) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+                if retry and (code in RETRYABLE or after is not None) and attempt < self.max_retries:
                     delay = min(self.max_backoff, self.backoff * (2 ** attempt))
-                    time.sleep(delay * (0.5 + random.random() / 2))
+                    delay *= 0.5 + random.random() / 2
+                    time.sleep(max(delay, after or 0.0))
                     attempt += 1
                     continue
                 raise SigmaError.from_rpc_error(e, rpc=name, target=self.target) from None
@@ -191,7 +245,7 @@ class Monitor:
             if t == self.target:
                 stub, ch = self._stub, None
             else:
-                ch = grpc.insecure_channel(t, options=self._opts)
+                ch = self._open_channel(t)
                 stub = _pb.load()[1].SigmaMonitorStub(ch)
             try:
                 resp = self._call("ListJobs", stub.ListJobs, self.pb2.ListJobsRequest())

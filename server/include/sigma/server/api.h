@@ -4,7 +4,10 @@
 #ifndef SIGMA_SERVER_API_H_
 #define SIGMA_SERVER_API_H_
 
+#include <string>
+
 #include "sigma/server/auth.h"
+#include "sigma/server/limits.h"
 #include "sigma/server/metrics.h"
 #include "sigma/server/scheduler.h"
 #include "sigma/v1/sigma.grpc.pb.h"
@@ -14,8 +17,20 @@ namespace sigma::server {
 class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
  public:
   // `auth` null: no authorisation (every request allowed). `metrics` may be null.
-  explicit MonitorService(Engine* engine, const Authorizer* auth = nullptr, Metrics* metrics = nullptr)
-      : engine_(engine), auth_(auth), metrics_(metrics) {}
+  // `client_limits`: the per-client limits (limits.h) of clients whose token
+  // does not override them.
+  explicit MonitorService(Engine* engine, const Authorizer* auth = nullptr, Metrics* metrics = nullptr,
+                          ClientLimits client_limits = {})
+      : engine_(engine), auth_(auth), metrics_(metrics), client_limits_(client_limits) {}
+
+  // Who a request comes from, for the per-client limits.
+  struct Client {
+    std::string key;    // limiter key: the token entry, or "peer:IP"
+    std::string label;  // for messages: "token 'NAME'" or "peer IP" (never a secret)
+    ClientLimits limits;
+  };
+  Client Identify(const grpc::CallbackServerContext* context, const TokenEntry* token) const;
+  ClientLimiter* limiter() { return &limiter_; }
 
   grpc::ServerReadReactor<sigma::v1::IngestRequest>* Ingest(
       grpc::CallbackServerContext* context, sigma::v1::IngestResponse* response) override;
@@ -43,7 +58,13 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
   Engine* engine_;
   const Authorizer* auth_;
   Metrics* metrics_;
+  const ClientLimits client_limits_;
+  ClientLimiter limiter_;
 };
+
+// The host part of a gRPC peer string ("ipv4:127.0.0.1:5000" -> "127.0.0.1",
+// "ipv6:[::1]:5000" -> "::1"); other forms are returned whole.
+std::string PeerHost(const std::string& peer);
 
 }  // namespace sigma::server
 

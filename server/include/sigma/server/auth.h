@@ -6,6 +6,9 @@
 //     role: write               # write: everything for its jobs; read: GetHistory, ListJobs
 //     job_prefixes: [team-a.]   # job names it may touch ("" matches every job)
 //     name: team-a-trainer      # optional, for operators; never the token
+//     max_streams: 16           # optional: concurrent Ingest streams (else --max-streams-per-client)
+//     rate_limit_bytes_per_second: 50000000   # optional: ingest payload rate (else the flag)
+//     rate_limit_burst_bytes: 100000000       # optional: bucket size (else the flag)
 //   - token: plain-text-secret  # accepted, but a warning suggests token_sha256
 //     role: read
 //     job_prefixes: [""]
@@ -45,6 +48,11 @@ struct TokenEntry {
   Role role = Role::kRead;
   std::vector<std::string> job_prefixes;
   std::string name;  // optional label from the file, or "entry N"
+  // Per-token overrides of the daemon's per-client limits (limits.h); 0: use
+  // the daemon's flag.
+  int64_t max_streams = 0;
+  int64_t rate_limit_bytes_per_second = 0;
+  int64_t rate_limit_burst_bytes = 0;
 };
 
 class Authorizer {

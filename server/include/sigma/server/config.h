@@ -29,6 +29,13 @@ struct DaemonOptions {
   int64_t max_open_snapshots = 256;
   int64_t max_memory_bytes = int64_t{8} << 30;     // rows held by open snapshots
   int64_t max_message_bytes = int64_t{64} << 20;   // one Batch's payload
+  int64_t max_rows_per_batch = 65536;              // rows in one Batch
+  int64_t max_m = 16384;                           // embedding dimension of a snapshot
+  // Per client (a token, or the peer IP without --tokens; limits.h); the
+  // tokens file may override them per token. 0 disables the rate limit.
+  int64_t max_streams_per_client = 64;             // concurrent Ingest streams
+  int64_t rate_limit_bytes_per_second = 0;         // Batch payload bytes per second
+  int64_t rate_limit_burst_bytes = 0;              // 0: one second at the rate
   int64_t seal_batch_window_ms = 5;                // gather seals for one SealBatch call
   int64_t max_seal_batch = 64;                     // snapshots per SealBatch call at most
   int64_t compute_queue_capacity = 1024;           // queued non-seal tasks (ConfigureJob)

@@ -27,7 +27,8 @@ inline constexpr const char* kRejectReasons[] = {
     "invalid_name", "invalid_rank", "invalid_dtype", "dimension_mismatch", "size_mismatch",
     "empty_batch", "non_finite", "sample_ids_mismatch", "too_large", "too_many_jobs",
     "too_many_taps", "too_many_open_snapshots", "memory_exhausted", "not_open",
-    "invalid_request", "finished_rank", "corpus_exceeded"};
+    "invalid_request", "finished_rank", "corpus_exceeded", "too_many_rows", "m_too_large",
+    "too_many_streams", "rate_limited"};
 
 class Metrics {
  public:

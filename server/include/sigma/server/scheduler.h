@@ -85,6 +85,9 @@ class Engine {
 
   grpc::Status Open(const sigma::v1::OpenSnapshot& open, IngestSession* session);
   grpc::Status Batch(IngestSession* session, const sigma::v1::Batch& batch);
+  // True when Batch would ignore `seq` as already taken (or the snapshot was
+  // sealed): such resends are not charged to the client's rate limit.
+  bool IsDuplicate(const IngestSession& session, int64_t seq) const;
   // Ends the stream's share: `end` is null on a half-close without EndOfShare.
   // `done` runs exactly once, inline or on the worker after the seal.
   void EndShare(IngestSession* session, const sigma::v1::EndOfShare* end,

@@ -66,7 +66,9 @@ namespace v1 = ::sigma::v1;
 struct ClientOptions {
   // Deadline of each attempt of each RPC (a whole ingest stream is one attempt).
   absl::Duration deadline = absl::Seconds(120);
-  // Retries after the first attempt, for UNAVAILABLE and DEADLINE_EXCEEDED only.
+  // Retries after the first attempt, for UNAVAILABLE and DEADLINE_EXCEEDED, and
+  // for RESOURCE_EXHAUSTED from the daemon's rate limit (which says when: the
+  // wait is then at least that long). Other limits are not retried.
   int max_retries = 5;
   // Backoff before retry k (k = 1, 2, ...): min(initial * multiplier^(k-1), max),
   // scaled by a uniform factor in [1 - jitter, 1 + jitter].
