@@ -2,7 +2,9 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
+#include <utility>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -133,7 +135,24 @@ absl::Status Store::Init() {
         "CREATE INDEX reports_by_job ON reports (job, tap, generation);"
         "INSERT INTO schema_version (version) VALUES (1);";
     if (auto s = Exec(ddl); !s.ok()) return fail(s);
-    schema_version_ = kSchemaVersion;
+    schema_version_ = 1;
+  }
+  // Migrations: version v-1 -> v, in order, inside this one transaction (a
+  // crash mid-way leaves the database at its old version).
+  while (schema_version_ < kSchemaVersion) {
+    const int next = schema_version_ + 1;
+    absl::Status s = next == 2 ? MigrateTo2() : absl::InternalError(absl::StrCat("no migration to ", next));
+    if (s.ok()) {
+      Stmt q(db_, "UPDATE schema_version SET version = ?1;");
+      q.Int(1, next);
+      s = q.status();
+      if (s.ok() && q.Step() != SQLITE_DONE)
+        s = absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+    }
+    if (!s.ok())
+      return fail(absl::Status(s.code(), absl::StrCat("--db: migrating the schema to version ", next, ": ",
+                                                      s.message())));
+    schema_version_ = next;
   }
   return Exec("COMMIT;");
 }
@@ -204,14 +223,59 @@ absl::Status Store::UpsertJob(const StoredJob& job) {
   return absl::OkStatus();
 }
 
+// Version 2: reports.severity (the highest alert severity: ok, info, warning
+// or critical) and reports.compute_seconds, for operators querying the file
+// (e.g. SELECT job, generation FROM reports WHERE severity = 'critical'),
+// back-filled from the stored reports.
+absl::Status Store::MigrateTo2() {
+  if (auto s = Exec("ALTER TABLE reports ADD COLUMN severity TEXT NOT NULL DEFAULT 'ok';"
+                    "ALTER TABLE reports ADD COLUMN compute_seconds REAL NOT NULL DEFAULT 0;"
+                    "CREATE INDEX reports_by_severity ON reports (severity, job);");
+      !s.ok())
+    return s;
+  std::vector<std::pair<int64_t, sigma::v1::GenerationReport>> rows;
+  {
+    Stmt q(db_, "SELECT id, report FROM reports;");
+    if (auto s = q.status(); !s.ok()) return s;
+    while (q.Step() == SQLITE_ROW) {
+      sigma::v1::GenerationReport r;
+      if (!r.ParseFromString(q.ColumnBlob(1)))
+        return absl::DataLossError(absl::StrCat("reports row ", sqlite3_column_int64(q.get(), 0),
+                                                " holds an unreadable report"));
+      rows.emplace_back(sqlite3_column_int64(q.get(), 0), std::move(r));
+    }
+  }
+  for (const auto& [id, r] : rows) {
+    Stmt u(db_, "UPDATE reports SET severity = ?1, compute_seconds = ?2 WHERE id = ?3;");
+    if (auto s = u.status(); !s.ok()) return s;
+    u.Text(1, ReportSeverity(r));
+    u.Real(2, r.compute_seconds());
+    u.Int(3, id);
+    if (u.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  return absl::OkStatus();
+}
+
+std::string ReportSeverity(const sigma::v1::GenerationReport& report) {
+  int rank = 0;  // ok < info < warning < critical
+  static const char* kNames[] = {"ok", "info", "warning", "critical"};
+  for (const auto& alert : report.alerts()) {
+    for (int i = 1; i < 4; ++i) {
+      if (alert.severity() == kNames[i]) rank = std::max(rank, i);
+    }
+  }
+  return kNames[rank];
+}
+
 absl::Status Store::InsertReport(const sigma::v1::GenerationReport& r) {
   std::string blob;
   r.SerializeToString(&blob);
   Stmt q(db_,
          "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track1_lower, track1_upper,"
          " track2, track2_ci_halfwidth, track1_drift, track2_drift, divergence, drift_halfwidth,"
-         " baseline_job, baseline_generation, failed, sealed_unix_ms, report)"
-         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20);");
+         " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds)"
+         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,"
+         " ?21, ?22);");
   if (auto s = q.status(); !s.ok()) return s;
   q.Text(1, r.job());
   q.Text(2, r.tap());
@@ -233,6 +297,8 @@ absl::Status Store::InsertReport(const sigma::v1::GenerationReport& r) {
   q.Int(18, r.flags().cholesky_failed() ? 1 : 0);
   q.Int(19, r.sealed_unix_ms());
   q.Blob(20, blob);
+  q.Text(21, ReportSeverity(r));
+  q.Real(22, r.compute_seconds());
   if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   return absl::OkStatus();
 }

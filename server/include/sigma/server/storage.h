@@ -1,6 +1,9 @@
 // The embedded store: SQLite in WAL mode with synchronous=FULL. Tables:
 // schema_version, jobs (current config), configs (every config change),
 // reports (every sealed GenerationReport, serialized, plus indexed columns).
+// Schema history (migrations run at Open, in one transaction):
+//   1: the tables above;
+//   2: reports.severity (highest alert severity) and reports.compute_seconds.
 // Not thread-safe: sigmad uses it from its compute worker only (and from
 // startup before the servers run).
 #ifndef SIGMA_SERVER_STORAGE_H_
@@ -18,13 +21,17 @@ struct sqlite3;
 
 namespace sigma::server {
 
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 
 struct StoredJob {
   std::string name;
   sigma::v1::JobConfig config;  // as configured (unset fields = defaults)
   int32_t m = 0;
 };
+
+// "ok", "info", "warning" or "critical": the highest severity among the
+// report's alerts (the reports.severity column).
+std::string ReportSeverity(const sigma::v1::GenerationReport& report);
 
 class Store {
  public:
@@ -51,6 +58,7 @@ class Store {
   absl::Status Init();
   absl::Status UpsertJob(const StoredJob& job);
   absl::Status InsertReport(const sigma::v1::GenerationReport& report);
+  absl::Status MigrateTo2();
 
   sqlite3* db_;
   int schema_version_ = 0;

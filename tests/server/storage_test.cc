@@ -1,0 +1,177 @@
+// The SQLite store's schema versions: a database written by an older sigmad
+// (version 1, created here with the exact DDL version 1 used) is migrated in
+// place at Open with its reports intact and the new columns back-filled; a
+// database from a newer sigmad is refused; a fresh one starts at the latest.
+#include <sqlite3.h>
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server_test_util.h"
+#include "sigma/server/storage.h"
+
+namespace sigma::server::testing {
+namespace {
+
+void ExecOrDie(sqlite3* db, const std::string& sql) {
+  char* err = nullptr;
+  ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "") << "\n" << sql;
+}
+
+// The schema as sigmad wrote it at version 1.
+constexpr char kVersion1Ddl[] =
+    "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+    "CREATE TABLE jobs (name TEXT PRIMARY KEY, config BLOB NOT NULL, m INTEGER NOT NULL DEFAULT 0,"
+    "  created_unix_ms INTEGER NOT NULL, updated_unix_ms INTEGER NOT NULL);"
+    "CREATE TABLE configs (id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL REFERENCES jobs(name),"
+    "  config BLOB NOT NULL, set_unix_ms INTEGER NOT NULL);"
+    "CREATE TABLE reports (id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL REFERENCES jobs(name),"
+    "  tap TEXT NOT NULL, generation INTEGER NOT NULL, m INTEGER NOT NULL, n REAL NOT NULL,"
+    "  n_a INTEGER NOT NULL, backend TEXT NOT NULL,"
+    "  track1_lower REAL, track1_upper REAL, track2 REAL, track2_ci_halfwidth REAL,"
+    "  track1_drift REAL, track2_drift REAL, divergence REAL, drift_halfwidth REAL,"
+    "  baseline_job TEXT, baseline_generation INTEGER, failed INTEGER NOT NULL,"
+    "  sealed_unix_ms INTEGER NOT NULL, report BLOB NOT NULL, UNIQUE (job, tap, generation));"
+    "CREATE INDEX reports_by_job ON reports (job, tap, generation);"
+    "INSERT INTO schema_version (version) VALUES (1);";
+
+v1::GenerationReport MakeReport(int64_t generation, const char* severity, double compute_seconds) {
+  v1::GenerationReport r;
+  r.set_job("old");
+  r.set_tap("default");
+  r.set_generation(generation);
+  r.set_m(8);
+  r.set_n(100);
+  r.set_n_a(64);
+  r.set_backend("cpu");
+  r.set_track2(-1.5 - generation);
+  r.set_compute_seconds(compute_seconds);
+  r.set_sealed_unix_ms(1700000000000 + generation);
+  if (severity) {
+    v1::Alert* info = r.add_alerts();
+    info->set_rule("low_confidence");
+    info->set_severity("info");
+    v1::Alert* a = r.add_alerts();
+    a->set_rule("collapse_contraction");
+    a->set_severity(severity);
+  }
+  return r;
+}
+
+void InsertVersion1Report(sqlite3* db, const v1::GenerationReport& r) {
+  std::string blob;
+  r.SerializeToString(&blob);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db,
+                               "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track2, failed,"
+                               " sealed_unix_ms, report) VALUES ('old', 'default', ?1, 8, 100, 64, 'cpu', ?2, 0,"
+                               " ?3, ?4);",
+                               -1, &st, nullptr),
+            SQLITE_OK);
+  sqlite3_bind_int64(st, 1, r.generation());
+  sqlite3_bind_double(st, 2, r.track2());
+  sqlite3_bind_int64(st, 3, r.sealed_unix_ms());
+  sqlite3_bind_blob(st, 4, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  EXPECT_EQ(sqlite3_step(st), SQLITE_DONE);
+  sqlite3_finalize(st);
+}
+
+std::vector<std::string> Column(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  std::vector<std::string> out;
+  sqlite3_stmt* st = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  while (st && sqlite3_step(st) == SQLITE_ROW) out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)));
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
+TEST(StorageSchemaTest, VersionOneIsMigratedWithReportsIntact) {
+  TempDir dir;
+  const std::string path = dir.path() + "/v1.db";
+  const std::vector<v1::GenerationReport> written = {MakeReport(0, nullptr, 0.25), MakeReport(1, "warning", 0.5),
+                                                     MakeReport(2, "critical", 0.75)};
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ExecOrDie(db, kVersion1Ddl);
+    v1::JobConfig config;
+    config.set_n_a(64);
+    std::string blob;
+    config.SerializeToString(&blob);
+    ExecOrDie(db, "INSERT INTO jobs VALUES ('old', X'" +
+                      [&] {
+                        std::string hex;
+                        for (unsigned char c : blob) hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
+                        return hex;
+                      }() + "', 8, 1, 1);");
+    for (const auto& r : written) InsertVersion1Report(db, r);
+    sqlite3_close(db);
+  }
+  {
+    auto store = Store::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ((*store)->schema_version(), 2);
+    std::vector<StoredJob> jobs;
+    std::vector<v1::GenerationReport> reports;
+    ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+    ASSERT_EQ(jobs.size(), 1u);
+    EXPECT_EQ(jobs[0].config.n_a(), 64);
+    ASSERT_EQ(reports.size(), written.size());
+    for (size_t i = 0; i < written.size(); ++i)
+      EXPECT_EQ(reports[i].SerializeAsString(), written[i].SerializeAsString()) << i;
+    // A report sealed after the migration gets the columns filled on insert.
+    v1::GenerationReport later = MakeReport(3, "critical", 1.0);
+    ASSERT_TRUE((*store)->Commit({}, {later}).ok());
+  }
+  EXPECT_EQ(Column(path, "SELECT severity FROM reports ORDER BY generation;"),
+            (std::vector<std::string>{"ok", "warning", "critical", "critical"}));
+  EXPECT_EQ(Column(path, "SELECT compute_seconds FROM reports ORDER BY generation;"),
+            (std::vector<std::string>{"0.25", "0.5", "0.75", "1.0"}));
+  EXPECT_EQ(Column(path, "SELECT version FROM schema_version;"), std::vector<std::string>{"2"});
+  EXPECT_EQ(Column(path, "PRAGMA integrity_check;"), std::vector<std::string>{"ok"});
+  // Opening again is a no-op.
+  auto again = Store::Open(path);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->schema_version(), 2);
+}
+
+TEST(StorageSchemaTest, FreshDatabaseStartsAtTheLatestVersion) {
+  TempDir dir;
+  auto store = Store::Open(dir.path() + "/new.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->schema_version(), kSchemaVersion);
+  ASSERT_TRUE((*store)->Commit({}, {}).ok());
+}
+
+TEST(StorageSchemaTest, NewerVersionIsRefusedAndLeftAlone) {
+  TempDir dir;
+  const std::string path = dir.path() + "/future.db";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ExecOrDie(db, kVersion1Ddl);
+    ExecOrDie(db, "UPDATE schema_version SET version = 99;");
+    sqlite3_close(db);
+  }
+  auto store = Store::Open(path);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(store.status().message().find("schema version 99 is newer"), std::string::npos) << store.status();
+  EXPECT_EQ(Column(path, "SELECT version FROM schema_version;"), std::vector<std::string>{"99"});
+}
+
+TEST(StorageSchemaTest, SeverityIsTheHighestAlert) {
+  EXPECT_EQ(ReportSeverity(MakeReport(0, nullptr, 0)), "ok");
+  EXPECT_EQ(ReportSeverity(MakeReport(0, "warning", 0)), "warning");
+  EXPECT_EQ(ReportSeverity(MakeReport(0, "critical", 0)), "critical");
+  v1::GenerationReport info_only;
+  info_only.add_alerts()->set_severity("info");
+  EXPECT_EQ(ReportSeverity(info_only), "info");
+}
+
+}  // namespace
+}  // namespace sigma::server::testing
