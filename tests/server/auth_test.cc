@@ -420,25 +420,7 @@ TEST(AuthOffTest, NonLoopbackWithoutTlsWarns) {
 
 // HTTP GET /metrics with optional headers: returns "STATUS\nBODY".
 std::string HttpGet(int port, const std::string& extra_headers) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n" + extra_headers + "Connection: close\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
-    close(fd);
-    return "";
-  }
-  std::string resp;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<size_t>(n));
-  close(fd);
+  const std::string resp = HttpGetMetrics(port, extra_headers);
   const size_t sp = resp.find(' ');
   const size_t body = resp.find("\r\n\r\n");
   if (sp == std::string::npos || body == std::string::npos) return resp;

@@ -36,33 +36,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 pid_t Spawn(const std::vector<std::string>& args, const std::string& log_path) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    if (!std::freopen(log_path.c_str(), "a", stdout)) _exit(126);
-    if (!std::freopen(log_path.c_str(), "a", stderr)) _exit(126);
-    std::vector<char*> argv;
-    std::string bin = SIGMAD_PATH;
-    argv.push_back(bin.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Exit code, 128 + signal, or -1 after `timeout_s` (then SIGKILLed).
-int WaitExit(pid_t pid, double timeout_s) {
-  const auto end = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
-  while (Clock::now() < end) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
+  return SpawnSigmad(args, log_path, /*with_stderr=*/true);
 }
 
 // The gRPC port from the port file, or 0 when sigmad exited or timed out.

@@ -3,6 +3,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <csignal>
+#include <chrono>
+#include <thread>
 #include <unistd.h>
 
 #include <cmath>
@@ -170,7 +174,7 @@ grpc::Status SendShare(v1::SigmaMonitor::Stub* stub, const v1::IngestRequest& op
   return SendStream(stub, msgs, response);
 }
 
-std::string Scrape(int port) {
+std::string HttpGetMetrics(int port, const std::string& extra_headers) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return "";
   sockaddr_in addr{};
@@ -181,7 +185,7 @@ std::string Scrape(int port) {
     close(fd);
     return "";
   }
-  const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n" + extra_headers + "Connection: close\r\n\r\n";
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     close(fd);
     return "";
@@ -191,6 +195,11 @@ std::string Scrape(int port) {
   ssize_t n;
   while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<size_t>(n));
   close(fd);
+  return resp;
+}
+
+std::string Scrape(int port) {
+  const std::string resp = HttpGetMetrics(port, "");
   const size_t body = resp.find("\r\n\r\n");
   return body == std::string::npos ? "" : resp.substr(body + 4);
 }
@@ -270,6 +279,35 @@ void ExpectSameValues(const v1::GenerationReport& a, const v1::GenerationReport&
   EXPECT_NEAR(a.flags().mean_energy(), b.flags().mean_energy(), 1e-12);
   EXPECT_EQ(a.baseline_generation(), b.baseline_generation());
   EXPECT_EQ(a.alerts_size(), b.alerts_size());
+}
+
+pid_t SpawnSigmad(const std::vector<std::string>& args, const std::string& log_path, bool with_stderr) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (!std::freopen(log_path.c_str(), "a", stdout)) _exit(126);
+    if (with_stderr && !std::freopen(log_path.c_str(), "a", stderr)) _exit(126);
+    std::vector<char*> argv;
+    std::string bin = SIGMAD_PATH;
+    argv.push_back(bin.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int WaitExit(pid_t pid, double timeout_s) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  while (std::chrono::steady_clock::now() < end) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
 }
 
 }  // namespace sigma::server::testing

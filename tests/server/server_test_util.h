@@ -3,6 +3,8 @@
 #ifndef SIGMA_TESTS_SERVER_TEST_UTIL_H_
 #define SIGMA_TESTS_SERVER_TEST_UTIL_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -69,7 +71,10 @@ grpc::Status SendShare(v1::SigmaMonitor::Stub* stub, const v1::IngestRequest& op
                        v1::IngestResponse* response, const std::vector<uint64_t>* ids = nullptr,
                        bool send_end = true);
 
-// HTTP GET http://127.0.0.1:PORT/metrics; empty on failure.
+// HTTP GET http://127.0.0.1:PORT/metrics with `extra_headers` (each ending in
+// CRLF): the whole response (status line, headers, body); empty on failure.
+std::string HttpGetMetrics(int port, const std::string& extra_headers);
+// The body of HTTP GET http://127.0.0.1:PORT/metrics; empty on failure.
 std::string Scrape(int port);
 // Value of the series `name{labels}` (labels as a map, all must match exactly); nullopt if absent.
 std::optional<double> MetricValue(const std::string& scrape, const std::string& name,
@@ -80,6 +85,13 @@ void ExpectMetricNear(const std::optional<double>& scraped, double want);
 bool HavePromtool();
 // Runs `promtool check metrics` on `text`; returns its output (empty when clean) and sets *rc.
 std::string PromtoolCheck(const std::string& text, int* rc);
+
+// Starts the sigmad binary (SIGMAD_PATH) with `args`, its stdout appended to
+// `log_path` (stderr too when `with_stderr`). Returns the child's pid.
+pid_t SpawnSigmad(const std::vector<std::string>& args, const std::string& log_path, bool with_stderr);
+// Waits for `pid`: its exit code, 128 + signal, or -1 after `timeout_s` (the
+// child is then SIGKILLed and reaped).
+int WaitExit(pid_t pid, double timeout_s);
 
 // The numeric fields of two reports that must be bitwise equal.
 void ExpectSameValues(const v1::GenerationReport& a, const v1::GenerationReport& b);

@@ -26,33 +26,7 @@ struct Child {
 };
 
 Child Spawn(const std::vector<std::string>& args, const std::string& stdout_path) {
-  Child c;
-  c.stdout_path = stdout_path;
-  c.pid = fork();
-  if (c.pid == 0) {
-    FILE* out = std::freopen(stdout_path.c_str(), "w", stdout);
-    (void)out;
-    std::vector<char*> argv;
-    std::string bin = SIGMAD_PATH;
-    argv.push_back(bin.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return c;
-}
-
-int WaitExit(pid_t pid, int timeout_s) {
-  for (int i = 0; i < timeout_s * 20; ++i) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
+  return Child{SpawnSigmad(args, stdout_path, /*with_stderr=*/false), stdout_path};
 }
 
 std::optional<nlohmann::json> WaitPortFile(const std::string& path, pid_t pid) {
