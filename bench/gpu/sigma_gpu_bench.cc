@@ -3,7 +3,11 @@
 // raw cublasDgemm measured in the same run and against the 67 TFLOP/s FP64
 // tensor-core datasheet figure of the H100/H200, both Gram algorithms (SYRK /
 // GEMM: the choice in GramUsesGemm() must come from these numbers), and the
-// batched-vs-per-matrix Cholesky crossover (kDefaultBatchedPotrfMaxM).
+// batched-vs-per-matrix Cholesky crossover (kDefaultBatchedPotrfMaxM), and
+// the CPU-vs-GPU seal crossover (kDefaultGpuMinM in routed_backend.h, sigmad
+// --gpu-min-m): seal latency of one snapshot on the CUDA backend and on the CPU
+// backend (when this build has it; the device check's has not, it compares
+// with torch.linalg on the CPU instead) for m in {64 .. 1024} at n_A = 4096.
 //
 // Data: seeded bf16 rows made on the device (bench_data.cu), the same values
 // as bench/gpu/torch_seal.py makes, l2 preprocessing, n = 10 n_A, delta 1e-6,
@@ -11,7 +15,7 @@
 // upload included) with cudaEvent phase times inside.
 //
 // usage: sigma_gpu_bench [--quick] [--reps N] [--json FILE] [--configs m:n,...]
-//                        [--no-sweep]
+//                        [--no-sweep] [--no-crossover] [--crossover-n-a N]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -81,6 +85,18 @@ std::vector<uint16_t> MakeHostRows(int64_t m, int64_t n_a, cudaStream_t stream) 
   CHECK_CUDA(cudaStreamSynchronize(stream));
   CHECK_CUDA(cudaFree(dev));
   return host;
+}
+
+// One snapshot of `rows` ([n_a, m] bf16 on the host) as the daemon would seal
+// it: l2 preprocessing, n = 10 n_A, delta 1e-6, rho 1.
+SealInput BenchInput(const std::vector<uint16_t>& rows, int64_t m, int64_t n_a) {
+  SealInput in;
+  in.rows = sigma::RowBlock{rows.data(), sigma::DType::kBFloat16, n_a, m};
+  in.preprocessing = sigma::Preprocessing::kL2;
+  in.corpus_size = 10.0 * static_cast<double>(n_a);
+  in.delta = 1e-6;
+  in.rho = 1.0;
+  return in;
 }
 
 // Raw cublasDgemm(N, T) m x m x n_a on the same values (float64), ms (median).
@@ -168,7 +184,8 @@ std::string PhaseJson(const cuda::PhaseTimes& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, sweep = true;
+  bool quick = false, sweep = true, crossover = true;
+  int64_t crossover_n_a = 4096;
   int reps = 3;
   std::string json_path;
   std::vector<std::pair<int64_t, int64_t>> configs;
@@ -178,6 +195,10 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (a == "--no-sweep") {
       sweep = false;
+    } else if (a == "--no-crossover") {
+      crossover = false;
+    } else if (a == "--crossover-n-a" && i + 1 < argc) {
+      crossover_n_a = std::max<int64_t>(1, std::atoll(argv[++i]));
     } else if (a == "--reps" && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--json" && i + 1 < argc) {
@@ -195,7 +216,8 @@ int main(int argc, char** argv) {
         pos = end + 1;
       }
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--reps N] [--json FILE] [--configs m:n,...] [--no-sweep]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--reps N] [--json FILE] [--configs m:n,...] [--no-sweep] "
+                   "[--no-crossover] [--crossover-n-a N]\n", argv[0]);
       return 2;
     }
   }
@@ -238,12 +260,7 @@ int main(int argc, char** argv) {
     const double dgemm_tflops = 2 * useful_flops / (dgemm_ms * 1e-3) / 1e12;
 
     std::vector<uint16_t> rows = MakeHostRows(m, n_a, stream);
-    SealInput in;
-    in.rows = sigma::RowBlock{rows.data(), sigma::DType::kBFloat16, n_a, m};
-    in.preprocessing = sigma::Preprocessing::kL2;
-    in.corpus_size = 10.0 * static_cast<double>(n_a);
-    in.delta = 1e-6;
-    in.rho = 1.0;
+    const SealInput in = BenchInput(rows, m, n_a);
     const std::vector<SealInput> inputs = {in};
     SealRun syrk, gemm;
     {
@@ -323,6 +340,57 @@ int main(int argc, char** argv) {
     if (json != nullptr)
       std::fprintf(json, "{\"impl\": \"cuda_potrf_suggestion\", \"batched_max_m\": %lld}\n",
                    static_cast<long long>(largest_batched_win));
+  }
+  if (crossover) {
+    // CPU vs GPU seal: where RoutedBackend should stop sending small m to the
+    // CPU. One snapshot per SealBatch (the latency a lone seal sees), and the
+    // per-snapshot time of a batch of 8 on the device (seals arriving together).
+    // Both backends as the daemon makes them (default options).
+    std::printf("\nCPU vs GPU seal crossover (n_A = %lld, one snapshot per call; ms)\n",
+                static_cast<long long>(crossover_n_a));
+    std::unique_ptr<Backend> gpu = MakeBackendOrDie(cuda::CudaBackendOptions{});
+    absl::StatusOr<std::unique_ptr<Backend>> cpu = sigma::MakeBackend({.kind = sigma::BackendKind::kCpu});
+    if (!cpu.ok()) std::printf("(no CPU backend in this build: %s; compare with torch_seal.py --device cpu)\n",
+                               std::string(cpu.status().message()).c_str());
+    std::printf("%6s %6s | %9s %12s | %9s | %s\n", "m", "n_A", "cuda", "cuda/snap x8", "cpu", "faster");
+    int64_t suggested = -1;  // smallest m from which CUDA wins at every larger m tested
+    bool cuda_wins_above = true;
+    const std::vector<int64_t> ms = {64, 128, 256, 512, 1024};
+    std::vector<std::pair<int64_t, bool>> wins;
+    for (int64_t m : ms) {
+      const int64_t n_a = crossover_n_a;
+      std::vector<uint16_t> rows = MakeHostRows(m, n_a, stream);
+      const SealInput in = BenchInput(rows, m, n_a);
+      const int xreps = std::max(reps, 5);
+      const SealRun g1 = TimeSeal(*gpu, {in}, xreps);
+      const SealRun g8 = TimeSeal(*gpu, std::vector<SealInput>(8, in), xreps);
+      SealRun c1;
+      if (cpu.ok()) c1 = TimeSeal(**cpu, {in}, xreps);
+      const bool have_cpu = cpu.ok() && c1.ok;
+      const bool gpu_faster = have_cpu && g1.ok && g1.total_ms < c1.total_ms;
+      if (have_cpu) wins.push_back({m, gpu_faster});
+      std::printf("%6lld %6lld | %9.3f %12.3f | %9s | %s\n", static_cast<long long>(m), static_cast<long long>(n_a),
+                  g1.total_ms, g8.total_ms / 8,
+                  have_cpu ? absl::StrFormat("%.3f", c1.total_ms).c_str() : "n/a",
+                  have_cpu ? (gpu_faster ? "cuda" : "cpu") : "-");
+      std::fflush(stdout);
+      if (json != nullptr)
+        std::fprintf(json,
+                     "{\"impl\": \"cuda_crossover\", \"m\": %lld, \"n_a\": %lld, \"ok\": %s, \"cuda_ms\": %.4f, "
+                     "\"cuda_batch8_per_snapshot_ms\": %.4f, \"cpu_ms\": %s}\n",
+                     static_cast<long long>(m), static_cast<long long>(n_a), (g1.ok && g8.ok) ? "true" : "false",
+                     g1.total_ms, g8.total_ms / 8,
+                     have_cpu ? absl::StrFormat("%.4f", c1.total_ms).c_str() : "null");
+    }
+    for (auto it = wins.rbegin(); it != wins.rend(); ++it) {
+      cuda_wins_above = cuda_wins_above && it->second;
+      if (cuda_wins_above) suggested = it->first;
+    }
+    if (!wins.empty())
+      std::printf("suggested gpu_min_m: %s (compiled in: %lld)\n",
+                  suggested < 0 ? "> 1024 (the CPU won at m = 1024)"
+                                : absl::StrFormat("%lld", static_cast<long long>(suggested)).c_str(),
+                  static_cast<long long>(sigma::kDefaultGpuMinM));
   }
   if (json != nullptr) std::fclose(json);
   CHECK_CUBLAS(cublasDestroy(h));

@@ -9,6 +9,9 @@ l2 preprocessing, n = 10 n_A, delta = 1e-6, rho = 1. Timed end to end from a
 bf16 CPU tensor (upload included, like SealBatch from host memory), and device
 only (data already on the GPU). Prints a table and, with --json, one JSON line
 per configuration with the values to cross-check against the CUDA backend.
+With --device cpu the JSON lines say "impl": "torch_cpu": the device check uses
+them as the CPU side of the CPU-vs-GPU seal crossover when its build has no
+CPU backend (tests/gpu/device_check.sh).
 
 usage: torch_seal.py [--quick] [--reps N] [--json FILE] [--configs m:n,...] [--device cuda|cpu]
 """
@@ -122,7 +125,7 @@ def main():
         print("torch_seal: no CUDA device", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
-    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"torch {torch.__version__} on {name}")
     print(f"{'m':>6} {'n_A':>6} | {'e2e ms':>9} {'device ms':>9} | {'track2_raw':>20} {'q_mean':>12}")
     out = open(args.json, "w") if args.json else None
@@ -138,7 +141,7 @@ def main():
         sys.stdout.flush()
         if out:
             out.write(json.dumps({
-                "impl": "torch", "m": m, "n_a": n_a, "ok": ok, "seal_ms": e2e_ms, "device_ms": dev_ms,
+                "impl": "torch" if device == "cuda" else "torch_cpu", "m": m, "n_a": n_a, "ok": ok, "seal_ms": e2e_ms, "device_ms": dev_ms,
                 "track1_lower": v[0], "track1_upper": v[1], "track2_raw": v[2], "q_mean": v[3],
                 "q_sq_mean": v[4], "q_sd": v[5], "trace_a": v[6], "trace_a2": v[7]}) + "\n")
             out.flush()

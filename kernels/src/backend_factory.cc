@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #if SIGMA_HAVE_CPU_BLAS
@@ -116,18 +118,91 @@ int CudaDeviceCount() {
 #endif
 }
 
+namespace {
+
+// One CUDA backend (its own context) per device device_ordinal, +1, ..., at
+// most max_devices (0: all). Devices that fail to initialise are skipped and
+// described in *skipped. Empty with *error set when none is usable.
+std::vector<std::unique_ptr<Backend>> MakeCudaDevices(const BackendOptions& options, std::string* skipped,
+                                                      absl::Status* error) {
+  std::vector<std::unique_ptr<Backend>> devices;
+  const int present = CudaDeviceCount();
+  int last = present;  // exclusive
+  if (options.max_devices > 0 && options.device_ordinal + options.max_devices < last)
+    last = options.device_ordinal + options.max_devices;
+  if (options.device_ordinal >= last) {
+    // No device in range: let the single-device path say why (no module, no
+    // device, ordinal out of range).
+    absl::StatusOr<std::unique_ptr<Backend>> one = MakeCuda(options.device_ordinal);
+    if (one.ok()) {
+      devices.push_back(std::move(*one));
+    } else {
+      *error = one.status();
+    }
+    return devices;
+  }
+  absl::Status first_error;
+  for (int ordinal = options.device_ordinal; ordinal < last; ++ordinal) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = MakeCuda(ordinal);
+    if (b.ok()) {
+      devices.push_back(std::move(*b));
+      continue;
+    }
+    if (first_error.ok()) first_error = b.status();
+    absl::StrAppend(skipped, skipped->empty() ? "" : "; ", "CUDA device ", ordinal, " not used: ",
+                    b.status().message());
+  }
+  if (devices.empty()) *error = first_error;
+  return devices;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options,
                                                      std::string* fallback_reason) {
+  if (options.gpu_min_m < 0)
+    return absl::InvalidArgumentError(absl::StrCat("gpu_min_m must be >= 0, got ", options.gpu_min_m));
+  if (options.max_devices < 0)
+    return absl::InvalidArgumentError(absl::StrCat("max_devices must be >= 0, got ", options.max_devices));
+  if (options.device_ordinal < 0)
+    return absl::InvalidArgumentError(absl::StrCat("device_ordinal must be >= 0, got ", options.device_ordinal));
   switch (options.kind) {
     case BackendKind::kCpu:
       return MakeCpu();
-    case BackendKind::kCuda:
-      return MakeCuda(options.device_ordinal);
+    case BackendKind::kCuda: {
+      // Devices only; any device that does not initialise is an error here.
+      std::string skipped;
+      absl::Status error;
+      std::vector<std::unique_ptr<Backend>> devices = MakeCudaDevices(options, &skipped, &error);
+      if (devices.empty()) return error;
+      if (!skipped.empty()) return absl::UnavailableError(skipped);
+      if (devices.size() == 1) return std::move(devices[0]);
+      absl::StatusOr<std::unique_ptr<RoutedBackend>> routed =
+          RoutedBackend::Create(nullptr, std::move(devices), options.gpu_min_m);
+      if (!routed.ok()) return routed.status();
+      return std::unique_ptr<Backend>(std::move(*routed));
+    }
     case BackendKind::kAuto: {
-      absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCuda(options.device_ordinal);
-      if (cuda.ok()) return cuda;
-      if (fallback_reason != nullptr) *fallback_reason = std::string(cuda.status().message());
-      return MakeCpu();
+      std::string skipped;
+      absl::Status error;
+      std::vector<std::unique_ptr<Backend>> devices = MakeCudaDevices(options, &skipped, &error);
+      if (devices.empty()) {
+        if (fallback_reason != nullptr) *fallback_reason = std::string(error.message());
+        return MakeCpu();
+      }
+      if (fallback_reason != nullptr) *fallback_reason = skipped;
+      // Small snapshots to the CPU backend, when there is one (a device-only
+      // build, e.g. the device check's, has none: then everything goes to the devices).
+      std::unique_ptr<Backend> cpu;
+      if (options.gpu_min_m > 0) {
+        absl::StatusOr<std::unique_ptr<Backend>> c = MakeCpu();
+        if (c.ok()) cpu = std::move(*c);
+      }
+      if (cpu == nullptr && devices.size() == 1) return std::move(devices[0]);
+      absl::StatusOr<std::unique_ptr<RoutedBackend>> routed =
+          RoutedBackend::Create(std::move(cpu), std::move(devices), options.gpu_min_m);
+      if (!routed.ok()) return routed.status();
+      return std::unique_ptr<Backend>(std::move(*routed));
     }
   }
   return absl::InvalidArgumentError("unknown backend kind");

@@ -86,6 +86,8 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   else if (key == "rate_limit_burst_bytes") return as_int(&o->rate_limit_burst_bytes);
   else if (key == "seal_batch_window_ms") return as_int(&o->seal_batch_window_ms);
   else if (key == "max_seal_batch") return as_int(&o->max_seal_batch);
+  else if (key == "gpu_min_m") return as_int(&o->gpu_min_m);
+  else if (key == "max_gpus") return as_int(&o->max_gpus);
   else if (key == "compute_queue_capacity") return as_int(&o->compute_queue_capacity);
   else return absl::InvalidArgumentError(absl::StrCat("unknown option '", key_in, "'"));
   return absl::OkStatus();
@@ -145,6 +147,11 @@ std::string UsageText() {
   --metrics-listen HOST:PORT    Prometheus /metrics address (default 127.0.0.1:9464)
   --db FILE                     SQLite history (default ./var/sigma.db; parent dir created)
   --backend auto|cpu|cuda       numeric backend (default auto: CUDA when available)
+  --gpu-min-m N                 backend auto: snapshots with m < N are sealed on the CPU, the
+                                rest on the GPUs; default 256 (not yet measured on a GPU),
+                                0 = all on the GPUs
+  --max-gpus N                  CUDA devices to use at most (one context each, jobs placed by
+                                a hash of the name), default 0 = all
   --config FILE                 YAML file: the keys of these flags (e.g. max_jobs: 10) plus
                                 `defaults:` and `jobs: {NAME: ...}` job configs
   --port-file FILE              write {"grpc_port","metrics_port","pid"} once listening
@@ -252,6 +259,9 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
   }
   if (o.max_message_bytes > (int64_t{1} << 31) - (int64_t{1} << 20))
     return absl::InvalidArgumentError("--max-message-bytes must be < 2 GiB - 1 MiB");
+  if (o.gpu_min_m < 0 || o.gpu_min_m > (1 << 20))
+    return absl::InvalidArgumentError("--gpu-min-m must be in [0, 2^20] (0: every m on the GPUs)");
+  if (o.max_gpus < 0 || o.max_gpus > 1024) return absl::InvalidArgumentError("--max-gpus must be in [0, 1024] (0: all)");
   if (o.max_m > (1 << 20)) return absl::InvalidArgumentError("--max-m must be <= 2^20");
   if (o.rate_limit_bytes_per_second < 0)
     return absl::InvalidArgumentError("--rate-limit-bytes-per-second must be >= 0 (0: off)");

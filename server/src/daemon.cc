@@ -58,6 +58,8 @@ absl::StatusOr<BoundPorts> Daemon::Start(const DaemonOptions& options) {
 
   sigma::BackendOptions bo;
   bo.kind = *sigma::ParseBackendKind(options.backend);
+  bo.gpu_min_m = options.gpu_min_m;
+  bo.max_devices = static_cast<int>(options.max_gpus);
   std::string fallback;
   auto backend = sigma::MakeBackend(bo, &fallback);
   if (!backend.ok()) return backend.status();

@@ -12,6 +12,7 @@
 #include "sigma/kernels/dtype.h"
 #include "sigma/kernels/estimator.h"
 #include "sigma/kernels/preprocess.h"
+#include "sigma/kernels/routed_backend.h"
 #include "sigma/kernels/sketch.h"
 
 namespace sigma::server {
@@ -891,6 +892,8 @@ void Engine::ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch) {
     w.input.corpus_size = w.n;
     w.input.delta = s.delta;
     w.input.rho = s.rho;
+    // Multi-GPU placement (RoutedBackend): one job's snapshots always on the same device.
+    w.input.placement_key = sigma::PlacementKeyForJob(s.key.job);
     if (absl::Status v = sigma::ValidateSealInput(w.input); !v.ok())
       w.error = Status(StatusCode::FAILED_PRECONDITION, absl::StrCat(KeyString(s.key), ": ", v.message()));
   }

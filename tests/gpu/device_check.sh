@@ -10,7 +10,12 @@
 #   3. runs sigma_gpu_test against them and the shared test vectors;
 #   4. runs the benchmark (bench/gpu/sigma_gpu_bench) and the same seal with
 #      torch.linalg (bench/gpu/torch_seal.py) on the same seeded data;
-#   5. prints a short table last.
+#   4b. the CPU-vs-GPU seal crossover (RoutedBackend's gpu_min_m, sigmad
+#      --gpu-min-m): sigma_gpu_bench times the CUDA seal for m in {64 .. 1024}
+#      at n_A = 4096; the CPU side is the CPU backend when the build has one,
+#      else (this build: no OpenBLAS on the device, CPU BLAS off) the same seal
+#      in torch.linalg on the device machine's CPU (torch_seal.py --device cpu);
+#   5. prints a short table last, with a suggested gpu_min_m.
 # Budget: everything within SIGMA_CHECK_BUDGET_S (default 540 s); each step's
 # timeout shrinks to what is left. Logs and JSON go to $OUT (the device tool's
 # output folder) or build/device-check/results.
@@ -60,7 +65,7 @@ left() {
 }
 declare -A STATE
 STATE[configure]=skipped; STATE[build]=skipped; STATE[reference]=skipped
-STATE[tests]=skipped; STATE[bench]=skipped; STATE[torch]=skipped
+STATE[tests]=skipped; STATE[bench]=skipped; STATE[torch]=skipped; STATE[torch_cpu]=skipped
 TEST_COUNTS="not run"
 
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -150,9 +155,9 @@ if ((BUILD_ONLY == 0)) && [[ "${STATE[build]}" == ok ]]; then
      timeout "$(left 200)" cmake --build "$BUILD" -j "$JOBS" --target sigma_kernels_test \
        >>"$RESULTS/build.log" 2>&1; then
     KT="$(find "$BUILD" -name sigma_kernels_test -type f -perm -u+x | head -1)"
-    log "sigma_kernels_test --gtest_filter='*/cuda' (factory + module)"
+    log "sigma_kernels_test --gtest_filter='*/cuda*' (factory + module, plain and routed)"
     if SIGMA_SHARED_DIR="$SHARED" timeout "$(left 60)" "$KT" \
-         --gtest_filter='*/cuda' >"$RESULTS/conformance.log" 2>&1; then
+         --gtest_filter='*/cuda*' >"$RESULTS/conformance.log" 2>&1; then
       TEST_COUNTS="$TEST_COUNTS; conformance ok"
     else
       STATE[tests]="FAILED (conformance)"
@@ -178,6 +183,16 @@ if ((BUILD_ONLY == 0)) && [[ "${STATE[build]}" == ok ]]; then
     STATE[torch]="FAILED (rc $?)"
   fi
   cat "$RESULTS/bench_torch.log"
+  # The CPU side of the seal crossover (the CPU backend is not built here).
+  log "torch_seal.py --device cpu (crossover)"
+  if timeout "$(left 90)" "$PY" bench/gpu/torch_seal.py --device cpu --reps 5 \
+      --configs 64:4096,128:4096,256:4096,512:4096,1024:4096 --json "$RESULTS/bench_torch_cpu.jsonl" \
+      >"$RESULTS/bench_torch_cpu.log" 2>&1; then
+    STATE[torch_cpu]=ok
+  else
+    STATE[torch_cpu]="FAILED (rc $?)"
+  fi
+  cat "$RESULTS/bench_torch_cpu.log"
 fi
 
 # ---- 5. the table ----------------------------------------------------------------------
@@ -185,15 +200,16 @@ GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head
 echo
 echo "=== SIGMA CUDA device check: ${GPU_NAME:-no GPU seen} ($(date -u +%FT%TZ), ${SECONDS}s) ==="
 printf '%-10s %s\n' configure "${STATE[configure]}" build "${STATE[build]}" reference "${STATE[reference]}" \
-  gpu_tests "${STATE[tests]}: $TEST_COUNTS" bench "${STATE[bench]}" torch "${STATE[torch]}"
-"$PY" - "$RESULTS/bench_cuda.jsonl" "$RESULTS/bench_torch.jsonl" <<'PYEOF' || echo "(no benchmark table)"
+  gpu_tests "${STATE[tests]}: $TEST_COUNTS" bench "${STATE[bench]}" torch "${STATE[torch]}" \
+  torch_cpu "${STATE[torch_cpu]}"
+"$PY" - "$RESULTS/bench_cuda.jsonl" "$RESULTS/bench_torch.jsonl" "$RESULTS/bench_torch_cpu.jsonl" <<'PYEOF' || echo "(no benchmark table)"
 import json, sys
 def load(p):
     try:
         return [json.loads(l) for l in open(p) if l.strip()]
     except OSError:
         return []
-cu, to = load(sys.argv[1]), load(sys.argv[2])
+cu, to, tc = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
 seal = {(r["m"], r["n_a"]): r for r in cu if r.get("impl") == "cuda"}
 tor = {(r["m"], r["n_a"]): r for r in to if r.get("impl") == "torch"}
 if seal:
@@ -218,5 +234,34 @@ if seal:
 sug = [r for r in cu if r.get("impl") == "cuda_potrf_suggestion"]
 if sug:
     print(f"potrf switch: batched wins up to m = {sug[-1]['batched_max_m']} (set kDefaultBatchedPotrfMaxM in kernels/cuda/cuda_backend.h)")
+# CPU vs GPU seal crossover: the CPU side is the CPU backend when the bench had
+# one (cpu_ms), else torch.linalg on this machine's CPU (torch_cpu).
+xo = {r["m"]: r for r in cu if r.get("impl") == "cuda_crossover"}
+tcpu = {r["m"]: r for r in tc if r.get("impl") == "torch_cpu"}
+if xo:
+    n_a = next(iter(xo.values()))["n_a"]
+    src = "sigma CPU backend" if any(r.get("cpu_ms") is not None for r in xo.values()) else "torch.linalg on the CPU (no CPU backend in this build)"
+    print(f"CPU vs GPU seal crossover, n_A = {n_a}, one snapshot per call; CPU side: {src}")
+    print(f"{'m':>5} | {'cuda ms':>8} {'/snap x8':>8} | {'cpu ms':>8} {'torch cpu':>9} | faster")
+    wins = []
+    for m in sorted(xo):
+        r = xo[m]; t = tcpu.get(m, {}).get("seal_ms")
+        ref = r.get("cpu_ms") if r.get("cpu_ms") is not None else t
+        faster = "-" if ref is None else ("cuda" if r["cuda_ms"] < ref else "cpu")
+        if ref is not None:
+            wins.append((m, r["cuda_ms"] < ref))
+        cpu_s = f"{r['cpu_ms']:8.3f}" if r.get("cpu_ms") is not None else f"{'n/a':>8}"
+        t_s = f"{t:9.3f}" if t is not None else f"{'n/a':>9}"
+        print(f"{m:>5} | {r['cuda_ms']:8.3f} {r['cuda_batch8_per_snapshot_ms']:8.3f} | {cpu_s} {t_s} | {faster}")
+    suggested = None
+    for m, win in reversed(wins):
+        if not win:
+            break
+        suggested = m
+    if wins:
+        text = ("> %d (the CPU won at the largest m)" % wins[-1][0] if suggested is None
+                else "%d%s" % (suggested, " or lower (cuda won at every m tried)" if suggested == wins[0][0] else ""))
+        print(f"suggested gpu_min_m: {text} (kDefaultGpuMinM in kernels/include/sigma/kernels/routed_backend.h, sigmad --gpu-min-m); "
+              "the CPU side here is this machine's CPU, not the daemon host's")
 PYEOF
 [[ "${STATE[build]}" == ok && ( $BUILD_ONLY == 1 || "${STATE[tests]}" == ok ) ]]

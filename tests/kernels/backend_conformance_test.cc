@@ -1,30 +1,69 @@
-// Backend conformance: every backend the factory can make (cpu, cuda) against
+// Backend conformance: every backend the factory can make (cpu, cuda, and the
+// routed backend over CPU children or over CUDA device 0) against
 // the naive float64 reference and the shared test vectors. Tolerance: 1e-9
 // relative (1e-7 absolute near zero) in fp64. Backends not available in this
 // build or on this machine are skipped with the factory's reason.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
+#include <string>
 
 #include "reference.h"
 #include "sigma/kernels/backend_factory.h"
 #include "sigma/kernels/estimator.h"
 
 namespace sigma {
-
-void PrintTo(BackendKind kind, std::ostream* os) {
-  *os << (kind == BackendKind::kCpu ? "cpu" : kind == BackendKind::kCuda ? "cuda" : "auto");
-}
-
 namespace {
 
 using testing::CloseRel;
 
-class ConformanceTest : public ::testing::TestWithParam<BackendKind> {
+// One backend under test: a name (the test suffix; "cuda*" cases carry the
+// gpu label) and how to make it.
+struct BackendCase {
+  std::string name;
+  std::function<absl::StatusOr<std::unique_ptr<Backend>>()> make;
+};
+
+void PrintTo(const BackendCase& c, std::ostream* os) { *os << c.name; }
+
+// RoutedBackend over CPU children: a CPU backend for m < 10 and two CPU
+// backends standing in for devices (placement key 0: device 0).
+absl::StatusOr<std::unique_ptr<Backend>> MakeRoutedCpu() {
+  absl::StatusOr<std::unique_ptr<Backend>> cpu = MakeBackend({.kind = BackendKind::kCpu});
+  if (!cpu.ok()) return cpu.status();
+  std::vector<std::unique_ptr<Backend>> devices;
+  for (int d = 0; d < 2; ++d) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = MakeBackend({.kind = BackendKind::kCpu});
+    if (!b.ok()) return b.status();
+    devices.push_back(std::move(*b));
+  }
+  absl::StatusOr<std::unique_ptr<RoutedBackend>> r = RoutedBackend::Create(std::move(*cpu), std::move(devices), 10);
+  if (!r.ok()) return r.status();
+  return std::unique_ptr<Backend>(std::move(*r));
+}
+
+// RoutedBackend over the real CUDA device 0 (two contexts on it) plus the CPU
+// backend for m < 10 when the build has one (the device check's has none).
+absl::StatusOr<std::unique_ptr<Backend>> MakeRoutedCuda() {
+  std::vector<std::unique_ptr<Backend>> devices;
+  for (int d = 0; d < 2; ++d) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = MakeBackend({.kind = BackendKind::kCuda, .max_devices = 1});
+    if (!b.ok()) return b.status();
+    devices.push_back(std::move(*b));
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> cpu = MakeBackend({.kind = BackendKind::kCpu});
+  absl::StatusOr<std::unique_ptr<RoutedBackend>> r =
+      RoutedBackend::Create(cpu.ok() ? std::move(*cpu) : nullptr, std::move(devices), 10);
+  if (!r.ok()) return r.status();
+  return std::unique_ptr<Backend>(std::move(*r));
+}
+
+class ConformanceTest : public ::testing::TestWithParam<BackendCase> {
  protected:
   void SetUp() override {
-    absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend({GetParam(), 0});
+    absl::StatusOr<std::unique_ptr<Backend>> backend = GetParam().make();
     if (!backend.ok()) GTEST_SKIP() << "backend unavailable: " << backend.status().message();
     backend_ = std::move(*backend);
   }
@@ -195,12 +234,14 @@ TEST_P(ConformanceTest, BatchOfSnapshotsEqualsOneByOne) {
   }
 }
 
-std::string KindName(const ::testing::TestParamInfo<BackendKind>& info) {
-  return info.param == BackendKind::kCpu ? "cpu" : "cuda";
-}
+std::string CaseName(const ::testing::TestParamInfo<BackendCase>& info) { return info.param.name; }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ConformanceTest,
-                         ::testing::Values(BackendKind::kCpu, BackendKind::kCuda), KindName);
+INSTANTIATE_TEST_SUITE_P(
+    Backends, ConformanceTest,
+    ::testing::Values(BackendCase{"cpu", [] { return MakeBackend({.kind = BackendKind::kCpu}); }},
+                      BackendCase{"cuda", [] { return MakeBackend({.kind = BackendKind::kCuda, .max_devices = 1}); }},
+                      BackendCase{"routed_cpu", MakeRoutedCpu}, BackendCase{"cuda_routed", MakeRoutedCuda}),
+    CaseName);
 
 }  // namespace
 }  // namespace sigma

@@ -345,18 +345,24 @@ TEST(LimitOptionsTest, FlagsAndTokenKeysAreValidated) {
                                {"sigmad", "--max-m", "2000000"},
                                {"sigmad", "--max-streams-per-client", "0"},
                                {"sigmad", "--rate-limit-bytes-per-second", "-1"},
-                               {"sigmad", "--rate-limit-burst-bytes", "-5"}};
+                               {"sigmad", "--rate-limit-burst-bytes", "-5"},
+                               {"sigmad", "--gpu-min-m", "-1"},
+                               {"sigmad", "--max-gpus", "-2"}};
   for (auto& args : bad_args) {
     bool help = false;
     auto o = ParseCommandLine(3, const_cast<char**>(args), &help);
     EXPECT_FALSE(o.ok()) << args[1] << " " << args[2];
   }
-  const char* good[] = {"sigmad", "--rate-limit-bytes-per-second", "1000000", "--max-streams-per-client", "8"};
+  const char* good[] = {"sigmad", "--rate-limit-bytes-per-second", "1000000", "--max-streams-per-client", "8",
+                        "--gpu-min-m", "0", "--max-gpus", "2"};
   bool help = false;
-  auto o = ParseCommandLine(5, const_cast<char**>(good), &help);
+  auto o = ParseCommandLine(9, const_cast<char**>(good), &help);
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->rate_limit_bytes_per_second, 1000000);
   EXPECT_EQ(o->max_streams_per_client, 8);
+  EXPECT_EQ(o->gpu_min_m, 0);
+  EXPECT_EQ(o->max_gpus, 2);
+  EXPECT_EQ(DaemonOptions().gpu_min_m, sigma::kDefaultGpuMinM);
   auto bad_token = Authorizer::Parse("- {token: x, role: write, job_prefixes: [a], max_streams: 0}", "t");
   EXPECT_FALSE(bad_token.ok());
   auto good_token =

@@ -1,7 +1,8 @@
 // The numeric backend interface: the linear algebra of sealing a snapshot
 // (spec §3, §4). No CUDA types appear here; every pointer argument is host
-// memory. Implementations: CpuBackend (OpenBLAS + LAPACKE, float64) and the CUDA
-// backend (cuBLAS + cuSOLVER), created by MakeBackend() in backend_factory.h.
+// memory. Implementations: CpuBackend (OpenBLAS + LAPACKE, float64), the CUDA
+// backend (cuBLAS + cuSOLVER) and RoutedBackend (routed_backend.h: CPU for small
+// m, one CUDA backend per device), created by MakeBackend() in backend_factory.h.
 //
 // Matrices are m x m, stored dense and column-major with leading dimension m
 // (symmetric ones are full, so row- and column-major coincide).
@@ -41,6 +42,12 @@ struct SealInput {
   double corpus_size = 0;  // n >= n_A
   double delta = 1e-6;
   double rho = 1.0;
+  // Which device seals this snapshot when a RoutedBackend spreads the batch
+  // over several GPUs (routed_backend.h: device placement_key % device count).
+  // A stable hash of the job name (PlacementKeyForJob), so one job's snapshots
+  // always land on the same device; ignored by every other backend and by
+  // snapshots the routed backend sends to the CPU. 0 when not set.
+  uint64_t placement_key = 0;
 };
 
 // Everything the estimator needs from the linear algebra of one snapshot.

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "sigma/kernels/backend.h"
+#include "sigma/kernels/routed_backend.h"
 
 namespace sigma {
 
@@ -19,12 +20,32 @@ std::optional<BackendKind> ParseBackendKind(std::string_view name);
 
 struct BackendOptions {
   BackendKind kind = BackendKind::kAuto;
-  int device_ordinal = 0;  // CUDA device
+  // First CUDA device used; kCuda/kAuto use the devices device_ordinal,
+  // device_ordinal + 1, ... (at most max_devices of them).
+  int device_ordinal = 0;
+  // kAuto with at least one device: snapshots with m below this are sealed on
+  // the CPU backend, the others on the devices (routed_backend.h). Default
+  // kDefaultGpuMinM = 256: NOT measured on a GPU yet (docs/benchmarks.md has
+  // CPU figures only); tests/gpu/device_check.sh measures the crossover. 0
+  // sends everything to the devices. Ignored by kCpu and kCuda.
+  int64_t gpu_min_m = kDefaultGpuMinM;
+  // kCuda/kAuto: use at most this many devices (0 = all the runtime sees), one
+  // backend with its own context per device, snapshots placed by job
+  // (SealInput::placement_key).
+  int max_devices = 0;
 };
 
-// kCpu: always succeeds. kCuda: UNAVAILABLE when the build has no CUDA or no
-// device is present (message says which). kAuto: CUDA when available, else CPU;
-// `fallback_reason` (if not null) receives why CUDA was not used.
+// kCpu: the CPU backend (UNAVAILABLE in a build without it).
+// kCuda: the devices only, no CPU routing: one device -> its CUDA backend
+// ("cuda:0 <name>"); several -> a RoutedBackend over them. UNAVAILABLE when the
+// build has no CUDA, no device is present or a device fails to initialise
+// (message says which).
+// kAuto: with at least one usable device, a RoutedBackend over the devices plus
+// the CPU backend for m < gpu_min_m (without the CPU part when gpu_min_m = 0
+// or the build has no CPU backend; then one device is returned bare); with no
+// usable device, the CPU backend. `fallback_reason` (if not null) receives why
+// CUDA was not used, or which devices were skipped because they failed to
+// initialise (the others are used).
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options,
                                                      std::string* fallback_reason = nullptr);
 

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "sigma/kernels/routed_backend.h"
 #include "sigma/v1/sigma.pb.h"
 
 namespace sigma::server {
@@ -18,6 +19,8 @@ struct DaemonOptions {
   std::string metrics_listen = "127.0.0.1:9464";   // Prometheus /metrics; port 0 picks one
   std::string db = "./var/sigma.db";               // SQLite file; parent dir is created
   std::string backend = "auto";                    // auto | cpu | cuda
+  int64_t gpu_min_m = sigma::kDefaultGpuMinM;      // auto: m below this sealed on the CPU (not yet measured on a GPU)
+  int64_t max_gpus = 0;                            // CUDA devices used at most (one context each); 0 = all
   std::string port_file;                           // JSON {"grpc_port","metrics_port","pid"}
   std::string tls_cert;                            // PEM certificate chain: gRPC over TLS
   std::string tls_key;                             // PEM private key (with tls_cert)
