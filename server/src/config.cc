@@ -89,6 +89,7 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   else if (key == "gpu_min_m") return as_int(&o->gpu_min_m);
   else if (key == "max_gpus") return as_int(&o->max_gpus);
   else if (key == "compute_queue_capacity") return as_int(&o->compute_queue_capacity);
+  else if (key == "history_cache_per_tap") return as_int(&o->history_cache_per_tap);
   else return absl::InvalidArgumentError(absl::StrCat("unknown option '", key_in, "'"));
   return absl::OkStatus();
 }
@@ -179,6 +180,8 @@ std::string UsageText() {
   --seal-batch-window-ms N      seals arriving within N ms share one backend call, default 5
   --max-seal-batch N            snapshots per backend call at most, default 64
   --compute-queue-capacity N    queued configuration tasks at most, default 1024
+  --history-cache-per-tap N     latest reports per tap kept in memory (older ones are read
+                                from the database when asked for), default 64
 )";
 }
 
@@ -254,7 +257,8 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
                  positive("max-m", o.max_m),
                  positive("max-streams-per-client", o.max_streams_per_client),
                  positive("max-seal-batch", o.max_seal_batch),
-                 positive("compute-queue-capacity", o.compute_queue_capacity)}) {
+                 positive("compute-queue-capacity", o.compute_queue_capacity),
+                 positive("history-cache-per-tap", o.history_cache_per_tap)}) {
     if (!s.ok()) return s;
   }
   if (o.max_message_bytes > (int64_t{1} << 31) - (int64_t{1} << 20))

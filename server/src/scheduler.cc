@@ -138,10 +138,63 @@ v1::JobConfig Engine::JobEffective(const JobState& job, int64_t m) const {
 
 // ---------------------------------------------------------------- restore --
 
+namespace {
+
+// The values of a report later seals need (baseline, forecast).
+Engine::SealedEntry EntryOf(const ReportPtr& r) {
+  Engine::SealedEntry e;
+  e.report = r;
+  e.m = r->m();
+  e.failed = r->flags().cholesky_failed();
+  e.has_drift = r->baseline_generation() >= 0;
+  e.track1_upper = r->track1_upper();
+  e.track2 = r->track2();
+  e.track2_ci_halfwidth = r->track2_ci_halfwidth();
+  e.per_dim_track2_drift = r->per_dim().track2_drift();
+  return e;
+}
+
+}  // namespace
+
+void Engine::AddSealed(TapState& tap, ReportPtr report) {
+  const int64_t g = report->generation();
+  tap.reports[g] = EntryOf(report);
+  tap.held.push_back(g);
+  // Evict the oldest held reports beyond the cache, but never the tap's
+  // highest generation (its report feeds the gauges).
+  const int64_t highest = tap.reports.rbegin()->first;
+  size_t guard = tap.held.size();
+  while (history_ && static_cast<int64_t>(tap.held.size()) > options_.history_cache_per_tap && guard-- > 0) {
+    const int64_t old = tap.held.front();
+    tap.held.pop_front();
+    if (old == highest) {
+      tap.held.push_back(old);
+      continue;
+    }
+    if (auto it = tap.reports.find(old); it != tap.reports.end()) it->second.report.reset();
+  }
+}
+
+absl::StatusOr<ReportPtr> Engine::SealedReport(const std::string& job, const std::string& tap,
+                                               const SealedEntry& entry, int64_t generation) {
+  if (entry.report) return entry.report;
+  if (!history_) return absl::UnavailableError("the history database is not open");
+  absl::StatusOr<v1::GenerationReport> r = history_->Report(job, tap, generation);
+  if (!r.ok()) return r.status();
+  return std::make_shared<const v1::GenerationReport>(*std::move(r));
+}
+
 absl::Status Engine::Restore() {
   std::vector<StoredJob> jobs;
   std::vector<v1::GenerationReport> reports;
   if (auto s = store_->LoadAll(&jobs, &reports); !s.ok()) return s;
+  // An in-memory database (":memory:", the fuzz targets) cannot be opened a
+  // second time: then every report stays in memory and history is served from it.
+  if (options_.db != ":memory:") {
+    absl::StatusOr<std::unique_ptr<HistoryReader>> reader = HistoryReader::Open(options_.db);
+    if (!reader.ok()) return reader.status();
+    history_ = std::move(*reader);
+  }
   std::lock_guard<std::mutex> lock(mu_);
   for (StoredJob& j : jobs) {
     JobState& js = jobs_[j.name];
@@ -156,13 +209,15 @@ absl::Status Engine::Restore() {
     js.has_sealed = true;
     if (!r.flags().cholesky_failed() && !tap.first_sealed) tap.first_sealed = r.generation();
     auto ptr = std::make_shared<const v1::GenerationReport>(std::move(r));
-    tap.reports[ptr->generation()] = ptr;
     metrics_->CountSeal(*ptr);
+    AddSealed(tap, std::move(ptr));
   }
+  reports.clear();
+  reports.shrink_to_fit();
   for (const auto& [name, js] : jobs_) {
     for (const auto& [tap_name, tap] : js.taps) {
-      if (!tap.reports.empty())
-        metrics_->PublishReport(*tap.reports.rbegin()->second,
+      if (!tap.reports.empty() && tap.reports.rbegin()->second.report)
+        metrics_->PublishReport(*tap.reports.rbegin()->second.report,
                                 Thresholds(JobEffective(js, tap.m)));
     }
   }
@@ -267,7 +322,11 @@ Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) {
     if (tap_it != job_it->second.taps.end()) {
       if (auto r = tap_it->second.reports.find(open.generation()); r != tap_it->second.reports.end()) {
         // Already sealed: a retry. Batches are ignored; the response carries the report.
-        session->sealed_report = r->second;
+        absl::StatusOr<ReportPtr> report = SealedReport(open.job(), tap_name, r->second, open.generation());
+        if (!report.ok())
+          return Status(StatusCode::UNAVAILABLE,
+                        absl::StrCat("reading the sealed report of ", KeyString(key), ": ", report.status().message()));
+        session->sealed_report = *std::move(report);
         session->rank = open.rank();
         session->opened = true;
         return Status::OK;
@@ -584,8 +643,14 @@ void Engine::Close(const v1::CloseGenerationRequest& request, ReportCallback don
       auto tap = job->second.taps.find(tap_name);
       if (tap != job->second.taps.end()) {
         if (auto r = tap->second.reports.find(request.generation()); r != tap->second.reports.end()) {
-          ReportPtr report = r->second;
-          done(Status::OK, report);
+          absl::StatusOr<ReportPtr> report = SealedReport(request.job(), tap_name, r->second, request.generation());
+          if (!report.ok()) {
+            done(Status(StatusCode::UNAVAILABLE, absl::StrCat("reading the sealed report of ", KeyString(key), ": ",
+                                                              report.status().message())),
+                 nullptr);
+            return;
+          }
+          done(Status::OK, *std::move(report));
           return;
         }
       }
@@ -676,19 +741,31 @@ v1::JobInfo Engine::MakeJobInfo(const std::string& name, const JobState& job) co
 Status Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResponse* response) {
   if (!ValidName(request.job()))
     return Status(StatusCode::INVALID_ARGUMENT, "invalid job name: must match [A-Za-z0-9_.:-]{1,128}");
-  std::lock_guard<std::mutex> lock(mu_);
-  auto job = jobs_.find(request.job());
-  if (job == jobs_.end())
-    return Status(StatusCode::NOT_FOUND, absl::StrCat("unknown job '", request.job(), "'"));
-  std::vector<ReportPtr> reports;
-  for (const auto& [tap_name, tap] : job->second.taps) {
-    if (!request.tap().empty() && request.tap() != tap_name) continue;
-    for (const auto& [g, r] : tap.reports) reports.push_back(r);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!jobs_.contains(request.job()))
+      return Status(StatusCode::NOT_FOUND, absl::StrCat("unknown job '", request.job(), "'"));
   }
-  std::stable_sort(reports.begin(), reports.end(), [](const ReportPtr& a, const ReportPtr& b) {
-    return a->generation() != b->generation() ? a->generation() < b->generation() : a->tap() < b->tap();
-  });
-  for (const auto& r : reports) *response->add_reports() = *r;
+  if (!history_) {  // in-memory database: every report is held
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<ReportPtr> held;
+    for (const auto& [tap_name, tap] : jobs_.at(request.job()).taps) {
+      if (!request.tap().empty() && request.tap() != tap_name) continue;
+      for (const auto& [g, e] : tap.reports) held.push_back(e.report);
+    }
+    std::stable_sort(held.begin(), held.end(), [](const ReportPtr& a, const ReportPtr& b) {
+      return a->generation() != b->generation() ? a->generation() < b->generation() : a->tap() < b->tap();
+    });
+    for (const auto& r : held) *response->add_reports() = *r;
+    return Status::OK;
+  }
+  // From SQLite (every report there was committed before any client heard of
+  // it), without holding mu_: sealing goes on meanwhile.
+  std::vector<v1::GenerationReport> reports;
+  if (absl::Status s = history_->Reports(request.job(), request.tap(), &reports); !s.ok())
+    return Status(StatusCode::UNAVAILABLE, absl::StrCat("reading the history: ", s.message()));
+  response->mutable_reports()->Reserve(static_cast<int>(reports.size()));
+  for (auto& r : reports) response->add_reports()->Swap(&r);
   return Status::OK;
 }
 
@@ -931,18 +1008,18 @@ void Engine::ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch) {
   std::map<std::string, StoredJob> jobs_to_store;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    std::map<std::pair<std::string, std::string>, std::map<int64_t, ReportPtr>> pending;
+    std::map<std::pair<std::string, std::string>, std::map<int64_t, SealedEntry>> pending;
     std::map<std::pair<std::string, std::string>, int64_t> pending_first;
-    auto lookup = [&](const std::string& job, const std::string& tap, int64_t g) -> ReportPtr {
+    auto lookup = [&](const std::string& job, const std::string& tap, int64_t g) -> const SealedEntry* {
       if (auto p = pending.find({job, tap}); p != pending.end()) {
-        if (auto r = p->second.find(g); r != p->second.end()) return r->second;
+        if (auto r = p->second.find(g); r != p->second.end()) return &r->second;
       }
       auto j = jobs_.find(job);
       if (j == jobs_.end()) return nullptr;
       auto t = j->second.taps.find(tap);
       if (t == j->second.taps.end()) return nullptr;
       auto r = t->second.reports.find(g);
-      return r == t->second.reports.end() ? nullptr : r->second;
+      return r == t->second.reports.end() ? nullptr : &r->second;
     };
     auto first_sealed = [&](const std::string& job, const std::string& tap) -> std::optional<int64_t> {
       auto j = jobs_.find(job);
@@ -1006,13 +1083,13 @@ void Engine::ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch) {
           if (bjob == s.key.job && *bgen == s.key.generation) {
             drift.reset();  // the baseline itself: zero drift, no drift alerts
             r.set_baseline_generation(*bgen);
-          } else if (ReportPtr base = lookup(bjob, s.key.tap, *bgen);
-                     base && !base->flags().cholesky_failed() && base->m() == s.m) {
+          } else if (const SealedEntry* base = lookup(bjob, s.key.tap, *bgen);
+                     base && !base->failed && base->m == s.m) {
             sigma::TrackValues bv;
-            bv.m = base->m();
-            bv.track1_upper = base->track1_upper();
-            bv.track2 = base->track2();
-            bv.track2_ci_halfwidth = base->track2_ci_halfwidth();
+            bv.m = base->m;
+            bv.track1_upper = base->track1_upper;
+            bv.track2 = base->track2;
+            bv.track2_ci_halfwidth = base->track2_ci_halfwidth;
             drift = sigma::ComputeDrift(vals, bv);
             r.set_baseline_generation(*bgen);
           }
@@ -1040,10 +1117,9 @@ void Engine::ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch) {
       // Forecast over the generations up to this one that have a drift.
       if (!failed && r.baseline_generation() >= 0) {
         std::map<int64_t, double> points;
-        auto add = [&](const std::map<int64_t, ReportPtr>& reports) {
+        auto add = [&](const std::map<int64_t, SealedEntry>& reports) {
           for (const auto& [g, p] : reports) {
-            if (g < s.key.generation && !p->flags().cholesky_failed() && p->baseline_generation() >= 0)
-              points[g] = p->per_dim().track2_drift();
+            if (g < s.key.generation && !p.failed && p.has_drift) points[g] = p.per_dim_track2_drift;
           }
         };
         if (auto t = job.taps.find(s.key.tap); t != job.taps.end()) add(t->second.reports);
@@ -1058,7 +1134,7 @@ void Engine::ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch) {
           r.set_generations_to_critical(*fc);
       }
       auto ptr = std::make_shared<const v1::GenerationReport>(r);
-      pending[{s.key.job, s.key.tap}][s.key.generation] = ptr;
+      pending[{s.key.job, s.key.tap}][s.key.generation] = EntryOf(ptr);
       w.report = ptr;
       to_store.push_back(r);
       jobs_to_store[s.key.job] = StoredJob{s.key.job, job.config, job.m};
@@ -1094,7 +1170,7 @@ void Engine::ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch) {
       JobState& job = jobs_.at(s.key.job);
       job.has_sealed = true;
       TapState& tap = job.taps[s.key.tap];
-      tap.reports[s.key.generation] = w.report;
+      AddSealed(tap, w.report);
       if (!w.report->flags().cholesky_failed() && !tap.first_sealed) tap.first_sealed = s.key.generation;
       metrics_->CountSeal(*w.report);
       if (tap.reports.rbegin()->first == s.key.generation)

@@ -321,4 +321,54 @@ absl::Status Store::Commit(const std::vector<StoredJob>& jobs,
   return Exec("COMMIT;");
 }
 
+absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat("--db: cannot open ", path, " for reading: ", msg));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  return std::unique_ptr<HistoryReader>(new HistoryReader(db));
+}
+
+HistoryReader::~HistoryReader() { sqlite3_close(db_); }
+
+absl::Status HistoryReader::Reports(const std::string& job, const std::string& tap,
+                                    std::vector<sigma::v1::GenerationReport>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, tap.empty() ? "SELECT report FROM reports WHERE job = ?1 ORDER BY generation, tap;"
+                          : "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 ORDER BY generation;");
+  if (auto s = q.status(); !s.ok()) return s;
+  q.Text(1, job);
+  if (!tap.empty()) q.Text(2, tap);
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) {
+    if (!out->emplace_back().ParseFromString(q.ColumnBlob(0)))
+      return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+  }
+  if (rc != SQLITE_DONE) return absl::UnavailableError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<sigma::v1::GenerationReport> HistoryReader::Report(const std::string& job, const std::string& tap,
+                                                                  int64_t generation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 AND generation = ?3;");
+  if (auto s = q.status(); !s.ok()) return s;
+  q.Text(1, job);
+  q.Text(2, tap);
+  q.Int(3, generation);
+  const int rc = q.Step();
+  if (rc == SQLITE_DONE)
+    return absl::NotFoundError(absl::StrCat("no stored report for ", job, "/", tap, " generation ", generation));
+  if (rc != SQLITE_ROW) return absl::UnavailableError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  sigma::v1::GenerationReport r;
+  if (!r.ParseFromString(q.ColumnBlob(0)))
+    return absl::DataLossError(absl::StrCat("the stored report of ", job, "/", tap, " generation ", generation,
+                                            " is unreadable"));
+  return r;
+}
+
 }  // namespace sigma::server

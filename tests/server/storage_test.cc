@@ -173,5 +173,95 @@ TEST(StorageSchemaTest, SeverityIsTheHighestAlert) {
   EXPECT_EQ(ReportSeverity(info_only), "info");
 }
 
+// Only the latest --history-cache-per-tap reports stay in memory; the older
+// ones are read back from SQLite, and nothing a client sees changes: history,
+// retries of old generations, CloseGeneration of them, drift against an
+// evicted baseline and the forecast are identical to a daemon that holds all.
+TEST(HistoryCacheTest, EvictedReportsAreServedFromTheDatabase) {
+  constexpr int32_t kM = 8;
+  constexpr int kGenerations = 7;
+  TempDir small_dir, big_dir;
+  DaemonOptions small = TestOptions(small_dir.path());
+  small.history_cache_per_tap = 2;
+  DaemonOptions big = TestOptions(big_dir.path());
+  big.history_cache_per_tap = 1000;
+  auto ds = StartDaemon(small);
+  auto db = StartDaemon(big);
+  ASSERT_NE(ds, nullptr);
+  ASSERT_NE(db, nullptr);
+  v1::JobConfig cfg;
+  cfg.set_n_a(64);
+  std::vector<v1::GenerationReport> seen;
+  for (int g = 0; g < kGenerations; ++g) {
+    // Contracting: later generations put more weight on the first columns.
+    const Rows rows = GaussianRows(200, kM, 100 + g, 1.0 / (1 + g), 2);
+    v1::IngestResponse a, b;
+    for (auto* d : {ds.get(), db.get()}) {
+      v1::IngestResponse& resp = d == ds.get() ? a : b;
+      ASSERT_TRUE(SendShare(d->stub.get(), MakeOpen("h", g, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg), rows, 0,
+                            200, 50, v1::DTYPE_FP32, &resp)
+                      .ok());
+      ASSERT_TRUE(resp.sealed());
+    }
+    ExpectSameValues(a.report(), b.report());
+    EXPECT_EQ(a.report().baseline_generation(), 0);
+    EXPECT_EQ(a.report().has_generations_to_critical(), b.report().has_generations_to_critical()) << g;
+    if (a.report().has_generations_to_critical())
+      EXPECT_EQ(a.report().generations_to_critical(), b.report().generations_to_critical()) << g;
+    seen.push_back(a.report());
+  }
+  // History: every generation, byte for byte what the client was told.
+  v1::GetHistoryRequest hreq;
+  hreq.set_job("h");
+  v1::GetHistoryResponse history;
+  grpc::ClientContext hctx;
+  ASSERT_TRUE(ds->stub->GetHistory(&hctx, hreq, &history).ok());
+  ASSERT_EQ(history.reports_size(), kGenerations);
+  for (int g = 0; g < kGenerations; ++g)
+    EXPECT_EQ(history.reports(g).SerializeAsString(), seen[g].SerializeAsString()) << g;
+  // A retry of generation 0 (evicted) gets its stored report; so does a close.
+  v1::IngestResponse retry;
+  const Rows rows0 = GaussianRows(200, kM, 100, 1.0, 2);
+  ASSERT_TRUE(SendShare(ds->stub.get(), MakeOpen("h", 0, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg), rows0, 0,
+                        200, 50, v1::DTYPE_FP32, &retry)
+                  .ok());
+  EXPECT_EQ(retry.report().SerializeAsString(), seen[0].SerializeAsString());
+  EXPECT_EQ(retry.batches_accepted(), 0);
+  v1::CloseGenerationRequest creq;
+  creq.set_job("h");
+  creq.set_generation(1);
+  v1::GenerationReport closed;
+  grpc::ClientContext cctx;
+  ASSERT_TRUE(ds->stub->CloseGeneration(&cctx, creq, &closed).ok());
+  EXPECT_EQ(closed.SerializeAsString(), seen[1].SerializeAsString());
+
+  // Proof that generation 0 came from the database in the small daemon and
+  // from memory in the big one: remove it from both files behind their backs.
+  for (const std::string& path : {small.db, big.db}) {
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+    sqlite3_busy_timeout(raw, 5000);
+    ExecOrDie(raw, "DELETE FROM reports WHERE generation = 0;");
+    sqlite3_close(raw);
+  }
+  v1::IngestResponse gone, kept;
+  grpc::Status s_small = SendShare(ds->stub.get(), MakeOpen("h", 0, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg),
+                                   rows0, 0, 200, 50, v1::DTYPE_FP32, &gone);
+  EXPECT_EQ(s_small.error_code(), grpc::StatusCode::UNAVAILABLE) << s_small.error_message();
+  EXPECT_NE(s_small.error_message().find("no stored report"), std::string::npos) << s_small.error_message();
+  ASSERT_TRUE(SendShare(db->stub.get(), MakeOpen("h", 0, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg), rows0, 0,
+                        200, 50, v1::DTYPE_FP32, &kept)
+                  .ok());
+  EXPECT_EQ(kept.report().generation(), 0);
+  // The latest generation is held in the small daemon too.
+  v1::IngestResponse latest;
+  const Rows rows6 = GaussianRows(200, kM, 100 + kGenerations - 1, 1.0 / kGenerations, 2);
+  ASSERT_TRUE(SendShare(ds->stub.get(),
+                        MakeOpen("h", kGenerations - 1, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg), rows6, 0, 200,
+                        50, v1::DTYPE_FP32, &latest)
+                  .ok());
+  EXPECT_EQ(latest.report().SerializeAsString(), seen[kGenerations - 1].SerializeAsString());
+}
+
 }  // namespace
 }  // namespace sigma::server::testing

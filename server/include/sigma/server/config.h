@@ -42,6 +42,7 @@ struct DaemonOptions {
   int64_t seal_batch_window_ms = 5;                // gather seals for one SealBatch call
   int64_t max_seal_batch = 64;                     // snapshots per SealBatch call at most
   int64_t compute_queue_capacity = 1024;           // queued non-seal tasks (ConfigureJob)
+  int64_t history_cache_per_tap = 64;              // latest reports per tap held in memory
   // Defaults for every job's unset JobConfig fields (YAML `defaults:`).
   sigma::v1::JobConfig job_defaults;
   // Per-job configuration applied when the job is created (YAML `jobs:`).

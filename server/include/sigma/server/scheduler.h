@@ -101,11 +101,28 @@ class Engine {
 
   const std::string& backend_name() const { return backend_name_; }
 
+  // What the daemon keeps in memory of one sealed report: the values later
+  // seals need (baseline values, forecast points; about 100 bytes with the map
+  // node) and, for the tap's latest --history-cache-per-tap reports, the report
+  // itself. Older reports are read back from SQLite (history_) when a retry or
+  // GetHistory asks for them.
+  struct SealedEntry {
+    ReportPtr report;  // null once evicted
+    int32_t m = 0;
+    bool failed = false;     // Cholesky failed: no values
+    bool has_drift = false;  // baseline_generation >= 0
+    double track1_upper = 0;
+    double track2 = 0;
+    double track2_ci_halfwidth = 0;
+    double per_dim_track2_drift = 0;
+  };
+
  private:
   struct TapState {
     int32_t m = 0;
     std::optional<int64_t> first_sealed;  // default baseline: first successful seal
-    std::map<int64_t, ReportPtr> reports;
+    std::map<int64_t, SealedEntry> reports;
+    std::deque<int64_t> held;  // generations whose report is in memory, in sealing order
   };
   struct JobState {
     sigma::v1::JobConfig config;  // as configured
@@ -128,9 +145,16 @@ class Engine {
   void ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch);
   void DiscardSnapshot(const std::shared_ptr<Snapshot>& snap, const grpc::Status& error);
   void ReleaseRows(Snapshot& snap);  // snap.mu held
+  // Records a sealed report in `tap` and evicts the oldest held report beyond
+  // the cache size (mu_ held).
+  void AddSealed(TapState& tap, ReportPtr report);
+  // The report of a sealed generation: from memory, else from SQLite.
+  absl::StatusOr<ReportPtr> SealedReport(const std::string& job, const std::string& tap,
+                                         const SealedEntry& entry, int64_t generation);
 
   const DaemonOptions options_;
   std::unique_ptr<Store> store_;
+  std::unique_ptr<HistoryReader> history_;  // opened by Restore
   std::unique_ptr<sigma::Backend> backend_;
   std::string backend_name_;
   Metrics* metrics_;

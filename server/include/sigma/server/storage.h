@@ -9,7 +9,9 @@
 #ifndef SIGMA_SERVER_STORAGE_H_
 #define SIGMA_SERVER_STORAGE_H_
 
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -62,6 +64,32 @@ class Store {
 
   sqlite3* db_;
   int schema_version_ = 0;
+};
+
+// Read-only access to the reports for GetHistory and for retries of snapshots
+// whose report is no longer held in memory: a second SQLite connection
+// (read-only; WAL lets it read while the Store writes, and it sees every
+// committed report). Thread-safe (one mutex); point reads use the
+// (job, tap, generation) index.
+class HistoryReader {
+ public:
+  // `path` must have been created by Store::Open.
+  static absl::StatusOr<std::unique_ptr<HistoryReader>> Open(const std::string& path);
+  ~HistoryReader();
+  HistoryReader(const HistoryReader&) = delete;
+  HistoryReader& operator=(const HistoryReader&) = delete;
+
+  // Every report of `job` (of `tap` only, when not empty), by generation then tap.
+  absl::Status Reports(const std::string& job, const std::string& tap,
+                       std::vector<sigma::v1::GenerationReport>* out);
+  // One report, NOT_FOUND when there is none.
+  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
+                                                     int64_t generation);
+
+ private:
+  explicit HistoryReader(sqlite3* db) : db_(db) {}
+  sqlite3* db_;
+  std::mutex mu_;
 };
 
 }  // namespace sigma::server
