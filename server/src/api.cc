@@ -150,9 +150,9 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   grpc::Status RateLimit(const v1::Batch& batch) {
     if (client_.limits.bytes_per_second <= 0 || engine_->IsDuplicate(session_, batch.seq()))
       return grpc::Status::OK;
-    const int64_t bytes = static_cast<int64_t>(batch.data().size()) + 8 * int64_t{batch.sample_ids_size()};
     absl::Duration retry_after;
-    const absl::Status s = limiter_->Consume(client_.key, client_.label, client_.limits, bytes, &retry_after);
+    const absl::Status s =
+        limiter_->Consume(client_.key, client_.label, client_.limits, BatchPayloadBytes(batch), &retry_after);
     if (s.ok()) return grpc::Status::OK;
     if (metrics_) metrics_->Rejected("rate_limited");
     if (retry_after > absl::ZeroDuration())

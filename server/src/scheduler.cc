@@ -442,8 +442,7 @@ Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
     return Reject("too_many_rows", StatusCode::RESOURCE_EXHAUSTED,
                   absl::StrFormat("%s: %d rows exceed --max-rows-per-batch = %d; send smaller batches", where,
                                   rows, options_.max_rows_per_batch));
-  const int64_t payload = static_cast<int64_t>(batch.data().size()) +
-                          8 * static_cast<int64_t>(batch.sample_ids_size());
+  const int64_t payload = BatchPayloadBytes(batch);
   if (payload > options_.max_message_bytes)
     return Reject("too_large", StatusCode::RESOURCE_EXHAUSTED,
                   absl::StrFormat("%s: %d payload bytes exceed --max-message-bytes = %d; send smaller batches",

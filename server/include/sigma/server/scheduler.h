@@ -68,6 +68,11 @@ struct IngestSession {
 absl::Status BatchEnergy(const sigma::RowBlock& block, sigma::Preprocessing p, double rho,
                          sigma::EnergyStats* stats);
 
+// The payload of a Batch as the limits count it: data bytes plus 8 per sample id.
+inline int64_t BatchPayloadBytes(const sigma::v1::Batch& batch) {
+  return static_cast<int64_t>(batch.data().size()) + 8 * static_cast<int64_t>(batch.sample_ids_size());
+}
+
 // True when `name` matches [A-Za-z0-9_.:-]{1,128}.
 bool ValidName(const std::string& name);
 
