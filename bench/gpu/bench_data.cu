@@ -8,6 +8,13 @@
 
 #include <cstdint>
 
+// Every launch goes through this macro: nvcc's <<<>>> here; the host CUDA
+// emulator (tests/gpu/emulator/device_shim.h) defines it to run the same
+// kernels on the CPU in tests.
+#ifndef SIGMA_LAUNCH_KERNEL
+#define SIGMA_LAUNCH_KERNEL(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
+#endif
+
 namespace sigma::bench {
 namespace {
 
@@ -48,12 +55,12 @@ uint64_t HostSplitMix64(uint64_t x) {
 }  // namespace
 
 cudaError_t FillBenchBf16(uint16_t* device_out, uint64_t count, uint64_t seed, cudaStream_t stream) {
-  FillBf16<<<4096, 256, 0, stream>>>(device_out, count, HostSplitMix64(seed));
+  SIGMA_LAUNCH_KERNEL(FillBf16, 4096, 256, stream)(device_out, count, HostSplitMix64(seed));
   return cudaGetLastError();
 }
 
 cudaError_t FillBenchF64(double* device_out, uint64_t count, uint64_t seed, cudaStream_t stream) {
-  FillF64<<<4096, 256, 0, stream>>>(device_out, count, HostSplitMix64(seed));
+  SIGMA_LAUNCH_KERNEL(FillF64, 4096, 256, stream)(device_out, count, HostSplitMix64(seed));
   return cudaGetLastError();
 }
 

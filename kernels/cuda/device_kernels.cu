@@ -11,6 +11,13 @@
 #include <cfloat>
 #include <climits>
 
+// Every launch goes through this macro: nvcc's <<<>>> here; the host CUDA
+// emulator (tests/gpu/emulator/device_shim.h) defines it to run the same
+// kernels on the CPU in tests.
+#ifndef SIGMA_LAUNCH_KERNEL
+#define SIGMA_LAUNCH_KERNEL(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
+#endif
+
 namespace sigma::cuda::kernels {
 namespace {
 
@@ -350,18 +357,18 @@ cudaError_t LaunchConvertRows(int dtype, const void* raw, int64_t num_rows, int6
   const dim3 grid(static_cast<unsigned int>(blocks)), block(kRowsPerBlock * kWarp);
   switch (dtype) {
     case 0:
-      ConvertRowsKernel<0><<<grid, block, 0, stream>>>(static_cast<const float*>(raw), num_rows, m, l2, x, row_energy, first_row, first_bad);
+      SIGMA_LAUNCH_KERNEL(ConvertRowsKernel<0>, grid, block, stream)(static_cast<const float*>(raw), num_rows, m, l2, x, row_energy, first_row, first_bad);
       break;
     case 1:
-      ConvertRowsKernel<1><<<grid, block, 0, stream>>>(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
+      SIGMA_LAUNCH_KERNEL(ConvertRowsKernel<1>, grid, block, stream)(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
                                                        row_energy, first_row, first_bad);
       break;
     case 2:
-      ConvertRowsKernel<2><<<grid, block, 0, stream>>>(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
+      SIGMA_LAUNCH_KERNEL(ConvertRowsKernel<2>, grid, block, stream)(static_cast<const unsigned short*>(raw), num_rows, m, l2, x,
                                                        row_energy, first_row, first_bad);
       break;
     case 3:
-      ConvertRowsKernel<3><<<grid, block, 0, stream>>>(static_cast<const double*>(raw), num_rows, m, l2, x, row_energy, first_row, first_bad);
+      SIGMA_LAUNCH_KERNEL(ConvertRowsKernel<3>, grid, block, stream)(static_cast<const double*>(raw), num_rows, m, l2, x, row_energy, first_row, first_bad);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -372,14 +379,14 @@ cudaError_t LaunchConvertRows(int dtype, const void* raw, int64_t num_rows, int6
 cudaError_t LaunchEnergyReduce(const double* row_energy, int64_t n, double limit, EnergyDev* acc,
                                cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  EnergyReduceKernel<<<1, kReduceThreads, 0, stream>>>(row_energy, n, limit, acc);
+  SIGMA_LAUNCH_KERNEL(EnergyReduceKernel, 1, kReduceThreads, stream)(row_energy, n, limit, acc);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchShiftedCopies(const double* g, int64_t m, const ShiftTargets& targets,
                                 cudaStream_t stream) {
   if (targets.count <= 0 || targets.count > 3) return cudaErrorInvalidValue;
-  ShiftedCopiesKernel<<<GridFor(m * m, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(g, m, targets);
+  SIGMA_LAUNCH_KERNEL(ShiftedCopiesKernel, GridFor(m * m, kElementwiseThreads), kElementwiseThreads, stream)(g, m, targets);
   return cudaGetLastError();
 }
 
@@ -387,7 +394,7 @@ cudaError_t LaunchLogDiag(const double* mats, int64_t m, int64_t count, const in
                           int per_group, int64_t group_stride_bytes, cudaStream_t stream) {
   if (count <= 0) return cudaSuccess;
   if (count > INT_MAX || per_group <= 0) return cudaErrorInvalidValue;
-  LogDiagKernel<<<static_cast<unsigned int>(count), 256, 0, stream>>>(mats, m, info, out, per_group,
+  SIGMA_LAUNCH_KERNEL(LogDiagKernel, static_cast<unsigned int>(count), 256, stream)(mats, m, info, out, per_group,
                                                                        group_stride_bytes);
   return cudaGetLastError();
 }
@@ -397,32 +404,32 @@ cudaError_t LaunchColumnSquaredNorms(const double* y, int64_t m, int64_t n, doub
   if (n <= 0) return cudaSuccess;
   const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  ColumnSquaredNormsKernel<<<static_cast<unsigned int>(blocks), kRowsPerBlock * kWarp, 0, stream>>>(y, m, n, q);
+  SIGMA_LAUNCH_KERNEL(ColumnSquaredNormsKernel, static_cast<unsigned int>(blocks), kRowsPerBlock * kWarp, stream)(y, m, n, q);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchQStats(const double* q, int64_t n, double* out, cudaStream_t stream) {
-  QStatsKernel<<<1, kReduceThreads, 0, stream>>>(q, n, out);
+  SIGMA_LAUNCH_KERNEL(QStatsKernel, 1, kReduceThreads, stream)(q, n, out);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchZeroStrictUpper(double* a, int64_t m, int64_t count, cudaStream_t stream) {
   if (count <= 0) return cudaSuccess;
-  ZeroStrictUpperKernel<<<GridFor(m * m * count, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(a, m, count);
+  SIGMA_LAUNCH_KERNEL(ZeroStrictUpperKernel, GridFor(m * m * count, kElementwiseThreads), kElementwiseThreads, stream)(a, m, count);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchLowerWeightedSquareSum(const double* a, int64_t m, double off_diag_weight,
                                          double* partial, double* out, cudaStream_t stream) {
   if (m > INT_MAX) return cudaErrorInvalidValue;
-  LowerSquareColumnKernel<<<static_cast<unsigned int>(m), 256, 0, stream>>>(a, m, off_diag_weight, partial);
+  SIGMA_LAUNCH_KERNEL(LowerSquareColumnKernel, static_cast<unsigned int>(m), 256, stream)(a, m, off_diag_weight, partial);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  SumKernel<<<1, kReduceThreads, 0, stream>>>(partial, m, out);
+  SIGMA_LAUNCH_KERNEL(SumKernel, 1, kReduceThreads, stream)(partial, m, out);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchSymmetrizeFromLower(double* a, int64_t m, cudaStream_t stream) {
-  SymmetrizeKernel<<<GridFor(m * m, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(a, m);
+  SIGMA_LAUNCH_KERNEL(SymmetrizeKernel, GridFor(m * m, kElementwiseThreads), kElementwiseThreads, stream)(a, m);
   return cudaGetLastError();
 }
 
