@@ -29,7 +29,8 @@ deps:
 
 configure: deps
 	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
-	  -DSIGMA_WITH_CUDA=$(SIGMA_WITH_CUDA) -DSIGMA_SHARED_DIR=$(SHARED_DIR) $(CMAKE_FLAGS) >/dev/null
+	  -DSIGMA_WITH_CUDA=$(SIGMA_WITH_CUDA) -DSIGMA_SHARED_DIR=$(SHARED_DIR) \
+	  -DSIGMA_TEST_PYTHON=$(PYTHON) $(CMAKE_FLAGS) >/dev/null
 
 build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS)

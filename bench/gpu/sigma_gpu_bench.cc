@@ -16,6 +16,7 @@
 //
 // usage: sigma_gpu_bench [--quick] [--reps N] [--json FILE] [--configs m:n,...]
 //                        [--no-sweep] [--no-crossover] [--crossover-n-a N]
+//                        [--sweep-ms m,...] [--crossover-ms m,...]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -189,6 +190,19 @@ int main(int argc, char** argv) {
   int reps = 3;
   std::string json_path;
   std::vector<std::pair<int64_t, int64_t>> configs;
+  std::vector<int64_t> sweep_ms, crossover_ms;  // empty: the defaults below
+  auto parse_ms = [](const std::string& list) {
+    std::vector<int64_t> out;
+    size_t pos = 0;
+    while (pos < list.size()) {
+      size_t end = list.find(',', pos);
+      if (end == std::string::npos) end = list.size();
+      const int64_t m = std::atoll(list.substr(pos, end - pos).c_str());
+      if (m > 0) out.push_back(m);
+      pos = end + 1;
+    }
+    return out;
+  };
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
@@ -199,6 +213,10 @@ int main(int argc, char** argv) {
       crossover = false;
     } else if (a == "--crossover-n-a" && i + 1 < argc) {
       crossover_n_a = std::max<int64_t>(1, std::atoll(argv[++i]));
+    } else if (a == "--sweep-ms" && i + 1 < argc) {
+      sweep_ms = parse_ms(argv[++i]);
+    } else if (a == "--crossover-ms" && i + 1 < argc) {
+      crossover_ms = parse_ms(argv[++i]);
     } else if (a == "--reps" && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--json" && i + 1 < argc) {
@@ -217,7 +235,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr, "usage: %s [--quick] [--reps N] [--json FILE] [--configs m:n,...] [--no-sweep] "
-                   "[--no-crossover] [--crossover-n-a N]\n", argv[0]);
+                   "[--no-crossover] [--crossover-n-a N] [--sweep-ms m,...] [--crossover-ms m,...]\n", argv[0]);
       return 2;
     }
   }
@@ -229,7 +247,7 @@ int main(int argc, char** argv) {
         for (int64_t n_a : {8192, 65536}) configs.push_back({m, n_a});
     }
   }
-  if (sigma::CudaDeviceCount() == 0) {
+  if (cuda::DeviceCount() == 0) {
     std::fprintf(stderr, "no CUDA device: nothing to benchmark\n");
     return 2;
   }
@@ -310,8 +328,9 @@ int main(int argc, char** argv) {
     std::unique_ptr<Backend> batched = MakeBackendOrDie(bo), per_matrix = MakeBackendOrDie(po);
     int64_t largest_batched_win = 0;  // largest m up to which batched always won
     bool still_winning = true;
-    const std::vector<int64_t> ms = quick ? std::vector<int64_t>{64, 256, 1024}
-                                          : std::vector<int64_t>{32, 64, 128, 256, 512, 1024, 2048};
+    const std::vector<int64_t> ms = !sweep_ms.empty() ? sweep_ms
+                                    : quick             ? std::vector<int64_t>{64, 256, 1024}
+                                                        : std::vector<int64_t>{32, 64, 128, 256, 512, 1024, 2048};
     for (int64_t m : ms) {
       bool batched_wins_all = true;
       for (int s_count : {1, 8}) {
@@ -355,7 +374,7 @@ int main(int argc, char** argv) {
     std::printf("%6s %6s | %9s %12s | %9s | %s\n", "m", "n_A", "cuda", "cuda/snap x8", "cpu", "faster");
     int64_t suggested = -1;  // smallest m from which CUDA wins at every larger m tested
     bool cuda_wins_above = true;
-    const std::vector<int64_t> ms = {64, 128, 256, 512, 1024};
+    const std::vector<int64_t> ms = !crossover_ms.empty() ? crossover_ms : std::vector<int64_t>{64, 128, 256, 512, 1024};
     std::vector<std::pair<int64_t, bool>> wins;
     for (int64_t m : ms) {
       const int64_t n_a = crossover_n_a;
@@ -388,7 +407,7 @@ int main(int argc, char** argv) {
     }
     if (!wins.empty())
       std::printf("suggested gpu_min_m: %s (compiled in: %lld)\n",
-                  suggested < 0 ? "> 1024 (the CPU won at m = 1024)"
+                  suggested < 0 ? absl::StrFormat("> %d (the CPU won at m = %d)", ms.back(), ms.back()).c_str()
                                 : absl::StrFormat("%lld", static_cast<long long>(suggested)).c_str(),
                   static_cast<long long>(sigma::kDefaultGpuMinM));
   }
