@@ -57,6 +57,15 @@ size_t DefaultMemoryLimit() {
   return size_t{4} << 30;
 }
 
+int DefaultDeviceCount() {
+  if (const char* env = std::getenv("SIGMA_CUDA_EMULATOR_DEVICES"); env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && v >= 0 && v <= 64) return static_cast<int>(v);
+  }
+  return 1;
+}
+
 bool IsSticky(cudaError_t e) {
   switch (e) {
     case cudaErrorIllegalAddress:
@@ -109,7 +118,7 @@ struct State {
   std::recursive_mutex mu;
   size_t memory_limit = DefaultMemoryLimit();
   size_t bytes_in_use = 0;
-  int device_count = 1;
+  int device_count = DefaultDeviceCount();
   std::map<uintptr_t, size_t> device;  // live cudaMalloc blocks: base -> size
   std::map<uintptr_t, size_t> pinned;  // live cudaMallocHost blocks
   std::map<std::string, int, std::less<>> injected;

@@ -47,7 +47,9 @@ namespace sigma::cuda_emulator {
 // environment variable SIGMA_CUDA_EMULATOR_MEMORY (bytes) or 4 GiB.
 void SetDeviceMemoryLimit(size_t bytes);
 size_t DeviceBytesInUse();
-// Number of devices cudaGetDeviceCount reports (default 1; 0 = "no device").
+// Number of devices cudaGetDeviceCount reports (default: the environment
+// variable SIGMA_CUDA_EMULATOR_DEVICES or 1; 0 = "no device"). All share one
+// memory pool and one lock.
 void SetDeviceCount(int count);
 
 // The next call of the API function named `function` (as spelled in the
