@@ -100,3 +100,34 @@ def test_reports_equal_the_cpu_daemon(daemons, m):
             for f in FIELDS:
                 va, vb = getattr(a, f), getattr(b, f)
                 assert abs(va - vb) <= 1e-9 * max(abs(va), abs(vb)) + 1e-12, (m, j, g, f, va, vb)
+
+
+def test_torch_seal_matches_the_emulated_cuda_bench(tmp_path):
+    """The device check compares sigma_gpu_bench with bench/gpu/torch_seal.py on
+    "the same seeded data": check that claim (data generator, seal, JSON fields)
+    here, with the bench on the emulator and torch on the CPU."""
+    torch = pytest.importorskip("torch", reason="torch is not installed in this Python (experiments/setup.sh "
+                                                "makes .venv-exp with it)")
+    del torch
+    if not os.environ.get("SIGMAD"):
+        pytest.skip("SIGMAD is not set")
+    bench = Path(os.environ["SIGMAD"]).resolve().parents[1] / "tests" / "kernels" / "gpu" / "sigma_gpu_bench_emulated"
+    if not bench.is_file():
+        pytest.skip(f"{bench} not built")
+    import json
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[2]
+    configs = "64:256,96:192"
+    subprocess.run([str(bench), "--reps", "1", "--no-sweep", "--no-crossover", "--configs", configs,
+                    "--json", str(tmp_path / "cuda.jsonl")], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(repo / "bench" / "gpu" / "torch_seal.py"), "--device", "cpu", "--reps", "1",
+                    "--configs", configs, "--json", str(tmp_path / "torch.jsonl")],
+                   check=True, capture_output=True, timeout=300)
+    cuda = {(r["m"], r["n_a"]): r for r in map(json.loads, open(tmp_path / "cuda.jsonl")) if r["impl"] == "cuda"}
+    tor = {(r["m"], r["n_a"]): r for r in map(json.loads, open(tmp_path / "torch.jsonl"))}
+    assert set(cuda) == set(tor) == {(64, 256), (96, 192)}
+    for key in cuda:
+        for f in ("track2_raw", "track1_upper", "q_mean", "trace_a"):
+            a, b = cuda[key][f], tor[key][f]
+            assert abs(a - b) <= 1e-9 * max(abs(a), abs(b)), (key, f, a, b)
