@@ -27,6 +27,15 @@ namespace {
 
 enum class FiberState { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
+// AddressSanitizer must be told about stack switches (or it reports false
+// stack overflows and misses real ones).
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define SIGMA_EMU_ASAN 1
+#else
+#define SIGMA_EMU_ASAN 0
+#endif
+
 #if defined(__x86_64__)
 // sigma_emu_switch(save, next): saves the callee-saved state on the current
 // stack, stores the stack pointer in *save, and resumes the context whose
@@ -63,6 +72,8 @@ sigma_emu_switch:
 
 struct Context {
   void* sp = nullptr;
+  const void* stack_bottom = nullptr;  // for AddressSanitizer
+  size_t stack_size = 0;
 };
 // A context that starts `entry` (which must never return) on [stack, stack + bytes).
 void MakeContext(Context* c, char* stack, size_t bytes, void (*entry)()) {
@@ -80,21 +91,41 @@ void MakeContext(Context* c, char* stack, size_t bytes, void (*entry)()) {
   uint64_t fp = mxcsr | (uint64_t{fpucw} << 32);
   *--words = fp;
   c->sp = words;
+  c->stack_bottom = stack;
+  c->stack_size = bytes;
 }
-void SwitchContext(Context* from, Context* to) { sigma_emu_switch(&from->sp, to->sp); }
+void RawSwitch(Context* from, Context* to) { sigma_emu_switch(&from->sp, to->sp); }
 #else
 struct Context {
   ucontext_t uc;
+  const void* stack_bottom = nullptr;  // for AddressSanitizer
+  size_t stack_size = 0;
 };
 void MakeContext(Context* c, char* stack, size_t bytes, void (*entry)()) {
+  c->stack_bottom = stack;
+  c->stack_size = bytes;
   getcontext(&c->uc);
   c->uc.uc_stack.ss_sp = stack;
   c->uc.uc_stack.ss_size = bytes;
   c->uc.uc_link = nullptr;
   makecontext(&c->uc, entry, 0);
 }
-void SwitchContext(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+void RawSwitch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
 #endif
+
+// Switches from the running context `from` to `to`. `from_dies`: `from` is a
+// finished fiber that will never be resumed.
+void SwitchContext(Context* from, Context* to, bool from_dies = false) {
+#if SIGMA_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(from_dies ? nullptr : &fake_stack, to->stack_bottom, to->stack_size);
+  RawSwitch(from, to);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  (void)from_dies;
+  RawSwitch(from, to);
+#endif
+}
 
 struct Fiber {
   Context context;
@@ -139,10 +170,15 @@ bool EnsureStacks(size_t count) {
 // scheduler for good (a fiber's stack is reused; it never returns).
 void FiberEntry() {
   BlockRun* run = g_run;
+#if SIGMA_EMU_ASAN
+  // First code on this stack: completes the scheduler's switch and learns
+  // the scheduler's (the host thread's) stack, to switch back to.
+  __sanitizer_finish_switch_fiber(nullptr, &run->scheduler.stack_bottom, &run->scheduler.stack_size);
+#endif
   (*run->body)();
   Fiber& f = run->fibers[run->current];
   f.state = FiberState::kDone;
-  SwitchContext(&f.context, &run->scheduler);
+  SwitchContext(&f.context, &run->scheduler, /*from_dies=*/true);
   std::abort();  // unreachable: a finished fiber is never resumed
 }
 
