@@ -9,7 +9,9 @@
 // participants have all arrived: the block barrier (__syncthreads) when every
 // live thread waits there, a warp barrier (the two halves of a shuffle) when
 // every live lane of that warp waits there. Nothing releasable while threads
-// still wait is a deadlock (divergent barriers), reported as a violation.
+// still wait is a deadlock (divergent barriers), reported as a violation, as
+// are a __syncthreads after some threads of the block exited and a shuffle
+// with exited lanes (both undefined on the device).
 #include "simt.h"
 
 #include <sys/mman.h>
@@ -221,6 +223,10 @@ bool RunBlock(BlockRun* run) {
     if (live == 0) return true;
     bool released = false;
     if (at_block == live) {
+      if (live < n)
+        NoteViolation(run, absl::StrFormat("__syncthreads reached by %d thread(s) after %d exited: a barrier in "
+                                           "divergent code (undefined on the device)",
+                                           live, n - live));
       for (Fiber& f : run->fibers)
         if (f.state == FiberState::kAtBlockBarrier) f.state = FiberState::kRunnable;
       released = true;

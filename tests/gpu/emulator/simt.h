@@ -30,7 +30,8 @@ inline constexpr int kWarpSize = 32;
 
 // Runs `body` once for every thread of `grid` x `block`. Returns false (after
 // ReportViolation) when the kernel deadlocked (threads of a block waiting at
-// different barriers) or broke a warp-shuffle rule.
+// different barriers), reached __syncthreads after some of its block's threads
+// exited, or shuffled with exited lanes.
 bool RunGrid(dim3 grid, dim3 block, std::string_view kernel_name, const std::function<void()>& body);
 
 uint3 CurrentThreadIdx();
