@@ -182,6 +182,19 @@ std::string PhaseJson(const cuda::PhaseTimes& p) {
       p.upload_convert_ms, p.gram_ms, p.cholesky_ms, p.q_ms, p.traces_ms, p.total_ms);
 }
 
+// "a,b,c" -> {"a", "b", "c"} (empty items dropped).
+std::vector<std::string> SplitCommas(const std::string& list) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < list.size()) {
+    size_t end = list.find(',', pos);
+    if (end == std::string::npos) end = list.size();
+    if (end > pos) out.push_back(list.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,14 +206,8 @@ int main(int argc, char** argv) {
   std::vector<int64_t> sweep_ms, crossover_ms;  // empty: the defaults below
   auto parse_ms = [](const std::string& list) {
     std::vector<int64_t> out;
-    size_t pos = 0;
-    while (pos < list.size()) {
-      size_t end = list.find(',', pos);
-      if (end == std::string::npos) end = list.size();
-      const int64_t m = std::atoll(list.substr(pos, end - pos).c_str());
-      if (m > 0) out.push_back(m);
-      pos = end + 1;
-    }
+    for (const std::string& item : SplitCommas(list))
+      if (const int64_t m = std::atoll(item.c_str()); m > 0) out.push_back(m);
     return out;
   };
   for (int i = 1; i < argc; ++i) {
@@ -222,16 +229,10 @@ int main(int argc, char** argv) {
     } else if (a == "--json" && i + 1 < argc) {
       json_path = argv[++i];
     } else if (a == "--configs" && i + 1 < argc) {
-      std::string list = argv[++i];
-      size_t pos = 0;
-      while (pos < list.size()) {
-        size_t end = list.find(',', pos);
-        if (end == std::string::npos) end = list.size();
-        const std::string item = list.substr(pos, end - pos);
+      for (const std::string& item : SplitCommas(argv[++i])) {
         const size_t colon = item.find(':');
         if (colon != std::string::npos)
           configs.push_back({std::atoll(item.substr(0, colon).c_str()), std::atoll(item.substr(colon + 1).c_str())});
-        pos = end + 1;
       }
     } else {
       std::fprintf(stderr, "usage: %s [--quick] [--reps N] [--json FILE] [--configs m:n,...] [--no-sweep] "

@@ -172,6 +172,50 @@ int FactorOne(double* a, int64_t n, int64_t lda, cublasFillMode_t uplo) {
 
 std::string Num(int64_t v) { return std::to_string(v); }
 
+// cuBLAS and cuSOLVER handles behave alike (create, destroy, set stream);
+// only the status enums differ.
+template <typename Status>
+struct HandleStatuses {
+  Status ok, invalid_value, not_initialized;
+};
+constexpr HandleStatuses<cublasStatus_t> kBlasStatuses{CUBLAS_STATUS_SUCCESS, CUBLAS_STATUS_INVALID_VALUE,
+                                                       CUBLAS_STATUS_NOT_INITIALIZED};
+constexpr HandleStatuses<cusolverStatus_t> kSolverStatuses{CUSOLVER_STATUS_SUCCESS, CUSOLVER_STATUS_INVALID_VALUE,
+                                                           CUSOLVER_STATUS_NOT_INITIALIZED};
+
+template <typename Status, typename Handle>
+Status CreateHandle(const char* function, Handle* handle, const HandleStatuses<Status>& st) {
+  Lock lock(in::Mutex());
+  if (auto s = Injected(function)) return static_cast<Status>(*s);
+  if (handle == nullptr) return st.invalid_value;
+  if (!in::DevicePresent()) return st.not_initialized;
+  auto* h = new LibraryHandle();
+  LiveHandles().insert(h);
+  *handle = reinterpret_cast<Handle>(h);
+  return st.ok;
+}
+
+template <typename Status, typename Handle>
+Status DestroyHandle(const char* function, Handle handle, const HandleStatuses<Status>& st) {
+  Lock lock(in::Mutex());
+  if (auto s = Injected(function)) return static_cast<Status>(*s);
+  LibraryHandle* h = AsHandle(handle);
+  if (h == nullptr) return st.not_initialized;
+  LiveHandles().erase(h);
+  delete h;
+  return st.ok;
+}
+
+template <typename Status, typename Handle>
+Status SetHandleStream(const char* function, Handle handle, cudaStream_t stream, const HandleStatuses<Status>& st) {
+  Lock lock(in::Mutex());
+  if (auto s = Injected(function)) return static_cast<Status>(*s);
+  LibraryHandle* h = AsHandle(handle);
+  if (h == nullptr) return st.not_initialized;
+  h->stream = stream;
+  return st.ok;
+}
+
 }  // namespace
 }  // namespace sigma::cuda_emulator
 
@@ -180,33 +224,15 @@ namespace emu = sigma::cuda_emulator;
 // ============================== cuBLAS =======================================
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
-  emu::Lock lock(emu::in::Mutex());
-  if (auto s = emu::Injected("cublasCreate_v2")) return static_cast<cublasStatus_t>(*s);
-  if (handle == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
-  if (!emu::in::DevicePresent()) return CUBLAS_STATUS_NOT_INITIALIZED;
-  auto* h = new emu::LibraryHandle();
-  emu::LiveHandles().insert(h);
-  *handle = reinterpret_cast<cublasHandle_t>(h);
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::CreateHandle("cublasCreate_v2", handle, emu::kBlasStatuses);
 }
 
 cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
-  emu::Lock lock(emu::in::Mutex());
-  if (auto s = emu::Injected("cublasDestroy_v2")) return static_cast<cublasStatus_t>(*s);
-  emu::LibraryHandle* h = emu::AsHandle(handle);
-  if (h == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  emu::LiveHandles().erase(h);
-  delete h;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::DestroyHandle("cublasDestroy_v2", handle, emu::kBlasStatuses);
 }
 
 cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
-  emu::Lock lock(emu::in::Mutex());
-  if (auto s = emu::Injected("cublasSetStream_v2")) return static_cast<cublasStatus_t>(*s);
-  emu::LibraryHandle* h = emu::AsHandle(handle);
-  if (h == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  h->stream = stream;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::SetHandleStream("cublasSetStream_v2", handle, stream, emu::kBlasStatuses);
 }
 
 cublasStatus_t cublasGetStream_v2(cublasHandle_t handle, cudaStream_t* stream) {
@@ -353,33 +379,15 @@ cublasStatus_t cublasDtrsm_v2(cublasHandle_t handle, cublasSideMode_t side, cubl
 // ============================== cuSOLVER =====================================
 
 cusolverStatus_t cusolverDnCreate(cusolverDnHandle_t* handle) {
-  emu::Lock lock(emu::in::Mutex());
-  if (auto s = emu::Injected("cusolverDnCreate")) return static_cast<cusolverStatus_t>(*s);
-  if (handle == nullptr) return CUSOLVER_STATUS_INVALID_VALUE;
-  if (!emu::in::DevicePresent()) return CUSOLVER_STATUS_NOT_INITIALIZED;
-  auto* h = new emu::LibraryHandle();
-  emu::LiveHandles().insert(h);
-  *handle = reinterpret_cast<cusolverDnHandle_t>(h);
-  return CUSOLVER_STATUS_SUCCESS;
+  return emu::CreateHandle("cusolverDnCreate", handle, emu::kSolverStatuses);
 }
 
 cusolverStatus_t cusolverDnDestroy(cusolverDnHandle_t handle) {
-  emu::Lock lock(emu::in::Mutex());
-  if (auto s = emu::Injected("cusolverDnDestroy")) return static_cast<cusolverStatus_t>(*s);
-  emu::LibraryHandle* h = emu::AsHandle(handle);
-  if (h == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
-  emu::LiveHandles().erase(h);
-  delete h;
-  return CUSOLVER_STATUS_SUCCESS;
+  return emu::DestroyHandle("cusolverDnDestroy", handle, emu::kSolverStatuses);
 }
 
 cusolverStatus_t cusolverDnSetStream(cusolverDnHandle_t handle, cudaStream_t stream) {
-  emu::Lock lock(emu::in::Mutex());
-  if (auto s = emu::Injected("cusolverDnSetStream")) return static_cast<cusolverStatus_t>(*s);
-  emu::LibraryHandle* h = emu::AsHandle(handle);
-  if (h == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
-  h->stream = stream;
-  return CUSOLVER_STATUS_SUCCESS;
+  return emu::SetHandleStream("cusolverDnSetStream", handle, stream, emu::kSolverStatuses);
 }
 
 cusolverStatus_t cusolverDnCreateParams(cusolverDnParams_t* params) {

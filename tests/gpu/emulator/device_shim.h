@@ -18,7 +18,6 @@
 
 #include "simt.h"
 
-#define SIGMA_CUDA_EMULATED 1
 #define SIGMA_LAUNCH_KERNEL(kernel, grid, block, stream) \
   ::sigma::cuda_emulator::KernelLauncher(#kernel, (grid), (block), (stream), kernel)
 

@@ -15,9 +15,11 @@
 #include "simt.h"
 
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
-#include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <vector>

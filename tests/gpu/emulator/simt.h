@@ -15,8 +15,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <memory>
-#include <string>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
@@ -70,17 +68,18 @@ class KernelLaunch {
       SetLastError(e);
       return;
     }
-    auto params = std::make_shared<std::tuple<std::decay_t<Params>...>>(std::forward<Args>(args)...);
-    auto kernel = kernel_;
-    const dim3 grid = grid_, block = block_;
-    const std::string name = name_;
+    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
     cudaError_t e = Enqueue(
-        stream_, [=] { RunGrid(grid, block, name, [&] { std::apply(kernel, *params); }); }, name_);
+        stream_,
+        [kernel = kernel_, grid = grid_, block = block_, name = name_, params] {
+          RunGrid(grid, block, name, [&] { std::apply(kernel, params); });
+        },
+        name_);
     if (e != cudaSuccess) SetLastError(e);
   }
 
  private:
-  const char* name_;
+  const char* name_;  // the kernel's name as written at the launch (#kernel): static storage
   dim3 grid_, block_;
   cudaStream_t stream_;
   void (*kernel_)(Params...);
