@@ -25,6 +25,12 @@ constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 8;          // warps per block in the row kernels
 constexpr int kReduceThreads = 1024;      // single-block reductions
 constexpr int kElementwiseThreads = 256;
+constexpr int kColumnThreads = 256;        // one block per matrix / column
+constexpr int kRowThreads = kRowsPerBlock * kWarp;
+// Every kernel declares its block size in __launch_bounds__, so ptxas keeps
+// its registers within what that block needs (a 1024-thread block gets at most
+// 64 per thread): a launch can never fail with "too many resources requested".
+// kernels/cuda/CMakeLists.txt makes local memory and spills a build error.
 
 __device__ __forceinline__ double WarpSum(double v) {
   for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -163,7 +169,7 @@ __device__ __forceinline__ void NoteNonFinite(unsigned long long* first_bad, uns
 // One warp per row: one read of the raw row for its energy (and a finiteness
 // check), then (l2) a second, cached read to scale and store.
 template <int kDType>
-__global__ void ConvertRowsKernel(const typename Elem<kDType>::T* __restrict__ raw, int64_t num_rows,
+__global__ void __launch_bounds__(kRowThreads) ConvertRowsKernel(const typename Elem<kDType>::T* __restrict__ raw, int64_t num_rows,
                                   int64_t m, bool l2, double* __restrict__ x,
                                   double* __restrict__ row_energy, int64_t first_row,
                                   unsigned long long* first_bad) {
@@ -194,7 +200,7 @@ __global__ void ConvertRowsKernel(const typename Elem<kDType>::T* __restrict__ r
   if (lane == 0) row_energy[row] = energy;
 }
 
-__global__ void EnergyReduceKernel(const double* __restrict__ row_energy, int64_t n, double limit,
+__global__ void __launch_bounds__(kReduceThreads) EnergyReduceKernel(const double* __restrict__ row_energy, int64_t n, double limit,
                                    EnergyDev* acc) {
   double mx = 0.0, sum = 0.0;
   long long violations = 0;
@@ -215,17 +221,23 @@ __global__ void EnergyReduceKernel(const double* __restrict__ row_energy, int64_
   }
 }
 
-__global__ void ShiftedCopiesKernel(const double* g, int64_t m, ShiftTargets t) {
+__global__ void __launch_bounds__(kElementwiseThreads) ShiftedCopiesKernel(const double* g, int64_t m, ShiftTargets t) {
   const int64_t total = m * m;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t col = idx / m, row = idx - col * m;
+    // Constant trip counts (unrolled): indexing t's arrays with a runtime k
+    // would copy the parameter to local memory (ptxas: 80-byte stack frame).
     if (row < col) {
-      for (int k = 0; k < t.count; ++k) t.dst[k][idx] = 0.0;
+#pragma unroll
+      for (int k = 0; k < 3; ++k)
+        if (k < t.count) t.dst[k][idx] = 0.0;
       continue;
     }
     const double v = g[idx];  // read before any write: dst may alias g
-    for (int k = 0; k < t.count; ++k) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      if (k >= t.count) break;
       double a = __dmul_rn(t.scale[k], v);
       if (row == col) a = __dadd_rn(a, t.shift[k]);
       t.dst[k][idx] = a;
@@ -233,7 +245,7 @@ __global__ void ShiftedCopiesKernel(const double* g, int64_t m, ShiftTargets t) 
   }
 }
 
-__global__ void LogDiagKernel(const double* mats, int64_t m, const int* info, void* out,
+__global__ void __launch_bounds__(kColumnThreads) LogDiagKernel(const double* mats, int64_t m, const int* info, void* out,
                               int per_group, int64_t group_stride_bytes) {
   const int64_t b = blockIdx.x;
   const double* a = mats + b * m * m;
@@ -270,7 +282,7 @@ __global__ void LogDiagKernel(const double* mats, int64_t m, const int* info, vo
   }
 }
 
-__global__ void ColumnSquaredNormsKernel(const double* __restrict__ y, int64_t m, int64_t n,
+__global__ void __launch_bounds__(kRowThreads) ColumnSquaredNormsKernel(const double* __restrict__ y, int64_t m, int64_t n,
                                          double* __restrict__ q) {
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
@@ -282,7 +294,7 @@ __global__ void ColumnSquaredNormsKernel(const double* __restrict__ y, int64_t m
   if (lane == 0) q[col] = s;
 }
 
-__global__ void QStatsKernel(const double* __restrict__ q, int64_t n, double* out) {
+__global__ void __launch_bounds__(kReduceThreads) QStatsKernel(const double* __restrict__ q, int64_t n, double* out) {
   double sum = 0.0, sum_sq = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     sum += q[i];
@@ -301,7 +313,7 @@ __global__ void QStatsKernel(const double* __restrict__ q, int64_t n, double* ou
   }
 }
 
-__global__ void ZeroStrictUpperKernel(double* a, int64_t m, int64_t count) {
+__global__ void __launch_bounds__(kElementwiseThreads) ZeroStrictUpperKernel(double* a, int64_t m, int64_t count) {
   const int64_t per = m * m, total = per * count;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -312,7 +324,7 @@ __global__ void ZeroStrictUpperKernel(double* a, int64_t m, int64_t count) {
 }
 
 // One block per column c: partial[c] = a_cc^2 + w * sum_{r>c} a_rc^2.
-__global__ void LowerSquareColumnKernel(const double* __restrict__ a, int64_t m, double w,
+__global__ void __launch_bounds__(kColumnThreads) LowerSquareColumnKernel(const double* __restrict__ a, int64_t m, double w,
                                         double* __restrict__ partial) {
   const int64_t c = blockIdx.x;
   const double* col = a + c * m;
@@ -322,14 +334,14 @@ __global__ void LowerSquareColumnKernel(const double* __restrict__ a, int64_t m,
   if (threadIdx.x == 0) partial[c] = col[c] * col[c] + w * s;
 }
 
-__global__ void SumKernel(const double* __restrict__ v, int64_t n, double* out) {
+__global__ void __launch_bounds__(kReduceThreads) SumKernel(const double* __restrict__ v, int64_t n, double* out) {
   double s = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
   s = BlockSum(s);
   if (threadIdx.x == 0) *out = s;
 }
 
-__global__ void SymmetrizeKernel(double* a, int64_t m) {
+__global__ void __launch_bounds__(kElementwiseThreads) SymmetrizeKernel(double* a, int64_t m) {
   const int64_t total = m * m;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -354,7 +366,7 @@ cudaError_t LaunchConvertRows(int dtype, const void* raw, int64_t num_rows, int6
   if (num_rows <= 0) return cudaSuccess;
   const int64_t blocks = (num_rows + kRowsPerBlock - 1) / kRowsPerBlock;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned int>(blocks)), block(kRowsPerBlock * kWarp);
+  const dim3 grid(static_cast<unsigned int>(blocks)), block(kRowThreads);
   switch (dtype) {
     case 0:
       SIGMA_LAUNCH_KERNEL(ConvertRowsKernel<0>, grid, block, stream)(static_cast<const float*>(raw), num_rows, m, l2, x, row_energy, first_row, first_bad);
@@ -394,7 +406,7 @@ cudaError_t LaunchLogDiag(const double* mats, int64_t m, int64_t count, const in
                           int per_group, int64_t group_stride_bytes, cudaStream_t stream) {
   if (count <= 0) return cudaSuccess;
   if (count > INT_MAX || per_group <= 0) return cudaErrorInvalidValue;
-  SIGMA_LAUNCH_KERNEL(LogDiagKernel, static_cast<unsigned int>(count), 256, stream)(mats, m, info, out, per_group,
+  SIGMA_LAUNCH_KERNEL(LogDiagKernel, static_cast<unsigned int>(count), kColumnThreads, stream)(mats, m, info, out, per_group,
                                                                        group_stride_bytes);
   return cudaGetLastError();
 }
@@ -404,7 +416,7 @@ cudaError_t LaunchColumnSquaredNorms(const double* y, int64_t m, int64_t n, doub
   if (n <= 0) return cudaSuccess;
   const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  SIGMA_LAUNCH_KERNEL(ColumnSquaredNormsKernel, static_cast<unsigned int>(blocks), kRowsPerBlock * kWarp, stream)(y, m, n, q);
+  SIGMA_LAUNCH_KERNEL(ColumnSquaredNormsKernel, static_cast<unsigned int>(blocks), kRowThreads, stream)(y, m, n, q);
   return cudaGetLastError();
 }
 
@@ -422,7 +434,7 @@ cudaError_t LaunchZeroStrictUpper(double* a, int64_t m, int64_t count, cudaStrea
 cudaError_t LaunchLowerWeightedSquareSum(const double* a, int64_t m, double off_diag_weight,
                                          double* partial, double* out, cudaStream_t stream) {
   if (m > INT_MAX) return cudaErrorInvalidValue;
-  SIGMA_LAUNCH_KERNEL(LowerSquareColumnKernel, static_cast<unsigned int>(m), 256, stream)(a, m, off_diag_weight, partial);
+  SIGMA_LAUNCH_KERNEL(LowerSquareColumnKernel, static_cast<unsigned int>(m), kColumnThreads, stream)(a, m, off_diag_weight, partial);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   SIGMA_LAUNCH_KERNEL(SumKernel, 1, kReduceThreads, stream)(partial, m, out);
   return cudaGetLastError();

@@ -21,6 +21,12 @@
 #define SIGMA_LAUNCH_KERNEL(kernel, grid, block, stream) \
   ::sigma::cuda_emulator::KernelLauncher(#kernel, (grid), (block), (stream), kernel)
 
+// nvcc's register cap for a block size; nothing to cap on the host (the CUDA
+// headers define it only for nvcc).
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
 #define threadIdx (::sigma::cuda_emulator::CurrentThreadIdx())
 #define blockIdx (::sigma::cuda_emulator::CurrentBlockIdx())
 #define blockDim (::sigma::cuda_emulator::CurrentBlockDim())
