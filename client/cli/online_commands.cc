@@ -79,7 +79,7 @@ constexpr char kSendUsage[] =
     "  --corpus-size N       corpus size n of the snapshot (default: rows streamed)\n"
     "job configuration, applied by sigmad only when the job is new (see configure):\n"
     "%s"
-    "  --batch-rows N        rows per Batch message (default: about 1 MiB per message)\n"
+    "  --batch-rows N        rows per Batch message (default: about 1 MiB, at most 65536)\n"
     "  --presketch           keep only the local bottom-n_A rows of the job's sketch (spec §2)\n"
     "                        and send those with their ids and the energy statistics of all\n"
     "                        rows: same report, at most n_A rows on the wire\n"
@@ -518,6 +518,7 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
     // Rebuild the client with the requested chunk size.
     ClientOptions options = (*made)->options();
     options.chunk_bytes = static_cast<size_t>(**batch_rows) * m * client::DTypeBytes(dtype);
+    options.max_chunk_rows = **batch_rows;  // as asked (a daemon with a larger --max-rows-per-batch)
     made = Client::Create((*made)->targets(), options);
     if (!made.ok()) return ClientError(err, usage, made.status());
   }

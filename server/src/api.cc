@@ -137,6 +137,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
         if (status.ok()) status = engine_->Batch(&session_, request.batch());
         break;
       default:
+        if (metrics_) metrics_->Rejected("invalid_request");
         status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                               "empty IngestRequest: set open, batch or end");
     }

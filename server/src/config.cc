@@ -173,7 +173,7 @@ std::string UsageText() {
   --max-streams-per-client N    concurrent Ingest streams of one client (a token; the peer
                                 IP without --tokens), default 64
   --rate-limit-bytes-per-second N  Batch payload rate of one client, default 0 (off);
-                                over it: RESOURCE_EXHAUSTED with grpc-retry-pushback-ms
+                                over it: RESOURCE_EXHAUSTED with sigma-retry-after-ms
   --rate-limit-burst-bytes N    the rate limit's bucket, default 0 (one second's worth)
   (tokens may override the last three: max_streams, rate_limit_bytes_per_second,
    rate_limit_burst_bytes)

@@ -128,18 +128,9 @@ void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
   s.corpus_size->Set(r.n());
   s.sample_size->Set(static_cast<double>(r.n_a()));
   s.dimension->Set(r.m());
-  if (r.flags().cholesky_failed()) return;  // never publish made-up values
-  s.track1_upper->Set(r.track1_upper());
-  s.track1_lower->Set(r.track1_lower());
-  s.track2->Set(r.track2());
-  s.track2_ci_halfwidth->Set(r.track2_ci_halfwidth());
-  s.track1_drift->Set(r.track1_drift());
-  s.track2_drift->Set(r.track2_drift());
-  s.divergence->Set(r.divergence());
-  s.drift_halfwidth->Set(r.drift_halfwidth());
-  s.track1_drift_per_dim->Set(r.per_dim().track1_drift());
-  s.track2_drift_per_dim->Set(r.per_dim().track2_drift());
-  s.divergence_per_dim->Set(r.per_dim().divergence());
+  // The alerts and the forecast are those of this generation even when its
+  // Cholesky failed (then no drift alerts and no forecast): a failed seal must
+  // neither keep the previous generation's alerts firing nor hide its own.
   for (auto& [key, gauge] : s.alerts) {
     bool on = false;
     for (const auto& a : r.alerts()) on = on || (a.rule() + "/" + a.severity()) == key;
@@ -152,6 +143,18 @@ void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
     f_forecast_->Remove(s.forecast);
     s.forecast = nullptr;
   }
+  if (r.flags().cholesky_failed()) return;  // never publish made-up track values
+  s.track1_upper->Set(r.track1_upper());
+  s.track1_lower->Set(r.track1_lower());
+  s.track2->Set(r.track2());
+  s.track2_ci_halfwidth->Set(r.track2_ci_halfwidth());
+  s.track1_drift->Set(r.track1_drift());
+  s.track2_drift->Set(r.track2_drift());
+  s.divergence->Set(r.divergence());
+  s.drift_halfwidth->Set(r.drift_halfwidth());
+  s.track1_drift_per_dim->Set(r.per_dim().track1_drift());
+  s.track2_drift_per_dim->Set(r.per_dim().track2_drift());
+  s.divergence_per_dim->Set(r.per_dim().divergence());
 }
 
 void Metrics::CountSeal(const sigma::v1::GenerationReport& r) {

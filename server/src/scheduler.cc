@@ -708,7 +708,23 @@ void Engine::DiscardSnapshot(const std::shared_ptr<Snapshot>& snap, const Status
     auto it = open_.find(snap->key);
     if (it != open_.end() && it->second == snap) {
       open_.erase(it);
-      if (auto j = jobs_.find(snap->key.job); j != jobs_.end()) --j->second.open_snapshots;
+      if (auto j = jobs_.find(snap->key.job); j != jobs_.end()) {
+        JobState& job = j->second;
+        --job.open_snapshots;
+        // A snapshot that never held a row does not fix the tap's m: without a
+        // sealed report or another open snapshot the tap takes the m of the next
+        // OpenSnapshot again (as after a restart, where it would not exist).
+        auto tap = job.taps.find(snap->key.tap);
+        const bool tap_open = std::any_of(open_.begin(), open_.end(), [&](const auto& o) {
+          return o.first.job == snap->key.job && o.first.tap == snap->key.tap;
+        });
+        if (tap != job.taps.end() && tap->second.reports.empty() && !tap_open) {
+          tap->second.m = 0;
+          if (!job.has_sealed && std::all_of(job.taps.begin(), job.taps.end(),
+                                             [](const auto& t) { return t.second.m == 0; }))
+            job.m = 0;
+        }
+      }
     }
     metrics_->SetOpenSnapshots(static_cast<int64_t>(open_.size()));
     std::lock_guard<std::mutex> slock(snap->mu);

@@ -229,6 +229,24 @@ TEST(ClientTest, SeveralBlocksContinueSeqAndCarrySampleIds) {
   EXPECT_THAT(msgs[3].batch().sample_ids(), ::testing::ElementsAre(20, 21, 22));
 }
 
+TEST(ClientTest, NarrowRowsAreChunkedWithinTheDaemonsRowsPerBatch) {
+  // 1 MiB (the default chunk_bytes) of m = 1 fp32 rows is 262144 rows: sigmad
+  // refuses more than its default --max-rows-per-batch = 65536.
+  FakeMonitor service;
+  FakeServer server(&service);
+  auto client = MakeClient(server.target());
+  const int64_t rows = 70000;
+  const std::vector<float> data = Ramp(rows, 1);
+  auto response = client->SendGeneration({"job", "default", 0},
+                                         Embeddings{data.data(), v1::DTYPE_FP32, rows, 1, {}}, ShareOptions{});
+  ASSERT_TRUE(response.ok()) << response.status();
+  const auto msgs = service.streams().at(0).messages;
+  ASSERT_EQ(msgs.size(), 4u);  // open, 65536 + 4464 rows, end
+  EXPECT_EQ(msgs[1].batch().rows(), 65536);
+  EXPECT_EQ(msgs[2].batch().rows(), rows - 65536);
+  EXPECT_EQ(msgs[2].batch().seq(), 1);
+}
+
 TEST(ClientTest, InvalidInputFailsWithoutRpc) {
   FakeMonitor service;
   FakeServer server(&service);

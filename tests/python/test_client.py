@@ -210,6 +210,20 @@ def test_stream_cut_midway_is_retried(server, job, cutting_proxy):
     assert_same_report(g.report, g2.report, rel=0)
 
 
+@pytest.mark.parametrize("presketch", [True, False])
+def test_narrow_rows_stay_within_the_daemons_rows_per_batch(server, job, presketch):
+    """1 MiB of m = 2 fp16 rows is 262144 rows, beyond sigmad's default
+    --max-rows-per-batch (65536): the client must split by rows too, not only by bytes."""
+    m, n = 2, 70_000
+    x = rows(23, n, m).astype(np.float16)
+    mon = Monitor(server.target, job=job, rank=0, world_size=1, n_a=n, presketch=presketch,
+                  max_retries=0)
+    with mon.generation(0) as g:
+        g.send(x)
+    assert g.sealed and g.report.n_a == n and close(g.report.n, n)
+    assert g.response.batches_accepted == 2 and g.response.rows_accepted == n
+
+
 def test_unavailable_daemon_gives_up_with_sigmaerror():
     s = __import__("socket").socket()
     s.bind(("127.0.0.1", 0))
@@ -389,6 +403,24 @@ def test_rank_without_rows_still_finishes(server, job, how):
         if how == "empty_array":
             gb.send(np.zeros((0, 8), dtype=ml_dtypes.bfloat16))
     assert gb.sealed and gb.report.ranks_finished == 2 and close(gb.report.n, 40)
+
+
+def test_rank_without_rows_finishing_first_keeps_the_jobs_dtype(server, job):
+    """A rank with no rows in generation 1 finishes before the others: its share must
+    not open the snapshot with a guessed dtype that refuses the other ranks' bf16 rows."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a = Monitor(server.target, job=job, rank=0, world_size=2, n_a=64)
+    b = Monitor(server.target, job=job, rank=1, world_size=2, n_a=64)
+    for mon, seed in ((a, 4), (b, 5)):
+        with mon.generation(0) as g:
+            g.send(representable(seed, 40, 8).astype(ml_dtypes.bfloat16))
+    assert g.sealed
+    with b.generation(1) as gb:  # no rows this time
+        pass
+    assert not gb.sealed
+    with a.generation(1) as ga:
+        ga.send(representable(6, 40, 8).astype(ml_dtypes.bfloat16))
+    assert ga.sealed and ga.report.ranks_finished == 2 and close(ga.report.n, 40)
 
 
 def test_rank_without_rows_before_any_other_is_refused(server, job):

@@ -170,6 +170,54 @@ TEST_F(IngestTest, TwoGenerationsDriftAndDivergence) {
             0.0);
 }
 
+// A generation whose Cholesky fails becomes the tap's latest: its track values
+// are not published, but sigma_alert shows the alerts of that generation (not
+// the previous one's) and the forecast gauge goes away with the forecast.
+TEST_F(IngestTest, FailedSealRepublishesAlertsAndRemovesTheForecast) {
+  const int64_t n = 400, m = 8;
+  v1::JobConfig cfg;
+  cfg.set_preprocessing(v1::PREPROCESSING_NONE);
+  cfg.set_rho(1e6);
+  std::vector<v1::GenerationReport> reports;
+  for (int g = 0; g < 3; ++g) {
+    Rows rows = GaussianRows(n, m, 300 + g, g == 0 ? 1.0 : 0.05, 4);
+    if (g == 2) {
+      for (double& v : rows.values) v *= 1e200;  // finite, but the Gram matrix overflows
+    }
+    v1::IngestResponse resp;
+    auto s = SendShare(d_->stub.get(), MakeOpen("failing", g, 0, 1, m, v1::DTYPE_FP64, std::nullopt, &cfg), rows,
+                       0, n, 100, v1::DTYPE_FP64, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_TRUE(resp.sealed());
+    reports.push_back(resp.report());
+  }
+  ASSERT_TRUE(reports[1].has_generations_to_critical());
+  bool contraction = false;
+  for (const auto& a : reports[1].alerts())
+    contraction |= a.rule() == "collapse_contraction" && a.severity() == "critical";
+  ASSERT_TRUE(contraction) << reports[1].DebugString();
+  ASSERT_FALSE(reports[2].has_generations_to_critical());
+  ASSERT_TRUE(reports[2].flags().cholesky_failed()) << reports[2].DebugString();
+  bool rho_alert = false;
+  for (const auto& a : reports[2].alerts()) {
+    EXPECT_NE(a.rule(), "collapse_contraction");
+    rho_alert |= a.rule() == "track1_invalid_rho" && a.severity() == "warning";
+  }
+  ASSERT_TRUE(rho_alert) << reports[2].DebugString();
+
+  const std::string scrape = Scrape(d_->ports.metrics_port);
+  const std::map<std::string, std::string> l{{"job", "failing"}, {"tap", "default"}};
+  auto alert = [&](const std::string& rule, const std::string& severity) {
+    return MetricValue(scrape, "sigma_alert", {{"job", "failing"}, {"tap", "default"}, {"rule", rule}, {"severity", severity}});
+  };
+  EXPECT_EQ(MetricValue(scrape, "sigma_generation", l), 2.0);
+  EXPECT_EQ(MetricValue(scrape, "sigma_seal_failures_total", l), 1.0);
+  ExpectMetricNear(MetricValue(scrape, "sigma_track2", l), reports[1].track2());  // not a made-up 0
+  EXPECT_EQ(alert("collapse_contraction", "critical"), 0.0);
+  EXPECT_EQ(alert("track1_invalid_rho", "warning"), 1.0);
+  EXPECT_FALSE(MetricValue(scrape, "sigma_generations_to_critical", l).has_value());
+}
+
 // 4 ranks whose batches interleave in random order (and finish in random
 // order) give bitwise the same report as 1 rank sending everything.
 TEST_F(IngestTest, FourRanksRandomInterleaveEqualsOneRank) {

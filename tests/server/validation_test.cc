@@ -210,6 +210,20 @@ TEST_F(ValidationTest, LimitsGiveResourceExhausted) {
   ExpectSameValues(j1, before);
 }
 
+TEST_F(ValidationTest, EmptyIngestRequestIsCountedAsRefused) {
+  OpenWithGoodBatches("target");
+  auto refused = [&] {
+    return MetricValue(Scrape(d_->ports.metrics_port), "sigma_rejected_batches_total",
+                       {{"reason", "invalid_request"}});
+  };
+  const std::optional<double> before = refused();
+  ASSERT_TRUE(before.has_value());
+  ExpectStatus(SendBad("target", v1::IngestRequest()), StatusCode::INVALID_ARGUMENT, "empty IngestRequest");
+  ExpectStatus(SendBad("", v1::IngestRequest(), false), StatusCode::INVALID_ARGUMENT, "empty IngestRequest");
+  EXPECT_EQ(refused(), *before + 2);
+  EXPECT_EQ(Close("target").n(), 200);  // unchanged
+}
+
 TEST_F(ValidationTest, CloseWithoutRowsIsFailedPrecondition) {
   v1::IngestResponse resp;
   ASSERT_TRUE(SendStream(d_->stub.get(), {MakeOpen("empty", 0, 0, 2, kM, v1::DTYPE_FP32)}, &resp).ok());
@@ -259,6 +273,34 @@ TEST(ValidationEdgeTest, CorpusSizeAndEmptyShares) {
   EXPECT_EQ(SendStream(d->stub.get(), {v1::IngestRequest()}, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// A snapshot opened with a wrong m that never got a row, ended by every rank
+// (and so discarded), does not fix the tap's m: the share is re-sent with the
+// right m, as it could be after a restart.
+TEST(ValidationEdgeTest, DiscardedEmptySnapshotDoesNotFixTheTapsDimension) {
+  TempDir dir;
+  auto d = StartDaemon(TestOptions(dir.path()));
+  ASSERT_NE(d, nullptr);
+  v1::IngestResponse resp;
+  EXPECT_EQ(SendStream(d->stub.get(), {MakeOpen("mistake", 0, 0, 1, 16, v1::DTYPE_FP32), MakeEnd()}, &resp)
+                .error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  const Rows rows = GaussianRows(300, 8, 3);
+  grpc::Status s = SendShare(d->stub.get(), MakeOpen("mistake", 0, 0, 1, 8, v1::DTYPE_FP32), rows, 0, 300, 100,
+                             v1::DTYPE_FP32, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_TRUE(resp.sealed());
+  EXPECT_EQ(resp.report().m(), 8);
+  v1::ListJobsResponse jobs;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(d->stub->ListJobs(&ctx, v1::ListJobsRequest(), &jobs).ok());
+  ASSERT_EQ(jobs.jobs_size(), 1);
+  EXPECT_EQ(jobs.jobs(0).m(), 8);
+  // Once a generation sealed, the tap's m is fixed.
+  s = SendShare(d->stub.get(), MakeOpen("mistake", 1, 0, 1, 16, v1::DTYPE_FP32), GaussianRows(10, 16, 4), 0, 10, 10,
+                v1::DTYPE_FP32, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("m = 16 differs from m = 8"), std::string::npos) << s.error_message();
+}
 
 // A dimension whose seal (m x m float64 matrices) cannot fit in
 // --max-memory-bytes is refused at OpenSnapshot; the daemon keeps serving.

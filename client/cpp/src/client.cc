@@ -417,8 +417,8 @@ absl::StatusOr<v1::IngestResponse> Client::SendShare(const SnapshotId& snapshot,
   const int32_t m = blocks.front().m;
   const v1::DType dtype = blocks.front().dtype;
   const size_t row_bytes = static_cast<size_t>(m) * DTypeBytes(dtype);
-  const int64_t chunk_rows =
-      std::max<int64_t>(1, static_cast<int64_t>(options_.chunk_bytes / row_bytes));
+  const int64_t chunk_rows = std::max<int64_t>(
+      1, std::min<int64_t>(options_.max_chunk_rows, static_cast<int64_t>(options_.chunk_bytes / row_bytes)));
 
   v1::IngestRequest open_request;
   v1::OpenSnapshot* open = open_request.mutable_open();

@@ -59,6 +59,9 @@ def _retry_after_seconds(error):
     return None
 _PREP = {None: 0, "": 0, "l2": 1, "none": 2}
 DEFAULT_BATCH_BYTES = 1 << 20
+# Rows per Batch at most: sigmad's default --max-rows-per-batch (more is RESOURCE_EXHAUSTED,
+# which happens with narrow rows, e.g. m = 4 fp16 fills 1 MiB with 131072 rows).
+MAX_BATCH_ROWS = 65536
 MAX_MESSAGE = 64 << 20
 # As sigmad's RhoLimit: an l2 row counts as over rho only beyond 8 ulps of rounding.
 L2_RHO_SLACK = 1.0 + 8 * float(np.finfo(np.float64).eps)
@@ -156,6 +159,10 @@ class Monitor:
         self._channel = self._open_channel(self.target)
         self._stub = grpc_mod.SigmaMonitorStub(self._channel)
         self._fixed_params: Optional[SketchParams] = None
+        # The dtype of this monitor's latest share with rows: a later share without
+        # rows tries it first (a wrong guess that opens the snapshot first would fix
+        # its dtype and the other ranks' rows would be refused).
+        self._last_kind: Optional[str] = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ plumbing
@@ -349,7 +356,7 @@ class Monitor:
         msgs = [pb2.IngestRequest(open=open_msg)]
         rows, ids = gen._rows_to_send()
         if rows is not None and rows.shape[0]:
-            per = max(1, self.batch_bytes // (rows.shape[1] * rows.dtype.itemsize))
+            per = max(1, min(MAX_BATCH_ROWS, self.batch_bytes // (rows.shape[1] * rows.dtype.itemsize)))
             for seq, i in enumerate(range(0, rows.shape[0], per)):
                 block = rows[i:i + per]
                 msgs.append(pb2.IngestRequest(batch=pb2.Batch(
@@ -409,6 +416,7 @@ class Generation:
         rows, m = arr.shape
         if self.m is None:
             self.m, self.kind = m, kind
+            self.mon._last_kind = kind
             self.params = self.mon._sketch_params(m)
             self._sketch = BottomK(self.params.n_a, self.params.seed)
         else:
@@ -469,14 +477,17 @@ class Generation:
             # No send() at all: the dtype of the other ranks is unknown and the daemon wants
             # the same one from every rank. Try each (sending an empty [0, m] array of the
             # right dtype avoids this).
-            for kind in ("fp32", "bf16", "fp16", "fp64"):
+            kinds = ("fp32", "bf16", "fp16", "fp64")
+            if self.mon._last_kind in kinds:
+                kinds = (self.mon._last_kind,) + tuple(k for k in kinds if k != self.mon._last_kind)
+            for kind in kinds:
                 self.m, self.kind, self._dtype_guess = None, None, kind
                 try:
                     resp = self.mon._send_share(self)
                     break
                 except SigmaError as e:
                     if e.code != grpc.StatusCode.INVALID_ARGUMENT or "dtype" not in e.details \
-                            or kind == "fp64":
+                            or kind == kinds[-1]:
                         raise
         else:
             resp = self.mon._send_share(self)

@@ -80,6 +80,10 @@ struct ClientOptions {
   // max(1, chunk_bytes / (m * width)) rows. The daemon refuses messages over its
   // limit, so keep this well below it (default 1 MiB).
   size_t chunk_bytes = size_t{1} << 20;
+  // Rows per Batch message at most, whatever chunk_bytes allows: sigmad refuses
+  // more than its --max-rows-per-batch (default 65536) with RESOURCE_EXHAUSTED,
+  // which narrow rows reach within 1 MiB (m = 4 fp16: 131072 rows).
+  int64_t max_chunk_rows = 65536;
   // Largest message the client accepts (history responses can be large).
   int max_receive_message_bytes = 256 << 20;
   // Channel credentials; null means plaintext (grpc::InsecureChannelCredentials).
