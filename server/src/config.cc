@@ -305,6 +305,15 @@ absl::Status ValidateJobConfig(const sigma::v1::JobConfig& c) {
                  check("track1_stable", t.has_track1_stable(), t.track1_stable())}) {
     if (!s.ok()) return s;
   }
+  if (t.has_drift_warning() && t.has_drift_critical()) return ValidateThresholdOrder(t);
+  return absl::OkStatus();
+}
+
+absl::Status ValidateThresholdOrder(const sigma::v1::Thresholds& t) {
+  if (t.drift_warning() > t.drift_critical())
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "config.thresholds: drift_warning (%g) must be <= drift_critical (%g), or the warning never fires",
+        t.drift_warning(), t.drift_critical()));
   return absl::OkStatus();
 }
 

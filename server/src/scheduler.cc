@@ -358,6 +358,10 @@ Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) {
     fresh.config = MergeJobConfig(base, open.config());
   }
   const v1::JobConfig effective = JobEffective(new_job ? fresh : job_it->second, open.m());
+  if (new_job) {  // the configuration file's entry merged with the request's
+    if (absl::Status s = ValidateThresholdOrder(effective.thresholds()); !s.ok())
+      return Reject("invalid_request", StatusCode::INVALID_ARGUMENT, std::string(s.message()));
+  }
   // The sketch's bookkeeping (heap + id map) is reserved up front; rows are
   // accounted as they arrive (Batch).
   const int64_t sketch_bytes = effective.n_a() * 48;
@@ -628,6 +632,12 @@ void Engine::Close(const v1::CloseGenerationRequest& request, ReportCallback don
     done(Status(StatusCode::INVALID_ARGUMENT, "invalid job or tap name: must match [A-Za-z0-9_.:-]{1,128}"), nullptr);
     return;
   }
+  if (request.generation() < 0) {
+    done(Status(StatusCode::INVALID_ARGUMENT,
+                absl::StrFormat("generation must be >= 0, got %d", request.generation())),
+         nullptr);
+    return;
+  }
   const SnapshotKey key{request.job(), tap_name, request.generation()};
   std::shared_ptr<Snapshot> snap;
   {
@@ -756,6 +766,8 @@ v1::JobInfo Engine::MakeJobInfo(const std::string& name, const JobState& job) co
 Status Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResponse* response) {
   if (!ValidName(request.job()))
     return Status(StatusCode::INVALID_ARGUMENT, "invalid job name: must match [A-Za-z0-9_.:-]{1,128}");
+  if (!request.tap().empty() && !ValidName(request.tap()))  // empty: every tap
+    return Status(StatusCode::INVALID_ARGUMENT, "invalid tap name: must match [A-Za-z0-9_.:-]{1,128}");
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!jobs_.contains(request.job()))
@@ -833,6 +845,10 @@ void Engine::Configure(const v1::ConfigureJobRequest& request,
     JobState updated = current;
     updated.config = MergeJobConfig(current.config, request.config());
     const v1::JobConfig a = JobEffective(current, current.m), b = JobEffective(updated, current.m);
+    if (absl::Status s = ValidateThresholdOrder(b.thresholds()); !s.ok()) {
+      done(Status(StatusCode::INVALID_ARGUMENT, absl::StrCat("job '", request.job(), "': ", s.message())), {});
+      return;
+    }
     const bool sketch_changed = a.has_n_a() != b.has_n_a() || a.n_a() != b.n_a() ||
                                 a.delta() != b.delta() || a.rho() != b.rho() ||
                                 a.preprocessing() != b.preprocessing() || a.seed() != b.seed();

@@ -234,6 +234,55 @@ TEST_F(ValidationTest, CloseWithoutRowsIsFailedPrecondition) {
   EXPECT_EQ(d_->stub->CloseGeneration(&ctx, req, &r).error_code(), StatusCode::FAILED_PRECONDITION);
 }
 
+TEST_F(ValidationTest, BadNamesAndGenerationsInQueriesAreInvalidArgument) {
+  OpenWithGoodBatches("queried");
+  v1::CloseGenerationRequest close;
+  close.set_job("queried");
+  close.set_generation(-1);
+  v1::GenerationReport r;
+  grpc::ClientContext c1;
+  ExpectStatus(d_->stub->CloseGeneration(&c1, close, &r), StatusCode::INVALID_ARGUMENT, "generation must be >= 0");
+  v1::GetHistoryRequest history;
+  history.set_job("queried");
+  history.set_tap("no spaces allowed");
+  v1::GetHistoryResponse h;
+  grpc::ClientContext c2;
+  ExpectStatus(d_->stub->GetHistory(&c2, history, &h), StatusCode::INVALID_ARGUMENT, "invalid tap name");
+  EXPECT_EQ(Close("queried").n(), 200);  // the open snapshot was left alone
+}
+
+TEST_F(ValidationTest, WarningAboveCriticalIsRefusedAndChangesNothing) {
+  auto configure = [&](std::optional<double> warning, std::optional<double> critical, v1::JobInfo* info) {
+    v1::ConfigureJobRequest req;
+    req.set_job("thresholds");
+    if (warning) req.mutable_config()->mutable_thresholds()->set_drift_warning(*warning);
+    if (critical) req.mutable_config()->mutable_thresholds()->set_drift_critical(*critical);
+    grpc::ClientContext ctx;
+    return d_->stub->ConfigureJob(&ctx, req, info);
+  };
+  v1::JobInfo info;
+  ASSERT_TRUE(configure(0.2, std::nullopt, &info).ok());
+  // Both in one request, and a partial update against the effective critical 0.5.
+  ExpectStatus(configure(0.9, 0.3, &info), StatusCode::INVALID_ARGUMENT, "drift_warning (0.9) must be <= drift_critical (0.3)");
+  ExpectStatus(configure(0.6, std::nullopt, &info), StatusCode::INVALID_ARGUMENT, "must be <= drift_critical (0.5)");
+  ExpectStatus(configure(std::nullopt, 0.1, &info), StatusCode::INVALID_ARGUMENT, "drift_warning (0.2)");
+  v1::ListJobsResponse jobs;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(d_->stub->ListJobs(&ctx, v1::ListJobsRequest(), &jobs).ok());
+  ASSERT_EQ(jobs.jobs_size(), 1);
+  EXPECT_EQ(jobs.jobs(0).config().thresholds().drift_warning(), 0.2);
+  EXPECT_EQ(jobs.jobs(0).config().thresholds().drift_critical(), 0.5);
+  ASSERT_TRUE(configure(0.6, 0.9, &info).ok());  // raising both together is fine
+  EXPECT_EQ(info.config().thresholds().drift_warning(), 0.6);
+  // A new job's OpenSnapshot.config is checked the same way.
+  v1::JobConfig inverted;
+  inverted.mutable_thresholds()->set_drift_warning(0.7);
+  v1::IngestResponse resp;
+  ExpectStatus(SendStream(d_->stub.get(), {MakeOpen("inverted", 0, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &inverted)},
+                          &resp),
+               StatusCode::INVALID_ARGUMENT, "must be <= drift_critical (0.5)");
+}
+
 }  // namespace
 }  // namespace sigma::server::testing
 

@@ -67,6 +67,10 @@ absl::Status ValidateOptions(const DaemonOptions& options);
 // Validates a JobConfig's values (INVALID_ARGUMENT naming the field).
 absl::Status ValidateJobConfig(const sigma::v1::JobConfig& config);
 
+// drift_warning <= drift_critical (INVALID_ARGUMENT otherwise: the warning
+// could never fire). For effective thresholds, after a partial update merged.
+absl::Status ValidateThresholdOrder(const sigma::v1::Thresholds& thresholds);
+
 // `overlay`'s set fields replace `base`'s.
 sigma::v1::JobConfig MergeJobConfig(const sigma::v1::JobConfig& base,
                                     const sigma::v1::JobConfig& overlay);
