@@ -274,6 +274,14 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
   if (o.seal_batch_window_ms < 0 || o.seal_batch_window_ms > 60000)
     return absl::InvalidArgumentError("--seal-batch-window-ms must be in [0, 60000]");
   if (auto s = ValidateJobConfig(o.job_defaults); !s.ok()) return s;
+  // Thresholds as a job would get them: built-in defaults, `defaults:`, its `jobs:` entry.
+  if (auto s = ValidateThresholdOrder(EffectiveJobConfig(o.job_defaults, 0).thresholds()); !s.ok())
+    return absl::InvalidArgumentError(absl::StrCat("defaults: ", s.message()));
+  for (const auto& [name, config] : o.job_configs) {
+    const sigma::v1::JobConfig effective = EffectiveJobConfig(MergeJobConfig(o.job_defaults, config), 0);
+    if (auto s = ValidateThresholdOrder(effective.thresholds()); !s.ok())
+      return absl::InvalidArgumentError(absl::StrCat("jobs.", name, ": ", s.message()));
+  }
   return absl::OkStatus();
 }
 

@@ -74,6 +74,22 @@ TEST(ConfigTest, YamlFileThenFlagsOverride) {
   std::ofstream(path) << "jobs:\n  x: {unknown_key: 1}\n";
   EXPECT_FALSE(Parse({"--config", path}, &help).ok());
   EXPECT_FALSE(Parse({"--config", dir.path() + "/missing.yaml"}, &help).ok());
+  // Thresholds are checked as a job gets them: a warning above the (default) critical.
+  std::ofstream(path) << "defaults:\n  thresholds: {drift_warning: 0.7}\n";
+  auto inverted = Parse({"--config", path}, &help);
+  ASSERT_FALSE(inverted.ok());
+  EXPECT_NE(inverted.status().message().find(
+                "defaults: config.thresholds: drift_warning (0.7) must be <= drift_critical (0.5)"),
+            std::string::npos)
+      << inverted.status();
+  std::ofstream(path) << "defaults:\n  thresholds: {drift_critical: 0.8}\n"
+                         "jobs:\n  x: {thresholds: {drift_warning: 0.9}}\n";
+  inverted = Parse({"--config", path}, &help);
+  ASSERT_FALSE(inverted.ok());
+  EXPECT_NE(inverted.status().message().find("jobs.x: config.thresholds"), std::string::npos) << inverted.status();
+  std::ofstream(path) << "defaults:\n  thresholds: {drift_critical: 0.8}\n"
+                         "jobs:\n  x: {thresholds: {drift_warning: 0.7}}\n";
+  EXPECT_TRUE(Parse({"--config", path}, &help).ok());
 }
 
 TEST(ConfigTest, YamlDefaultsApplyToJobs) {
