@@ -166,7 +166,7 @@ std::string UsageText() {
   --max-jobs N                  cap on jobs (metric cardinality), default 256
   --max-taps-per-job N          cap on taps per job, default 64
   --max-open-snapshots N        default 256
-  --max-memory-bytes N          rows held by open snapshots, default 8 GiB
+  --max-memory-bytes N          bytes held by open snapshots (rows, sketch, seqs), default 8 GiB
   --max-message-bytes N         largest Batch payload, default 64 MiB
   --max-rows-per-batch N        rows in one Batch, default 65536
   --max-m N                     largest embedding dimension, default 16384

@@ -70,7 +70,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   open_snapshots_ = &G(r, "sigma_open_snapshots", "Snapshots receiving data")->Add({});
   queue_depth_ = &G(r, "sigma_compute_queue_depth", "Tasks waiting for the compute worker")->Add({});
   jobs_ = &G(r, "sigma_jobs", "Jobs known (capped by --max-jobs)")->Add({});
-  memory_bytes_ = &G(r, "sigma_open_snapshot_bytes", "Bytes of sub-sample rows held by open snapshots")->Add({});
+  memory_bytes_ = &G(r, "sigma_open_snapshot_bytes", "Bytes held by open snapshots (sub-sample rows, sketch bookkeeping, batch seq runs), bounded by --max-memory-bytes")->Add({});
 }
 
 void Metrics::SetBackendInfo(const std::string& backend, const std::string& fallback_reason) {

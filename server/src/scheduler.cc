@@ -3,10 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <set>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "sigma/kernels/dtype.h"
@@ -67,8 +68,45 @@ bool ValidName(const std::string& name) {
   return true;
 }
 
+// The batch seqs one rank has sent, as disjoint runs [first, last] (a client
+// numbering 0, 1, 2, ... holds one run whatever the batch count). Each run is
+// charged kBytesPerRun against --max-memory-bytes, so a client sending sparse
+// seqs cannot grow the daemon without bound. Not thread-safe (Snapshot::mu).
+class SeqRuns {
+ public:
+  static constexpr int64_t kBytesPerRun = 64;  // a std::map node, rounded up
+
+  bool contains(int64_t seq) const {
+    auto it = runs_.upper_bound(seq);  // first run starting after seq
+    return it != runs_.begin() && std::prev(it)->second >= seq;
+  }
+  // Change in the number of runs that insert(seq) would make: +1 (a new run),
+  // 0 (extends one) or -1 (joins two). seq must not be contained.
+  int RunDelta(int64_t seq) const {
+    auto next = runs_.upper_bound(seq);
+    const bool joins_prev = next != runs_.begin() && std::prev(next)->second == seq - 1;
+    const bool joins_next = next != runs_.end() && next->first == seq + 1;
+    return joins_prev && joins_next ? -1 : (joins_prev || joins_next ? 0 : 1);
+  }
+  void insert(int64_t seq) {
+    auto next = runs_.upper_bound(seq);
+    const bool joins_next = next != runs_.end() && next->first == seq + 1;
+    const int64_t last = joins_next ? next->second : seq;
+    if (joins_next) next = runs_.erase(next);
+    if (next != runs_.begin() && std::prev(next)->second == seq - 1) {
+      std::prev(next)->second = last;
+    } else {
+      runs_.emplace_hint(next, seq, last);
+    }
+  }
+  size_t runs() const { return runs_.size(); }
+
+ private:
+  std::map<int64_t, int64_t> runs_;  // first -> last, disjoint, not adjacent
+};
+
 struct RankState {
-  absl::flat_hash_set<int64_t> seqs;
+  SeqRuns seqs;
   int64_t rows = 0;  // accepted rows, in stream order (default sample ids)
   bool finished = false;
   std::optional<v1::EndOfShare> end;
@@ -483,13 +521,16 @@ Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
     return Reject("corpus_exceeded", StatusCode::INVALID_ARGUMENT,
                   absl::StrFormat("%s: %d rows would exceed the declared corpus_size %d (%d streamed)",
                                   where, rows, *snap.corpus_size, snap.total_rows));
-  // Memory: the row store grows to at most min(k, kept + rows) slots.
+  // Memory: the row store grows to at most min(k, kept + rows) slots; the
+  // rank's seq runs by at most one (a run joining two gives its bytes back).
   const size_t rb = snap.row_bytes;
   const size_t needed = static_cast<size_t>(std::min<int64_t>(snap.k, snap.sketch->size() + rows)) * rb;
   size_t new_capacity = snap.rows.capacity();
-  if (needed > snap.rows.capacity()) {
+  if (needed > snap.rows.capacity())
     new_capacity = std::min(static_cast<size_t>(snap.k) * rb, std::max(needed, 2 * snap.rows.capacity()));
-    const int64_t growth = static_cast<int64_t>(new_capacity - snap.rows.capacity());
+  const int64_t growth = static_cast<int64_t>(new_capacity - snap.rows.capacity()) +
+                         rank->seqs.RunDelta(batch.seq()) * SeqRuns::kBytesPerRun;
+  if (growth > 0) {
     const int64_t before = memory_bytes_.fetch_add(growth);
     if (before + growth > options_.max_memory_bytes) {
       memory_bytes_.fetch_sub(growth);
@@ -497,6 +538,10 @@ Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
                     absl::StrFormat("%s: open snapshots would hold %d bytes > --max-memory-bytes = %d",
                                     where, before + growth, options_.max_memory_bytes));
     }
+  } else if (growth < 0) {
+    memory_bytes_.fetch_add(growth);
+  }
+  if (growth != 0) {
     snap.rows.reserve(new_capacity);
     snap.memory_accounted += growth;
     metrics_->SetMemoryBytes(memory_bytes_.load());

@@ -4,6 +4,7 @@
 // message, the snapshot left as it was, and another client still served.
 #include <chrono>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -132,6 +133,24 @@ std::unique_ptr<OpenStream> Start(v1::SigmaMonitor::Stub* stub, const std::strin
   return s;
 }
 
+// Returns once the daemon has processed the OpenSnapshot of every job in
+// `jobs` (they are listed), i.e. their streams are counted: a Write() returning
+// only means gRPC took the message.
+void WaitUntilOpened(v1::SigmaMonitor::Stub* stub, const std::string& token, const std::set<std::string>& jobs) {
+  std::set<std::string> listed;
+  for (int i = 0; i < 500 && listed != jobs; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    v1::ListJobsResponse response;
+    grpc::ClientContext ctx;
+    if (!token.empty()) ctx.AddMetadata("authorization", std::string("Bearer ") + token);
+    ASSERT_TRUE(stub->ListJobs(&ctx, v1::ListJobsRequest(), &response).ok());
+    listed.clear();
+    for (const auto& j : response.jobs())
+      if (jobs.contains(j.job())) listed.insert(j.job());
+  }
+  ASSERT_EQ(listed, jobs) << "the daemon did not process the OpenSnapshot of every stream";
+}
+
 grpc::Status Send(v1::SigmaMonitor::Stub* stub, const std::string& token,
                   const std::vector<v1::IngestRequest>& messages, v1::IngestResponse* response = nullptr,
                   std::string* retry_after = nullptr) {
@@ -248,6 +267,7 @@ TEST_F(LimitsTest, StreamsPerClientAreBoundedAndOthersStillServed) {
   auto s2 = Start(d_->stub.get(), kTokenA);
   ASSERT_TRUE(s1->writer->Write(Open("a.one")));
   ASSERT_TRUE(s2->writer->Write(Open("a.two")));
+  WaitUntilOpened(d_->stub.get(), kTokenA, {"a.one", "a.two"});
   ExpectStatus(Send(d_->stub.get(), kTokenA, {Open("a.three")}), StatusCode::RESOURCE_EXHAUSTED,
                "token 'team-a' already has 2 open Ingest streams");
   EXPECT_GE(Rejected("too_many_streams"), 1);
@@ -274,6 +294,7 @@ TEST_F(LimitsTest, StreamsPerPeerWithoutTokens) {
   ASSERT_NE(d, nullptr);
   auto held = Start(d->stub.get(), "");
   ASSERT_TRUE(held->writer->Write(Open("p.one")));
+  WaitUntilOpened(d->stub.get(), "", {"p.one"});
   ExpectStatus(Send(d->stub.get(), "", {Open("p.two")}), StatusCode::RESOURCE_EXHAUSTED,
                "peer 127.0.0.1 already has 1 open Ingest streams");
   held->writer->WritesDone();

@@ -375,5 +375,54 @@ TEST(SealMemoryTest, DimensionBeyondTheBudgetIsRefusedAtOpen) {
   EXPECT_EQ(resp.report().m(), 128);
 }
 
+// The seqs a rank has sent are kept as runs, each charged against
+// --max-memory-bytes: numbering 0, 1, 2, ... costs one run however many
+// batches, while sparse seqs (an attack: endless 1-row batches with gaps) run
+// into the budget instead of growing the daemon without bound.
+TEST(SealMemoryTest, SparseBatchSeqsAreChargedAgainstTheBudget) {
+  TempDir dir;
+  DaemonOptions o = TestOptions(dir.path());
+  o.max_memory_bytes = 64 << 10;
+  auto d = StartDaemon(o);
+  ASSERT_NE(d, nullptr);
+  constexpr int kM = 4;
+  v1::JobConfig cfg;
+  cfg.set_n_a(64);
+  const Rows rows = GaussianRows(1, kM, 5);
+  auto share = [&](const std::string& job, const std::vector<int64_t>& seqs, bool end) {
+    std::vector<v1::IngestRequest> msgs{MakeOpen(job, 0, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg)};
+    for (int64_t seq : seqs) msgs.push_back(MakeBatch(rows, 0, 1, seq, v1::DTYPE_FP32));
+    if (end) msgs.push_back(MakeEnd(static_cast<int64_t>(seqs.size())));
+    v1::IngestResponse resp;
+    grpc::Status s = SendStream(d->stub.get(), msgs, &resp);
+    return std::make_pair(s, resp);
+  };
+  // 3000 consecutive batches: one run, well inside 64 KiB.
+  std::vector<int64_t> dense(3000);
+  for (int64_t i = 0; i < 3000; ++i) dense[i] = i;
+  auto [dense_status, dense_resp] = share("dense", dense, true);
+  ASSERT_TRUE(dense_status.ok()) << dense_status.error_message();
+  ASSERT_TRUE(dense_resp.sealed());
+  EXPECT_EQ(dense_resp.report().n(), 3000);
+
+  // 3000 batches with gaps (0, 2, 4, ...): 64 bytes each, refused near the budget.
+  std::vector<int64_t> sparse(3000);
+  for (int64_t i = 0; i < 3000; ++i) sparse[i] = 2 * i;
+  auto [sparse_status, unused] = share("sparse", sparse, false);
+  EXPECT_EQ(sparse_status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << sparse_status.error_message();
+  EXPECT_NE(sparse_status.error_message().find("--max-memory-bytes"), std::string::npos)
+      << sparse_status.error_message();
+  const double held = *MetricValue(Scrape(d->ports.metrics_port), "sigma_open_snapshot_bytes", {});
+  EXPECT_LE(held, o.max_memory_bytes);
+  EXPECT_GT(held, o.max_memory_bytes - 64);  // the next run (SeqRuns::kBytesPerRun) did not fit
+  // Seq 1 joins the runs of 0 and 2 and gives 64 bytes back: exactly one more
+  // sparse seq fits, the next is refused (the stream stops at that batch).
+  auto [retry_status, unused2] = share("sparse", {1, 100000, 100002}, false);
+  EXPECT_EQ(retry_status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(retry_status.error_message().find("batch seq 100002 of rank 0"), std::string::npos)
+      << retry_status.error_message();
+  EXPECT_EQ(*MetricValue(Scrape(d->ports.metrics_port), "sigma_open_snapshot_bytes", {}), held);
+}
+
 }  // namespace
 }  // namespace sigma::server::testing
