@@ -41,7 +41,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   f_threshold_ = G(r, "sigma_alert_threshold",
                    "The job's alert thresholds in nats per dimension (spec section 3), by threshold");
 
-  ingested_bytes_ = &C(r, "sigma_ingested_bytes_total", "Payload bytes of accepted batches")->Add({});
+  ingested_bytes_ = &C(r, "sigma_ingested_bytes_total", "Embedding data bytes of accepted batches (rows x m x width, sample ids not counted)")->Add({});
   ingested_rows_ = &C(r, "sigma_ingested_rows_total", "Rows of accepted batches")->Add({});
   ingested_batches_ = &C(r, "sigma_ingested_batches_total", "Accepted batches (duplicates excluded)")->Add({});
   auto& rejected = prometheus::BuildCounter()
