@@ -443,6 +443,23 @@ TEST_F(SigmadTest, RetryAfterAKilledStream) {
   EXPECT_EQ(response->report().n(), rows);
 }
 
+// A daemon behind a slow link (the HTTP/2 handshake takes 400 ms) is reached
+// on the first attempt: the client must not cap gRPC's connect timeout (it did:
+// GRPC_ARG_MIN_RECONNECT_BACKOFF_MS = 100 is also gRPC's minimum connect
+// timeout, so every connect slower than ~100 ms failed as UNAVAILABLE).
+TEST_F(SigmadTest, SlowHandshakeConnectsWithoutRetries) {
+  CuttingProxy slow_link(daemon_->grpc_port(), 0, 0, /*handshake_delay_ms=*/400);
+  ClientOptions options;
+  options.max_retries = 0;
+  auto c = Client::Create({slow_link.target()}, options);
+  ASSERT_TRUE(c.ok());
+  auto status = (*c)->Health(slow_link.target());
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(*status, ServingStatus::kServing);
+  auto jobs = (*c)->ListJobs();
+  EXPECT_TRUE(jobs.ok()) << jobs.status();
+}
+
 TEST_F(SigmadTest, ErrorsSurfaceWithCodeAndMessage) {
   auto closed = client_->CloseGeneration({"no-such-job", "default", 0});
   EXPECT_TRUE(absl::IsNotFound(closed.status())) << closed.status();

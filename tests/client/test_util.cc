@@ -132,9 +132,11 @@ Sigmad::~Sigmad() { Stop(); }
 
 // ---- CuttingProxy ---------------------------------------------------------
 
-CuttingProxy::CuttingProxy(int upstream_port, int cut_connections, int64_t cut_after_bytes)
+CuttingProxy::CuttingProxy(int upstream_port, int cut_connections, int64_t cut_after_bytes,
+                           int handshake_delay_ms)
     : upstream_port_(upstream_port),
       cut_after_bytes_(cut_after_bytes),
+      handshake_delay_ms_(handshake_delay_ms),
       remaining_cuts_(cut_connections) {
   listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
@@ -172,6 +174,9 @@ void CuttingProxy::AcceptLoop() {
 }
 
 void CuttingProxy::Pump(int client_fd, bool cut) {
+  // The simulated link latency (not a synchronisation).
+  for (int waited = 0; waited < handshake_delay_ms_ && !stop_; waited += 10)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   const int up = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;

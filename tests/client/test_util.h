@@ -60,10 +60,12 @@ class Sigmad {
 
 // A loopback TCP proxy to `upstream_port`. The first `cut_connections`
 // connections are cut (both directions shut down) once `cut_after_bytes`
-// bytes went from the client to the upstream on that connection.
+// bytes went from the client to the upstream on that connection. With a
+// `handshake_delay_ms`, each connection is accepted at once but relayed only
+// after that delay (a slow link: the HTTP/2 handshake takes that long).
 class CuttingProxy {
  public:
-  CuttingProxy(int upstream_port, int cut_connections, int64_t cut_after_bytes);
+  CuttingProxy(int upstream_port, int cut_connections, int64_t cut_after_bytes, int handshake_delay_ms = 0);
   ~CuttingProxy();
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
   int cuts() const { return cuts_.load(); }
@@ -76,6 +78,7 @@ class CuttingProxy {
   int port_ = 0;
   int upstream_port_;
   int64_t cut_after_bytes_;
+  int handshake_delay_ms_;
   std::atomic<int> remaining_cuts_;
   std::atomic<int> cuts_{0};
   std::atomic<bool> stop_{false};
