@@ -9,6 +9,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -617,6 +618,64 @@ TEST(SigmadTokensTest, ClientAndSigmactlSendTheToken) {
   EXPECT_THAT(r.out, HasSubstr("cpp.job"));
   daemon->Stop();
   EXPECT_EQ(daemon->Log().find(write_token), std::string::npos) << daemon->Log();
+}
+
+// A new job whose seed and n_a come from sigmad's config file (`defaults:`, `jobs.NAME`):
+// EffectiveSketchParams returns those, so the pre-sketched report equals a full send
+// (through the library and through sigmactl send --presketch).
+TEST(SigmadConfigFileTest, PresketchOfANewJobUsesTheDaemonsConfig) {
+  if (sigma::testing::SigmadPath().empty()) GTEST_SKIP() << "sigmad is not part of this build";
+  TempDir dir;
+  {
+    std::ofstream f(dir.File("sigmad.yaml"));
+    f << "defaults:\n  seed: 777\njobs:\n  cfg-named:\n    n_a: 300\n    seed: 99\n"
+         "  cfg-cli:\n    n_a: 300\n    seed: 99\n";
+  }
+  auto started = Sigmad::Start(dir.path(), {"--backend", "cpu", "--config", dir.File("sigmad.yaml")});
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<Sigmad> daemon = *std::move(started);
+  auto client = Client::Create({daemon->target()}, ClientOptions());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int32_t m = 8;
+  const int64_t rows = 5000;
+  const std::vector<float> data = RandomRows(rows, m, 21);
+  const Embeddings block{data.data(), v1::DTYPE_FP32, rows, m, {}};
+
+  for (const auto& [job, n_a, seed] : {std::tuple<std::string, int64_t, uint64_t>{"cfg-named", 300, 99},
+                                        {"cfg-default", 4096, 777}}) {
+    auto params = (*client)->EffectiveSketchParams(job, m, {});
+    ASSERT_TRUE(params.ok()) << params.status();
+    EXPECT_EQ(params->n_a, n_a) << job;
+    EXPECT_EQ(params->seed, seed) << job;
+    ShareOptions share;
+    share.presketch = *params;
+    auto sketched = (*client)->SendGeneration({job, "sketched", 0}, block, share);
+    ASSERT_TRUE(sketched.ok()) << sketched.status();
+    ASSERT_TRUE(sketched->sealed());
+    auto full = (*client)->SendGeneration({job, "full", 0}, block, {});
+    ASSERT_TRUE(full.ok()) << full.status();
+    ASSERT_TRUE(full->sealed());
+    EXPECT_EQ(sketched->report().n_a(), n_a) << job;
+    ExpectSameReport(sketched->report(), full->report());
+  }
+
+  TempDir tmp;
+  cli::NpyArray array;
+  array.dtype = DType::kFloat32;
+  array.rows = rows;
+  array.cols = m;
+  array.data.resize(data.size() * sizeof(float));
+  std::memcpy(array.data.data(), data.data(), array.data.size());
+  ASSERT_TRUE(cli::WriteNpy(tmp.File("x.npy"), array).ok());
+  CommandResult r = RunCommand({SigmactlPath(), "send", tmp.File("x.npy"), "--target", daemon->target(),
+                                "--job", "cfg-cli", "--generation", "0", "--presketch", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto full = (*client)->SendGeneration({"cfg-cli", "full", 0}, block, {});
+  ASSERT_TRUE(full.ok()) << full.status();
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  for (const char* f : kTrackFields) {
+    EXPECT_PRED2(Close, JsonNumber(j[f]), Field(full->report(), f)) << f;
+  }
 }
 
 }  // namespace

@@ -69,3 +69,11 @@ def test_token_roles_and_prefixes(authd, monkeypatch):
 def test_token_from_environment(authd, monkeypatch):
     monkeypatch.setenv("SIGMA_TOKEN", READ + "\n")
     assert [x.generation for x in Monitor(authd.target, job="py.a", rank=0, world_size=1).history()] == [0]
+
+
+@pytest.mark.parametrize("bad", ["has space", "line\nbreak", "caf\u00e9"])
+def test_unusable_token_is_refused_at_once(bad):
+    """As the C++ client's Create: a token gRPC cannot send as a header is a ValueError
+    at construction, not an INTERNAL error on the first call."""
+    with pytest.raises(ValueError, match="token"):
+        Monitor("127.0.0.1:1", job="py.x", rank=0, world_size=1, token=bad)

@@ -210,6 +210,46 @@ def test_stream_cut_midway_is_retried(server, job, cutting_proxy):
     assert_same_report(g.report, g2.report, rel=0)
 
 
+def test_wait_resends_a_share_lost_in_a_daemon_restart(job, tmp_path):
+    """Rank 0 finished, then sigmad was killed (open snapshots are lost) and restarted on
+    the same port; rank 1 sends after the restart. Rank 0's wait(resend_every=...) re-sends
+    its share, so the snapshot seals with every row counted once."""
+    import os
+    import signal
+
+    from sigma_client.daemon import start_sigmad
+
+    if not os.environ.get("SIGMAD"):
+        pytest.skip("SIGMAD is not set")
+    s = __import__("socket").socket()
+    s.bind(("127.0.0.1", 0))
+    target = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    args = ["--listen", target]
+    d = start_sigmad(os.environ["SIGMAD"], tmp_path, extra_args=args)
+    try:
+        x = rows(31, 3000, 8)
+        ranks = [Monitor(target, job=job, rank=r, world_size=2, n_a=500, backoff=0.05)
+                 for r in (0, 1)]
+        g0 = ranks[0].generation(0)
+        g0.send(x[:1500])
+        assert g0.finish() is None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d = start_sigmad(os.environ["SIGMAD"], tmp_path, extra_args=args)
+        g1 = ranks[1].generation(0)
+        g1.send(x[1500:])
+        assert g1.finish() is None, "the restarted daemon lost rank 0's share"
+        report = g0.wait(30, resend_every=0.5)
+        assert report.n == 3000
+        ref = Monitor(target, job=job + "-ref", rank=0, world_size=1, n_a=500)
+        with ref.generation(0) as gr:
+            gr.send(x, np.concatenate([np.arange(1500), np.arange(1500) + (1 << 40)]))
+        assert_same_report(report, gr.report, rel=0)
+    finally:
+        d.stop()
+
+
 @pytest.mark.parametrize("presketch", [True, False])
 def test_narrow_rows_stay_within_the_daemons_rows_per_batch(server, job, presketch):
     """1 MiB of m = 2 fp16 rows is 262144 rows, beyond sigmad's default
@@ -237,6 +277,23 @@ def test_unavailable_daemon_gives_up_with_sigmaerror():
     assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def test_list_jobs_error_names_the_unreachable_target(server, job):
+    """Two targets, one down: list_jobs fails naming the daemon that failed, not the job's."""
+    from sigma_client.sketch import pick_target
+
+    s = __import__("socket").socket()
+    s.bind(("127.0.0.1", 0))
+    down = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    targets = [server.target, down]
+    name = next(f"{job}-{i}" for i in range(64) if pick_target(targets, f"{job}-{i}") == server.target)
+    mon = Monitor(targets, job=name, rank=0, world_size=1, max_retries=1, backoff=0.01, timeout=2)
+    with pytest.raises(SigmaError) as e:
+        mon.list_jobs()
+    assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert e.value.target == down and down in str(e.value)
+
+
 # ------------------------------------------------------------ errors
 def _one(target, job, x, **kw):
     mon = Monitor(target, job=job, **{"rank": 0, "world_size": 1, "n_a": 64, **kw})
@@ -256,6 +313,12 @@ def test_bad_rank_is_refused(server, job):
     with pytest.raises(SigmaError) as e:
         _one(server.target, job, rows(1, 10, 4), rank=2, world_size=2)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("rank, world_size", [(-1, 2), (0, 0)])
+def test_negative_rank_is_refused_at_once(rank, world_size):
+    with pytest.raises(ValueError, match="rank"):
+        Monitor("127.0.0.1:1", job="x", rank=rank, world_size=world_size)
 
 
 def test_wrong_dimension_leaves_the_job_as_it_was(server, job):
@@ -340,7 +403,56 @@ def test_existing_job_n_a_is_used_for_the_presketch(server, job):
     assert g1.response.rows_accepted == 300 and g1.report.n_a == 300
 
 
+def test_new_job_presketch_uses_the_daemons_config_file(job, tmp_path):
+    """A new job whose seed and n_a come from sigmad's config file (`defaults:`,
+    `jobs.NAME`): the pre-sketch must use them, so its report equals a full send."""
+    import os
+
+    from sigma_client.daemon import start_sigmad
+
+    if not os.environ.get("SIGMAD"):
+        pytest.skip("SIGMAD is not set")
+    named, other = f"{job}-named", f"{job}-default"
+    cfg = tmp_path / "sigmad.yaml"
+    cfg.write_text(f"defaults:\n  seed: 777\njobs:\n  {named}:\n    n_a: 600\n    seed: 99\n")
+    d = start_sigmad(os.environ["SIGMAD"], tmp_path / "d", extra_args=["--config", str(cfg)])
+    try:
+        x = rows(5, 3000, 8)
+        for name, n_a, seed in ((named, 600, 99), (other, 4096, 777)):
+            sketched = Monitor(d.target, job=name, tap="sketched", rank=0, world_size=1)
+            with sketched.generation(0) as g:
+                g.send(x)
+            assert (g.params.n_a, g.params.seed) == (n_a, seed)
+            full = Monitor(d.target, job=name, tap="full", rank=0, world_size=1, presketch=False)
+            with full.generation(0) as gf:
+                gf.send(x)
+            assert g.report.n_a == min(n_a, 3000)
+            assert_same_report(g.report, gf.report)
+    finally:
+        d.stop()
+
+
 # ------------------------------------------------------------ report command
+def test_new_job_race_keeps_the_first_ranks_sketch_settings(server, job):
+    """Rank 1 found no job, then rank 0 opened it with another n_a before rank 1 created
+    it: rank 1 pre-sketches with the job's settings instead of failing."""
+    first = Monitor(server.target, job=job, rank=0, world_size=2, n_a=64, seed=5)
+    late = Monitor(server.target, job=job, rank=1, world_size=2, n_a=99, seed=5)
+    real, calls = late._job_info_proto, []
+
+    def unknown_at_first():
+        calls.append(1)
+        return None if len(calls) == 1 else real()
+
+    late._job_info_proto = unknown_at_first
+    g0 = first.generation(0)
+    g0.send(rows(1, 100, 4))
+    g0.finish()
+    with late.generation(0) as g1:
+        g1.send(rows(2, 100, 4))
+    assert g1.params.n_a == 64 and g1.sealed and g1.report.n_a == 64
+
+
 def test_report_command_writes_png(server, job, tmp_path, pythonpath_env):
     import matplotlib.image
 
@@ -370,6 +482,17 @@ def test_report_command_unknown_target_fails_cleanly(tmp_path, pythonpath_env):
            "--job", "x", "--timeout", "1"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=pythonpath_env, timeout=60)
     assert p.returncode == 1 and "UNAVAILABLE" in p.stderr
+
+
+def test_report_command_unwritable_out_fails_cleanly(server, job, tmp_path, pythonpath_env):
+    pytest.importorskip("matplotlib")
+    _one(server.target, job, rows(1, 50, 4))
+    out = tmp_path / "missing-dir" / "r.png"
+    cmd = [sys.executable, "-m", "sigma_client", "report", "--target", server.target,
+           "--job", job, "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=pythonpath_env, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and f"cannot write {out}" in p.stderr
 
 
 def test_public_api():

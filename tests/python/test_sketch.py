@@ -79,6 +79,22 @@ def test_as_ids_rejects_negative():
     assert sketch.as_ids([2**64 - 1]).tolist() == [2**64 - 1]
 
 
+@pytest.mark.parametrize("bad", [[0.5, 1.5], [1.0, 2.0], ["0", "1"]])
+def test_as_ids_rejects_non_integers(bad):
+    """A float or string id is refused, never truncated (0.5 and 0.9 would both be id 0,
+    and the pre-sketch would silently drop one of the two rows as a repeat)."""
+    with pytest.raises(ValueError, match="integers"):
+        sketch.as_ids(bad)
+    assert sketch.as_ids([np.uint64(3), np.int32(4), 5]).tolist() == [3, 4, 5]
+
+
+def test_as_ids_of_torch_tensors():
+    torch = pytest.importorskip("torch")
+    assert sketch.as_ids(torch.arange(3)).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError):
+        sketch.as_ids(torch.tensor([0.5, 1.5]))
+
+
 def test_fnv1a64_and_rendezvous_are_stable():
     # The published FNV-1a test values.
     assert sketch.fnv1a64(b"") == 0xCBF29CE484222325
@@ -154,6 +170,10 @@ def test_torch_tensors_to_wire():
         np.testing.assert_array_equal(to_float(w, k), x.numpy())
     w, _ = to_wire(x.bfloat16())
     assert w.tobytes() == x.bfloat16().view(torch.int16).numpy().tobytes()
+    # A lazily negated view (neg bit set), which .numpy() refuses.
+    w, k = to_wire(torch._neg_view(x))
+    assert k == FP32
+    np.testing.assert_array_equal(w, -x.numpy())
 
 
 GOLDEN_SCORE = 0x59447C1287F5EA0F

@@ -586,13 +586,31 @@ absl::StatusOr<SketchParams> Client::EffectiveSketchParams(std::string_view job,
   absl::StatusOr<std::vector<v1::JobInfo>> jobs = ListJobsOn(TargetFor(job));
   if (!jobs.ok()) return jobs.status();
   SketchParams params;
-  const v1::JobConfig* config = &own;
+  const v1::JobConfig* config = nullptr;
   int32_t job_m = m;
   for (const v1::JobInfo& info : *jobs) {
     if (info.job() == job) {
       config = &info.config();
       if (info.m() > 0) job_m = info.m();
     }
+  }
+  // A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its seed or
+  // n_a, which the pre-sketch must use. Create it with `own` (what the first share's
+  // OpenSnapshot.config would do) and take the effective configuration it answers.
+  absl::StatusOr<v1::JobInfo> created;
+  if (config == nullptr) {
+    created = ConfigureJob(job, own);
+    if (absl::IsFailedPrecondition(created.status())) {
+      // Another rank opened the job meanwhile with other sketch settings: its win.
+      absl::StatusOr<std::vector<v1::JobInfo>> again = ListJobsOn(TargetFor(job));
+      if (!again.ok()) return again.status();
+      for (const v1::JobInfo& info : *again) {
+        if (info.job() == job) created = info;
+      }
+    }
+    if (!created.ok()) return created.status();
+    config = &created->config();
+    if (created->m() > 0) job_m = created->m();
   }
   params.n_a = config->has_n_a() && config->n_a() > 0 ? config->n_a() : DefaultNA(job_m);
   params.seed = config->has_seed() ? config->seed() : 0;

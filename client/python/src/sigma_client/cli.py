@@ -19,7 +19,8 @@ def _report(a) -> int:
             reports = mon.history(tap=a.tap or "")
             info = mon.job_info()
         if not reports:
-            print(f"sigma report: job {job!r} has no sealed generations on {mon.target}",
+            where = f" in tap {a.tap!r}" if a.tap else ""
+            print(f"sigma report: job {job!r} has no sealed generations{where} on {mon.target}",
                   file=sys.stderr)
         taps = sorted({r.tap for r in reports}) or [a.tap or "default"]
         for tap in taps:
@@ -28,7 +29,15 @@ def _report(a) -> int:
             thresholds[name] = info.config.thresholds if info else None
     print(format_table(series, with_info=a.all_alerts))
     if a.out:
-        plot_reports(series, a.out, thresholds=thresholds, title=a.title)
+        try:
+            plot_reports(series, a.out, thresholds=thresholds, title=a.title)
+        except ImportError as e:
+            print(f"sigma report: --out needs matplotlib ({e}); pip install 'sigma_client[plot]'",
+                  file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"sigma report: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"wrote {a.out}")
     return 0
 

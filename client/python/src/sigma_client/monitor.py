@@ -1,6 +1,7 @@
 """Monitor: streams one rank's embeddings of each generation to sigmad."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
@@ -135,6 +136,9 @@ class Monitor:
         r, w = detect_rank()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
+        if self.rank < 0 or self.world_size < 1:
+            raise ValueError(f"rank {self.rank} / world_size {self.world_size}: need rank >= 0 "
+                             "and world_size >= 1")
         self.n_a, self.delta, self.rho = n_a, delta, rho
         self.preprocessing, self.seed = preprocessing, seed
         self.thresholds = dict(thresholds or {})
@@ -152,6 +156,9 @@ class Monitor:
         # Bearer token for sigmad --tokens: `token`, else $SIGMA_TOKEN, else none.
         token = token if token is not None else os.environ.get("SIGMA_TOKEN", "")
         token = token.strip()
+        if any(not ("!" <= c <= "~") for c in token):
+            # As the C++ client: gRPC would refuse the header on the first call (INTERNAL).
+            raise ValueError("token must be printable ASCII without spaces")
         self._metadata = (("authorization", "Bearer " + token),) if token else None
         self._credentials = _channel_credentials(tls, tls_ca, tls_cert, tls_key)
         if self._credentials is not None and tls_server_name:
@@ -184,9 +191,10 @@ class Monitor:
         return (f"Monitor(target={self.target!r}, job={self.job!r}, tap={self.tap!r}, "
                 f"rank={self.rank}, world_size={self.world_size})")
 
-    def _call(self, name: str, fn, request, retry: bool = True):
+    def _call(self, name: str, fn, request, retry: bool = True, target: Optional[str] = None):
         """Calls fn(request), retrying UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff.
-        A callable request is called once per attempt (a fresh request iterator)."""
+        A callable request is called once per attempt (a fresh request iterator).
+        target: the daemon fn talks to, for the error (default: this job's)."""
         attempt = 0
         while True:
             try:
@@ -201,7 +209,7 @@ class Monitor:
                     time.sleep(max(delay, after or 0.0))
                     attempt += 1
                     continue
-                raise SigmaError.from_rpc_error(e, rpc=name, target=self.target) from None
+                raise SigmaError.from_rpc_error(e, rpc=name, target=target or self.target) from None
 
     def _config_proto(self, n_a=None, delta=None, rho=None, preprocessing=None, seed=None,
                       thresholds=None, baseline_generation=None, baseline_job=None):
@@ -255,7 +263,7 @@ class Monitor:
                 ch = self._open_channel(t)
                 stub = _pb.load()[1].SigmaMonitorStub(ch)
             try:
-                resp = self._call("ListJobs", stub.ListJobs, self.pb2.ListJobsRequest())
+                resp = self._call("ListJobs", stub.ListJobs, self.pb2.ListJobsRequest(), target=t)
             finally:
                 if ch is not None:
                     ch.close()
@@ -323,6 +331,18 @@ class Monitor:
             seed=int(self.seed) if self.seed is not None else 0,
             rho=float(self.rho) if self.rho is not None else 1.0,
             preprocessing=self.preprocessing or "l2")
+        if info is None and self.presketch:
+            # A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its
+            # seed or n_a, which the pre-sketch must use. Create the job with this
+            # monitor's settings (what OpenSnapshot.config would do) and read them back.
+            req = self.pb2.ConfigureJobRequest(job=self.job, config=self._own_config())
+            try:
+                info = self._call("ConfigureJob", self._stub.ConfigureJob, req)
+            except SigmaError as e:
+                # Another rank opened the job meanwhile with other sketch settings: its win.
+                if e.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                info = self._job_info_proto()
         if info is None:
             return own
         c = info.config
@@ -509,15 +529,28 @@ class Generation:
             self._report = self.mon.get_report(self.k)
         return self._report
 
-    def wait(self, timeout: float = 60.0, poll: float = 0.05) -> GenerationReport:
-        """Blocks until the snapshot has sealed (all ranks finished, or closed) and returns it."""
+    def wait(self, timeout: float = 60.0, poll: float = 0.05,
+             resend_every: Optional[float] = None) -> GenerationReport:
+        """Blocks until the snapshot has sealed (all ranks finished, or closed) and returns it.
+
+        resend_every: re-send this rank's share every so many seconds while waiting (the
+        daemon counts a (rank, seq) once). A daemon restarted after this rank finished has
+        lost the open snapshot with this share, which then never seals; each re-send costs
+        the share's bytes again, so it is off by default."""
         if not self.finished:
             self.finish()
         deadline = time.monotonic() + timeout
+        next_resend = time.monotonic() + resend_every if resend_every else math.inf
         while True:
             r = self.report
             if r is not None:
                 return r
+            if time.monotonic() >= next_resend:
+                resp = self.mon._send_share(self)
+                if resp.sealed and resp.HasField("report"):
+                    self._report = report_from_proto(resp.report)
+                    return self._report
+                next_resend = time.monotonic() + resend_every
             if time.monotonic() > deadline:
                 raise SigmaError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                  f"generation {self.k} of {self.mon.job}/{self.mon.tap} did not "

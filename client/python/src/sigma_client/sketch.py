@@ -15,6 +15,8 @@ Also here: the rendezvous hash that picks one daemon out of a target list
 """
 from __future__ import annotations
 
+import operator
+import sys
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -53,7 +55,11 @@ def priorities(seed: int, ids: np.ndarray) -> np.ndarray:
 
 
 def as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
-    """Sample ids as a 1-D uint64 array (Python ints up to 2**64 - 1 accepted)."""
+    """Sample ids as a 1-D uint64 array (Python ints up to 2**64 - 1 accepted; a float,
+    string or other non-integer id is refused, never truncated)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
     if isinstance(ids, np.ndarray):
         if ids.dtype == np.uint64:
             return ids.reshape(-1)
@@ -66,7 +72,10 @@ def as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
         raise ValueError(f"sample ids must be integers, got dtype {ids.dtype}")
     out = []
     for v in ids:
-        v = int(v)
+        try:
+            v = operator.index(v)
+        except TypeError:
+            raise ValueError(f"sample ids must be integers, got {v!r}") from None
         if v < 0 or v > MASK64:
             raise ValueError(f"sample id {v} outside [0, 2**64)")
         out.append(v)

@@ -19,6 +19,8 @@ def _from_torch(x: Any):
     import torch
 
     t = x.detach()
+    if t.is_neg() or t.is_conj():  # lazy views that .numpy() refuses
+        t = t.resolve_neg().resolve_conj()
     if t.dtype == torch.bfloat16:
         a = t.contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
         return a, BF16

@@ -227,8 +227,10 @@ class Client {
                                                                const ShareOptions& share = {});
 
   // The sketch parameters `job` uses for dimension `m`: the daemon's effective
-  // configuration when it knows the job (an unset n_a there means DefaultNA),
-  // else `own` (the config the first share will carry) with the defaults.
+  // configuration when it knows the job (an unset n_a there means DefaultNA); an
+  // unknown job is first created with `own` (ConfigureJob, as the first share's
+  // OpenSnapshot.config would), so the daemon's config-file `defaults:`/`jobs.NAME`
+  // settings apply.
   absl::StatusOr<SketchParams> EffectiveSketchParams(std::string_view job, int32_t m,
                                                      const v1::JobConfig& own = {});
 
