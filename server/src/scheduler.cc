@@ -239,6 +239,11 @@ absl::Status Engine::Restore() {
     js.config = std::move(j.config);
     js.m = j.m;
   }
+  // The track gauges a running daemon shows: those of the last successful
+  // report that was the tap's highest generation when it sealed (a failed seal
+  // publishes its alerts but keeps the previous track values), replayed here in
+  // sealing order.
+  std::map<std::pair<std::string, std::string>, ReportPtr> last_published_ok;
   for (v1::GenerationReport& r : reports) {
     JobState& js = jobs_[r.job()];
     TapState& tap = js.taps[r.tap()];
@@ -248,15 +253,22 @@ absl::Status Engine::Restore() {
     if (!r.flags().cholesky_failed() && !tap.first_sealed) tap.first_sealed = r.generation();
     auto ptr = std::make_shared<const v1::GenerationReport>(std::move(r));
     metrics_->CountSeal(*ptr);
+    const bool highest = tap.reports.empty() || tap.reports.rbegin()->first < ptr->generation();
+    if (highest && !ptr->flags().cholesky_failed()) last_published_ok[{ptr->job(), ptr->tap()}] = ptr;
     AddSealed(tap, std::move(ptr));
   }
   reports.clear();
   reports.shrink_to_fit();
   for (const auto& [name, js] : jobs_) {
     for (const auto& [tap_name, tap] : js.taps) {
-      if (!tap.reports.empty() && tap.reports.rbegin()->second.report)
-        metrics_->PublishReport(*tap.reports.rbegin()->second.report,
-                                Thresholds(JobEffective(js, tap.m)));
+      if (tap.reports.empty() || !tap.reports.rbegin()->second.report) continue;
+      const ReportPtr& latest = tap.reports.rbegin()->second.report;
+      const sigma::AlertThresholds t = Thresholds(JobEffective(js, tap.m));
+      if (latest->flags().cholesky_failed()) {
+        if (auto ok = last_published_ok.find({name, tap_name}); ok != last_published_ok.end())
+          metrics_->PublishReport(*ok->second, t);
+      }
+      metrics_->PublishReport(*latest, t);
     }
   }
   metrics_->SetJobs(static_cast<int64_t>(jobs_.size()));

@@ -1,12 +1,19 @@
 #include "sigma/server/storage.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
 #include <utility>
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace sigma::server {
@@ -58,6 +65,30 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
       if (ec) return absl::UnavailableError(absl::StrCat("--db: cannot create directory ", parent.string(), ": ", ec.message()));
     }
   }
+  // One writer per database: a second sigmad on the same file would seal the
+  // same generations from a stale view (its own baselines, UNIQUE violations
+  // at commit). The lock is a separate file so that no descriptor of the
+  // database itself is ever closed under SQLite's POSIX locks.
+  int lock_fd = -1;
+  if (path != ":memory:" && !path.empty()) {
+    // Next to the real file: a symlinked path must find the same lock.
+    std::error_code cec;
+    const std::filesystem::path real = std::filesystem::weakly_canonical(path, cec);
+    const std::string lock_path = (cec ? path : real.string()) + ".lock";
+    lock_fd = ::open(lock_path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);  // flock needs no write access
+    if (lock_fd < 0)
+      return absl::UnavailableError(
+          absl::StrCat("--db: cannot open the lock file ", lock_path, ": ", std::strerror(errno)));
+    if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+      const int e = errno;
+      ::close(lock_fd);
+      if (e == EWOULDBLOCK)
+        return absl::FailedPreconditionError(
+            absl::StrCat("--db: ", path, " is in use by another sigmad (", lock_path,
+                         " is locked); each daemon needs its own database"));
+      return absl::UnavailableError(absl::StrCat("--db: cannot lock ", lock_path, ": ", std::strerror(e)));
+    }
+  }
   sqlite3* db = nullptr;
   const int rc = sqlite3_open_v2(path.c_str(), &db,
                                  SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -65,14 +96,29 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   if (rc != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);
+    if (lock_fd >= 0) ::close(lock_fd);
     return absl::UnavailableError(absl::StrCat("--db: cannot open ", path, ": ", msg));
   }
-  std::unique_ptr<Store> store(new Store(db));
-  if (auto s = store->Init(); !s.ok()) return s;
+  // SQLite falls back to read-only when the file cannot be opened for writing;
+  // sigmad would then start and fail every seal.
+  if (sqlite3_db_readonly(db, "main") == 1) {
+    sqlite3_close(db);
+    if (lock_fd >= 0) ::close(lock_fd);
+    return absl::UnavailableError(
+        absl::StrCat("--db: ", path, " is read-only (no write permission on the file or its directory)"));
+  }
+  std::unique_ptr<Store> store(new Store(db, lock_fd));
+  if (auto s = store->Init(); !s.ok()) {
+    if (absl::StartsWith(s.message(), "--db:")) return s;
+    return absl::Status(s.code(), absl::StrCat("--db: ", path, ": ", s.message()));
+  }
   return store;
 }
 
-Store::~Store() { sqlite3_close(db_); }
+Store::~Store() {
+  sqlite3_close(db_);
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
 
 absl::Status Store::Exec(const char* sql) {
   char* err = nullptr;

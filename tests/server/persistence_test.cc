@@ -81,6 +81,62 @@ TEST(PersistenceTest, RestartKeepsHistoryBaselineAndGauges) {
   EXPECT_EQ(MetricValue(Scrape(d->ports.metrics_port), "sigma_generation", l), 2.0);
 }
 
+// A tap whose latest generation failed its Cholesky: a running daemon keeps
+// the previous successful generation's track gauges (the failed one has no
+// values) and shows the failed generation's alerts; a restarted daemon shows
+// exactly the same, not made-up zeros.
+TEST(PersistenceTest, RestartAfterAFailedSealRepublishesTheSameGauges) {
+  TempDir dir;
+  const DaemonOptions options = TestOptions(dir.path());
+  const int64_t n = 400, m = 8;
+  v1::JobConfig cfg;
+  cfg.set_preprocessing(v1::PREPROCESSING_NONE);
+  cfg.set_rho(1e6);
+  const std::map<std::string, std::string> l{{"job", "failed_last"}, {"tap", "default"}};
+  const char* kGauges[] = {"sigma_generation",   "sigma_track1_upper",         "sigma_track1_lower",
+                           "sigma_track2",       "sigma_track2_ci_halfwidth",  "sigma_track1_drift",
+                           "sigma_track2_drift", "sigma_track2_drift_per_dim", "sigma_divergence",
+                           "sigma_drift_halfwidth", "sigma_seal_failures_total"};
+  std::map<std::string, std::optional<double>> before;
+  std::vector<v1::GenerationReport> reports;
+  {
+    auto d = StartDaemon(options);
+    ASSERT_NE(d, nullptr);
+    for (int g = 0; g < 3; ++g) {
+      Rows rows = GaussianRows(n, m, 300 + g, g == 0 ? 1.0 : 0.05, 4);
+      if (g == 2) {
+        for (double& v : rows.values) v *= 1e200;  // finite, but the Gram matrix overflows
+      }
+      v1::IngestResponse resp;
+      ASSERT_TRUE(SendShare(d->stub.get(), MakeOpen("failed_last", g, 0, 1, m, v1::DTYPE_FP64, std::nullopt, &cfg),
+                            rows, 0, n, 100, v1::DTYPE_FP64, &resp)
+                      .ok());
+      ASSERT_TRUE(resp.sealed());
+      reports.push_back(resp.report());
+    }
+    ASSERT_TRUE(reports[2].flags().cholesky_failed()) << reports[2].DebugString();
+    const std::string scrape = Scrape(d->ports.metrics_port);
+    for (const char* name : kGauges) before[name] = MetricValue(scrape, name, l);
+    ExpectMetricNear(before["sigma_track2"], reports[1].track2());
+    d->daemon->Shutdown();
+  }
+  auto d = StartDaemon(options);
+  ASSERT_NE(d, nullptr);
+  const std::string scrape = Scrape(d->ports.metrics_port);
+  for (const char* name : kGauges) {
+    ASSERT_TRUE(before[name].has_value()) << name;
+    const std::optional<double> after = MetricValue(scrape, name, l);
+    ASSERT_TRUE(after.has_value()) << name;
+    EXPECT_DOUBLE_EQ(*after, *before[name]) << name;
+  }
+  ExpectMetricNear(MetricValue(scrape, "sigma_track2", l), reports[1].track2());  // not a made-up 0
+  EXPECT_EQ(MetricValue(scrape, "sigma_alert",
+                        {{"job", "failed_last"}, {"tap", "default"}, {"rule", "track1_invalid_rho"},
+                         {"severity", "warning"}}),
+            1.0);
+  EXPECT_FALSE(MetricValue(scrape, "sigma_generations_to_critical", l).has_value());
+}
+
 TEST(PersistenceTest, PinnedAndCrossJobBaselines) {
   TempDir dir;
   auto d = StartDaemon(TestOptions(dir.path()));

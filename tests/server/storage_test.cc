@@ -3,6 +3,8 @@
 // place at Open with its reports intact and the new columns back-filled; a
 // database from a newer sigmad is refused; a fresh one starts at the latest.
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -162,6 +164,62 @@ TEST(StorageSchemaTest, NewerVersionIsRefusedAndLeftAlone) {
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(store.status().message().find("schema version 99 is newer"), std::string::npos) << store.status();
   EXPECT_EQ(Column(path, "SELECT version FROM schema_version;"), std::vector<std::string>{"99"});
+}
+
+// Two daemons on one database would each seal from their own stale view (a
+// second first-sealed baseline, UNIQUE violations at commit): the second Store
+// (and so the second sigmad) is refused while the first holds the file.
+TEST(StorageLockTest, SecondStoreOnTheSameDatabaseIsRefused) {
+  TempDir dir;
+  const std::string path = dir.path() + "/shared.db";
+  {
+    auto first = Store::Open(path);
+    ASSERT_TRUE(first.ok()) << first.status();
+    auto second = Store::Open(path);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(second.status().message().find("in use by another sigmad"), std::string::npos) << second.status();
+    // Also through a symbolic link to the same file.
+    ASSERT_EQ(symlink(path.c_str(), (dir.path() + "/link.db").c_str()), 0);
+    auto linked = Store::Open(dir.path() + "/link.db");
+    ASSERT_FALSE(linked.ok());
+    EXPECT_EQ(linked.status().code(), absl::StatusCode::kFailedPrecondition) << linked.status();
+    // The first one is unaffected.
+    ASSERT_TRUE((*first)->Commit({StoredJob{"old", {}, 8}}, {MakeReport(0, nullptr, 0)}).ok());
+
+    // The same through the daemon: the second Start fails, naming the file.
+    TempDir other;
+    DaemonOptions options = TestOptions(other.path());
+    options.db = path;
+    Daemon daemon;
+    auto ports = daemon.Start(options);
+    ASSERT_FALSE(ports.ok());
+    EXPECT_NE(ports.status().message().find(path), std::string::npos) << ports.status();
+  }
+  // Released with the first Store.
+  auto again = Store::Open(path);
+  ASSERT_TRUE(again.ok()) << again.status();
+}
+
+// A database file sigmad may not write is refused at Open (SQLite would open it
+// read-only, the daemon would start and then fail every seal). As root, the
+// check runs with the effective uid of nobody, for whom the mode applies.
+TEST(StorageLockTest, ReadOnlyDatabaseIsRefused) {
+  TempDir dir;
+  const std::string path = dir.path() + "/ro.db";
+  {
+    auto store = Store::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  ASSERT_EQ(chmod(dir.path().c_str(), 0777), 0);
+  ASSERT_EQ(chmod(path.c_str(), 0444), 0);
+  const bool root = geteuid() == 0;
+  if (root) ASSERT_EQ(seteuid(65534), 0);
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  if (root) ASSERT_EQ(seteuid(0), 0);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(store.status().message().find("read-only"), std::string::npos) << store.status();
 }
 
 TEST(StorageSchemaTest, SeverityIsTheHighestAlert) {

@@ -38,6 +38,10 @@ std::string ReportSeverity(const sigma::v1::GenerationReport& report);
 class Store {
  public:
   // Opens or creates the database at `path` (parent directory created).
+  // Refused when the file cannot be written (read-only file or directory) or
+  // when another Store (another sigmad) has it open: each Store holds an
+  // exclusive flock(2) on `path + ".lock"` (symbolic links resolved) until it
+  // is destroyed.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
   ~Store();
   Store(const Store&) = delete;
@@ -55,7 +59,7 @@ class Store {
   int schema_version() const { return schema_version_; }
 
  private:
-  explicit Store(sqlite3* db) : db_(db) {}
+  Store(sqlite3* db, int lock_fd) : db_(db), lock_fd_(lock_fd) {}
   absl::Status Exec(const char* sql);
   absl::Status Init();
   absl::Status UpsertJob(const StoredJob& job);
@@ -63,6 +67,7 @@ class Store {
   absl::Status MigrateTo2();
 
   sqlite3* db_;
+  int lock_fd_ = -1;  // flock(LOCK_EX) on the database's ".lock" file, -1 for ":memory:"
   int schema_version_ = 0;
 };
 
