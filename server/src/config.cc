@@ -313,7 +313,6 @@ absl::Status ValidateJobConfig(const sigma::v1::JobConfig& c) {
                  check("track1_stable", t.has_track1_stable(), t.track1_stable())}) {
     if (!s.ok()) return s;
   }
-  if (t.has_drift_warning() && t.has_drift_critical()) return ValidateThresholdOrder(t);
   return absl::OkStatus();
 }
 

@@ -542,18 +542,14 @@ Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
     new_capacity = std::min(static_cast<size_t>(snap.k) * rb, std::max(needed, 2 * snap.rows.capacity()));
   const int64_t growth = static_cast<int64_t>(new_capacity - snap.rows.capacity()) +
                          rank->seqs.RunDelta(batch.seq()) * SeqRuns::kBytesPerRun;
-  if (growth > 0) {
+  if (growth != 0) {
     const int64_t before = memory_bytes_.fetch_add(growth);
-    if (before + growth > options_.max_memory_bytes) {
+    if (growth > 0 && before + growth > options_.max_memory_bytes) {
       memory_bytes_.fetch_sub(growth);
       return Reject("memory_exhausted", StatusCode::RESOURCE_EXHAUSTED,
                     absl::StrFormat("%s: open snapshots would hold %d bytes > --max-memory-bytes = %d",
                                     where, before + growth, options_.max_memory_bytes));
     }
-  } else if (growth < 0) {
-    memory_bytes_.fetch_add(growth);
-  }
-  if (growth != 0) {
     snap.rows.reserve(new_capacity);
     snap.memory_accounted += growth;
     metrics_->SetMemoryBytes(memory_bytes_.load());

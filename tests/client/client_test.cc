@@ -24,7 +24,6 @@
 #include "sigma/client/client.h"
 #include "sigma/client/json.h"
 #include "sigma/v1/sigma.grpc.pb.h"
-#include "npy.h"
 #include "test_util.h"
 
 namespace sigma::client {
@@ -618,15 +617,9 @@ TEST(SigmactlTest, SendFlagsReachTheWire) {
   service.name_ = "cli";
   FakeServer server(&service);
   sigma::testing::TempDir tmp;
-  cli::NpyArray a;
-  a.dtype = DType::kFloat32;
-  a.rows = 7;
-  a.cols = 2;
   std::vector<float> values(14);
   std::iota(values.begin(), values.end(), 0.0f);
-  a.data.resize(values.size() * sizeof(float));
-  std::memcpy(a.data.data(), values.data(), a.data.size());
-  ASSERT_TRUE(cli::WriteNpy(tmp.File("a.npy"), a).ok());
+  ASSERT_TRUE(sigma::testing::WriteNpyRows(tmp.File("a.npy"), values.data(), 7, 2).ok());
   CommandResult r = RunCommand(
       {SigmactlPath(), "send", tmp.File("a.npy"), "--target", server.target(), "--job", "cli-j",
        "--tap", "emb", "--generation", "5", "--rank", "1", "--world-size", "3", "--corpus-size",

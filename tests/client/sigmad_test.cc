@@ -17,7 +17,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "npy.h"
 #include "sigma/client/client.h"
 #include "test_util.h"
 
@@ -32,6 +31,7 @@ using ::sigma::testing::Sigmad;
 using ::sigma::testing::SigmactlPath;
 using ::sigma::testing::TempDir;
 using ::sigma::testing::TestVectorFiles;
+using ::sigma::testing::WriteNpyRows;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
@@ -241,14 +241,8 @@ TEST_F(SigmadTest, TestVectorsThroughSigmactlSendJson) {
   const std::vector<Vector> vectors = LoadVectors();
   TempDir tmp;
   for (const Vector& v : vectors) {
-    cli::NpyArray array;
-    array.dtype = DType::kFloat64;
-    array.rows = v.rows;
-    array.cols = v.m;
-    array.data.resize(v.data.size() * sizeof(double));
-    std::memcpy(array.data.data(), v.data.data(), array.data.size());
     const std::string path = tmp.File(v.name + ".npy");
-    ASSERT_TRUE(cli::WriteNpy(path, array).ok());
+    ASSERT_TRUE(WriteNpyRows(path, v.data.data(), v.rows, v.m).ok());
     const v1::JobConfig c = v.Config();
     CommandResult r = Sigmactl(
         {"send", path, "--target", daemon_->target(), "--job", "tv-cli-" + v.name, "--tap",
@@ -278,14 +272,8 @@ TEST_F(SigmadTest, SigmactlConcatenatesFilesAndSendsRankShares) {
   const int64_t cuts[] = {0, 150, 151, v->rows};
   std::vector<std::string> files;
   for (int i = 0; i < 3; ++i) {
-    cli::NpyArray a;
-    a.dtype = DType::kFloat64;
-    a.rows = cuts[i + 1] - cuts[i];
-    a.cols = v->m;
-    a.data.resize(static_cast<size_t>(a.rows * a.cols) * sizeof(double));
-    std::memcpy(a.data.data(), v->data.data() + cuts[i] * v->m, a.data.size());
     files.push_back(tmp.File(absl::StrCat("part", i, ".npy")));
-    ASSERT_TRUE(cli::WriteNpy(files.back(), a).ok());
+    ASSERT_TRUE(WriteNpyRows(files.back(), v->data.data() + cuts[i] * v->m, cuts[i + 1] - cuts[i], v->m).ok());
   }
   const std::vector<std::string> config = {
       "--target", daemon_->target(), "--corpus-size", std::to_string(v->n()), "--n-a",
@@ -371,13 +359,7 @@ TEST_F(SigmadTest, PresketchGivesTheSameReport) {
 
   // sigmactl send --presketch: the same once more.
   TempDir tmp;
-  cli::NpyArray array;
-  array.dtype = DType::kFloat32;
-  array.rows = rows;
-  array.cols = m;
-  array.data.resize(data.size() * sizeof(float));
-  std::memcpy(array.data.data(), data.data(), array.data.size());
-  ASSERT_TRUE(cli::WriteNpy(tmp.File("x.npy"), array).ok());
+  ASSERT_TRUE(WriteNpyRows(tmp.File("x.npy"), data.data(), rows, m).ok());
   CommandResult r = Sigmactl({"send", tmp.File("x.npy"), "--target", daemon_->target(), "--job",
                               "ps-cli", "--tap", "t", "--generation", "0", "--n-a", "400",
                               "--seed", "99", "--presketch", "--json"});
@@ -660,13 +642,7 @@ TEST(SigmadConfigFileTest, PresketchOfANewJobUsesTheDaemonsConfig) {
   }
 
   TempDir tmp;
-  cli::NpyArray array;
-  array.dtype = DType::kFloat32;
-  array.rows = rows;
-  array.cols = m;
-  array.data.resize(data.size() * sizeof(float));
-  std::memcpy(array.data.data(), data.data(), array.data.size());
-  ASSERT_TRUE(cli::WriteNpy(tmp.File("x.npy"), array).ok());
+  ASSERT_TRUE(WriteNpyRows(tmp.File("x.npy"), data.data(), rows, m).ok());
   CommandResult r = RunCommand({SigmactlPath(), "send", tmp.File("x.npy"), "--target", daemon->target(),
                                 "--job", "cfg-cli", "--generation", "0", "--presketch", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

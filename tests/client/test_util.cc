@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "npy.h"
 
 namespace sigma::testing {
 namespace fs = std::filesystem;
@@ -224,6 +225,28 @@ void CuttingProxy::Pump(int client_fd, bool cut) {
   }
   close(up);
   close(client_fd);
+}
+
+// ---- .npy files ---------------------------------------------------------------
+
+namespace {
+absl::Status WriteNpyBytes(const std::string& path, DType dtype, const void* values, int64_t rows,
+                           int64_t cols) {
+  cli::NpyArray array;
+  array.dtype = dtype;
+  array.rows = rows;
+  array.cols = cols;
+  array.data.resize(static_cast<size_t>(rows * cols) * DTypeWidth(dtype));
+  if (!array.data.empty()) std::memcpy(array.data.data(), values, array.data.size());
+  return cli::WriteNpy(path, array);
+}
+}  // namespace
+
+absl::Status WriteNpyRows(const std::string& path, const float* values, int64_t rows, int64_t cols) {
+  return WriteNpyBytes(path, DType::kFloat32, values, rows, cols);
+}
+absl::Status WriteNpyRows(const std::string& path, const double* values, int64_t rows, int64_t cols) {
+  return WriteNpyBytes(path, DType::kFloat64, values, rows, cols);
 }
 
 // ---- commands ---------------------------------------------------------------

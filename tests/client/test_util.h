@@ -94,6 +94,11 @@ struct CommandResult {
 // Runs `argv` (argv[0] = path), capturing stdout and stderr.
 CommandResult RunCommand(const std::vector<std::string>& argv);
 
+// Writes `rows` x `cols` row-major values as a .npy file (fp32 or fp64), the
+// input of `sigmactl send`.
+absl::Status WriteNpyRows(const std::string& path, const float* values, int64_t rows, int64_t cols);
+absl::Status WriteNpyRows(const std::string& path, const double* values, int64_t rows, int64_t cols);
+
 // Test vector files (every *.json except sketch.json), sorted.
 std::vector<std::string> TestVectorFiles();
 nlohmann::json LoadJson(const std::string& path);

@@ -431,6 +431,24 @@ cusolverStatus_t CheckTrtriArgs(cusolverDnHandle_t handle, cublasFillMode_t uplo
   return CUSOLVER_STATUS_SUCCESS;
 }
 
+// Call-time checks shared by Xpotrf and Xtrtri: the device workspace is at
+// least what `call`_bufferSize reports (`needed`), and the matrix `a` [n, lda],
+// the info word and the workspace are device memory. Returns the operands for
+// the run-time check, or nullopt (misuse noted: INVALID_VALUE).
+std::optional<std::vector<Operand>> SolverOperands(const char* call, int64_t n, void* a, int64_t lda, int* info,
+                                                   const char* info_name, void* workspace, size_t workspace_bytes,
+                                                   size_t needed) {
+  if (workspace_bytes < needed) {
+    in::NoteMisuse(std::string(call) + " n=" + Num(n) + ": device workspace of " + std::to_string(workspace_bytes) +
+                   " bytes, " + call + "_bufferSize says " + std::to_string(needed));
+    return std::nullopt;
+  }
+  std::vector<Operand> ops = {
+      {a, OperandBytes(n, n, lda), "A"}, {info, sizeof(int), info_name}, {workspace, workspace_bytes, "bufferOnDevice"}};
+  if (!CheckOperandsAtCall(call, {ops[0], ops[1], ops[2]})) return std::nullopt;
+  return ops;
+}
+
 }  // namespace
 }  // namespace sigma::cuda_emulator
 
@@ -462,17 +480,11 @@ cusolverStatus_t cusolverDnXpotrf(cusolverDnHandle_t handle, cusolverDnParams_t 
   if (const cusolverStatus_t s = emu::CheckPotrfArgs(handle, params, uplo, n, dataTypeA, lda, computeType);
       s != CUSOLVER_STATUS_SUCCESS)
     return s;
-  const size_t needed = emu::PotrfDeviceBytes(n);
-  if (workspaceInBytesOnDevice < needed) {
-    emu::in::NoteMisuse("cusolverDnXpotrf n=" + emu::Num(n) + ": device workspace of " +
-                        std::to_string(workspaceInBytesOnDevice) + " bytes, cusolverDnXpotrf_bufferSize says " +
-                        std::to_string(needed));
-    return CUSOLVER_STATUS_INVALID_VALUE;
-  }
-  const std::vector<emu::Operand> ops = {{A, emu::OperandBytes(n, n, lda), "A"},
-                                         {info, sizeof(int), "info"},
-                                         {bufferOnDevice, workspaceInBytesOnDevice, "bufferOnDevice"}};
-  if (!emu::CheckOperandsAtCall("cusolverDnXpotrf", {ops[0], ops[1], ops[2]})) return CUSOLVER_STATUS_INVALID_VALUE;
+  const std::optional<std::vector<emu::Operand>> checked =
+      emu::SolverOperands("cusolverDnXpotrf", n, A, lda, info, "info", bufferOnDevice, workspaceInBytesOnDevice,
+                          emu::PotrfDeviceBytes(n));
+  if (!checked) return CUSOLVER_STATUS_INVALID_VALUE;
+  const std::vector<emu::Operand> ops = *checked;
   const std::string what = "cusolverDnXpotrf n=" + emu::Num(n);
   const emu::LibraryHandle* h = emu::AsHandle(handle);
   return emu::QueueSolver(
@@ -549,17 +561,11 @@ cusolverStatus_t cusolverDnXtrtri(cusolverDnHandle_t handle, cublasFillMode_t up
   if (const cusolverStatus_t s = emu::CheckTrtriArgs(handle, uplo, diag, n, dataTypeA, lda);
       s != CUSOLVER_STATUS_SUCCESS)
     return s;
-  const size_t needed = emu::TrtriDeviceBytes(n);
-  if (workspaceInBytesOnDevice < needed) {
-    emu::in::NoteMisuse("cusolverDnXtrtri n=" + emu::Num(n) + ": device workspace of " +
-                        std::to_string(workspaceInBytesOnDevice) + " bytes, cusolverDnXtrtri_bufferSize says " +
-                        std::to_string(needed));
-    return CUSOLVER_STATUS_INVALID_VALUE;
-  }
-  const std::vector<emu::Operand> ops = {{A, emu::OperandBytes(n, n, lda), "A"},
-                                         {devInfo, sizeof(int), "devInfo"},
-                                         {bufferOnDevice, workspaceInBytesOnDevice, "bufferOnDevice"}};
-  if (!emu::CheckOperandsAtCall("cusolverDnXtrtri", {ops[0], ops[1], ops[2]})) return CUSOLVER_STATUS_INVALID_VALUE;
+  const std::optional<std::vector<emu::Operand>> checked =
+      emu::SolverOperands("cusolverDnXtrtri", n, A, lda, devInfo, "devInfo", bufferOnDevice, workspaceInBytesOnDevice,
+                          emu::TrtriDeviceBytes(n));
+  if (!checked) return CUSOLVER_STATUS_INVALID_VALUE;
+  const std::vector<emu::Operand> ops = *checked;
   const std::string what = "cusolverDnXtrtri n=" + emu::Num(n);
   const emu::LibraryHandle* h = emu::AsHandle(handle);
   return emu::QueueSolver(

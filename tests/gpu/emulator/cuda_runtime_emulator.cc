@@ -457,6 +457,31 @@ constexpr ErrorText kErrorTexts[] = {
 };
 #undef SIGMA_EMU_ERR
 
+// cudaFree / cudaFreeHost of `ptr`, a block of `blocks` (`what` names that
+// kind in the misuse message). Like the real calls they wait for all queued
+// work first (in a poisoned context that work is dropped). Memory is released
+// even when poisoned: the emulated "device" outlives a poisoned context.
+// Returns the released block's size through *released (0 when none).
+cudaError_t FreeBlock(const char* call, std::map<uintptr_t, size_t>& blocks, void* ptr, const char* what,
+                      size_t* released) {
+  State& s = S();
+  *released = 0;
+  if (std::optional<int> injected = internal::TakeInjectedFailure(call))
+    return Finish(static_cast<cudaError_t>(*injected));
+  RunAll();
+  if (ptr == nullptr) return s.sticky;
+  auto it = blocks.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == blocks.end()) {
+    if (s.sticky != cudaSuccess) return s.sticky;
+    internal::NoteMisuse(std::string(call) + " of " + Hex(ptr) + ", which is not " + what);
+    return Finish(cudaErrorInvalidValue);
+  }
+  *released = it->second;
+  std::free(ptr);
+  blocks.erase(it);
+  return s.sticky;
+}
+
 const ErrorText* FindErrorText(cudaError_t e) {
   for (const ErrorText& t : kErrorTexts)
     if (t.error == e) return &t;
@@ -722,25 +747,11 @@ cudaError_t cudaMalloc(void** dev_ptr, size_t size) {
 cudaError_t cudaFree(void* dev_ptr) {
   SIGMA_EMU_LOCK();
   emu::State& s = emu::S();
-  if (std::optional<int> injected = sigma::cuda_emulator::internal::TakeInjectedFailure("cudaFree"))
-    return emu::Finish(static_cast<cudaError_t>(*injected));
-  // Like the real call, cudaFree waits for all queued work first (in a
-  // poisoned context that work is dropped). Memory is released even when
-  // poisoned: the emulated "device" outlives a poisoned context.
-  emu::RunAll();
-  if (dev_ptr != nullptr) {
-    auto it = s.device.find(reinterpret_cast<uintptr_t>(dev_ptr));
-    if (it == s.device.end()) {
-      if (s.sticky != cudaSuccess) return s.sticky;
-      sigma::cuda_emulator::internal::NoteMisuse("cudaFree of " + emu::Hex(dev_ptr) +
-                                                 ", which is not the start of a live device allocation");
-      return emu::Finish(cudaErrorInvalidValue);
-    }
-    s.bytes_in_use -= it->second;
-    std::free(dev_ptr);
-    s.device.erase(it);
-  }
-  return s.sticky;
+  size_t released = 0;
+  const cudaError_t e =
+      emu::FreeBlock("cudaFree", s.device, dev_ptr, "the start of a live device allocation", &released);
+  s.bytes_in_use -= released;
+  return e;
 }
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
@@ -761,22 +772,8 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
 
 cudaError_t cudaFreeHost(void* ptr) {
   SIGMA_EMU_LOCK();
-  emu::State& s = emu::S();
-  if (std::optional<int> injected = sigma::cuda_emulator::internal::TakeInjectedFailure("cudaFreeHost"))
-    return emu::Finish(static_cast<cudaError_t>(*injected));
-  emu::RunAll();
-  if (ptr != nullptr) {
-    auto it = s.pinned.find(reinterpret_cast<uintptr_t>(ptr));
-    if (it == s.pinned.end()) {
-      if (s.sticky != cudaSuccess) return s.sticky;
-      sigma::cuda_emulator::internal::NoteMisuse("cudaFreeHost of " + emu::Hex(ptr) +
-                                                 ", which is not a live cudaMallocHost block");
-      return emu::Finish(cudaErrorInvalidValue);
-    }
-    std::free(ptr);
-    s.pinned.erase(it);
-  }
-  return s.sticky;
+  size_t released = 0;
+  return emu::FreeBlock("cudaFreeHost", emu::S().pinned, ptr, "a live cudaMallocHost block", &released);
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {

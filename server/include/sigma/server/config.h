@@ -68,7 +68,8 @@ absl::Status ValidateOptions(const DaemonOptions& options);
 absl::Status ValidateJobConfig(const sigma::v1::JobConfig& config);
 
 // drift_warning <= drift_critical (INVALID_ARGUMENT otherwise: the warning
-// could never fire). For effective thresholds, after a partial update merged.
+// could never fire). Checked on effective thresholds (defaults and partial
+// updates merged): ConfigureJob, a new job's OpenSnapshot, the config file.
 absl::Status ValidateThresholdOrder(const sigma::v1::Thresholds& thresholds);
 
 // `overlay`'s set fields replace `base`'s.
