@@ -12,14 +12,15 @@ PYTHON := $(abspath $(VENV))/bin/python
 SIGMAD := $(abspath $(BUILD_DIR))/server/sigmad
 SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: all deps configure build test test-cpp test-python run bench demo clean help
+.PHONY: all deps configure build test check test-cpp test-python run bench demo clean help
 
 all: build
 
 help:
 	@echo "make deps      install missing Debian packages and the Python venv ($(VENV))"
 	@echo "make build     configure and build into $(BUILD_DIR) (SIGMA_WITH_CUDA=$(SIGMA_WITH_CUDA))"
-	@echo "make test      build, then every test (ctest, pytest)"
+	@echo "make test      build, then every test (ctest, pytest); CI runs this"
+	@echo "make check     build, then the fast tier: C++ unit, server and emulated tests (no slow/fuzz, no pytest)"
 	@echo "make run       build, then sigmad in the foreground on the defaults"
 	@echo "make bench     build, then the benchmarks (see docs/benchmarks.md)"
 	@echo "make demo      simulated S1/S2 recursion streamed through the Python client"
@@ -37,6 +38,11 @@ build: configure
 
 test: build
 	@$(MAKE) --no-print-directory test-cpp test-python
+
+# The edit-compile-test loop: every ctest case except the slow crash loop and
+# the fuzzers (about a third of `make test`'s time). CI runs `make test`.
+check: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600 -LE "slow|fuzz"
 
 test-cpp:
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600

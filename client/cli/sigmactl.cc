@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "online_commands.h"
+#include "sigma/version.h"
 
 namespace {
 
@@ -29,7 +30,7 @@ constexpr Command kCommands[] = {
 };
 
 int Usage(std::ostream& os) {
-  os << "usage: sigmactl COMMAND [ARGS]\n\ncommands:\n";
+  os << "usage: sigmactl COMMAND [ARGS] | --version\n\ncommands:\n";
   for (const Command& c : kCommands) os << "  " << c.name << " " << c.summary << "\n";
   os << "\n`sigmactl COMMAND --help` describes a command's flags.\n";
   return 2;
@@ -42,6 +43,10 @@ int main(int argc, char** argv) {
   const std::string_view name = argv[1];
   if (name == "help" || name == "--help" || name == "-h") {
     Usage(std::cout);
+    return 0;
+  }
+  if (name == "--version" || name == "version") {
+    std::cout << "sigmactl " << sigma::kSigmaVersion << " (revision " << sigma::kSigmaRevision << ")\n";
     return 0;
   }
   for (const Command& c : kCommands) {

@@ -77,7 +77,7 @@ def test_kubernetes_manifests_parse():
     assert kinds == {"Service", "StatefulSet", "ServiceMonitor"}
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    assert container["livenessProbe"]["grpc"]["port"] == 50051
+    assert container["startupProbe"]["grpc"]["port"] == 50051
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
@@ -89,3 +89,19 @@ def test_dashboard_expressions_use_known_metrics():
     assert names == {"job", "tap"}
     for expr in exprs:
         assert re.search(r"\bsigma_[a-z_]+", expr), expr
+
+
+def test_deployments_probe_healthz_and_readyz_and_raise_the_fd_limit():
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "sigmad.yaml").read_text()))
+    sts = next(d for d in docs if d and d.get("kind") == "StatefulSet")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    unit = (DEPLOY / "systemd" / "sigmad.service").read_text()
+    assert re.search(r"^LimitNOFILE=\d+$", unit, re.M)
+    assert "/readyz" in unit
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        text = (DEPLOY / "docker" / dockerfile).read_text()
+        assert re.search(r"HEALTHCHECK .*\n.*curl .*9464/readyz", text), dockerfile
+        assert "curl" in text.split("FROM")[-1], f"{dockerfile}: the runtime image needs curl for HEALTHCHECK"

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <csignal>
+#include <cerrno>
 #include <chrono>
 #include <thread>
 #include <unistd.h>
@@ -174,17 +175,23 @@ grpc::Status SendShare(v1::SigmaMonitor::Stub* stub, const v1::IngestRequest& op
   return SendStream(stub, msgs, response);
 }
 
-std::string HttpGetMetrics(int port, const std::string& extra_headers) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
+int ConnectLoopback(int port, bool nonblocking) {
+  const int fd = socket(AF_INET, SOCK_STREAM | (nonblocking ? SOCK_NONBLOCK : 0), 0);
+  if (fd < 0) return -1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 && !(nonblocking && errno == EINPROGRESS)) {
     close(fd);
-    return "";
+    return -1;
   }
+  return fd;
+}
+
+std::string HttpGetMetrics(int port, const std::string& extra_headers) {
+  const int fd = ConnectLoopback(port);
+  if (fd < 0) return "";
   const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n" + extra_headers + "Connection: close\r\n\r\n";
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     close(fd);

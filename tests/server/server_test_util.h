@@ -71,6 +71,9 @@ grpc::Status SendShare(v1::SigmaMonitor::Stub* stub, const v1::IngestRequest& op
                        v1::IngestResponse* response, const std::vector<uint64_t>* ids = nullptr,
                        bool send_end = true);
 
+// A TCP connection to 127.0.0.1:PORT (-1 on failure); `nonblocking`: the
+// socket is O_NONBLOCK and a connect still in progress counts as made.
+int ConnectLoopback(int port, bool nonblocking = false);
 // HTTP GET http://127.0.0.1:PORT/metrics with `extra_headers` (each ending in
 // CRLF): the whole response (status line, headers, body); empty on failure.
 std::string HttpGetMetrics(int port, const std::string& extra_headers);

@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server_test_util.h"
+#include "sigma/version.h"
 
 namespace sigma::server::testing {
 namespace {
@@ -216,6 +217,24 @@ TEST(SigmadBinaryTest, HelpAndBadFlags) {
   EXPECT_NE(ReadFile(help.stdout_path).find("--metrics-listen"), std::string::npos);
   Child bad = Spawn({"--backend", "tpu"}, dir.path() + "/bad");
   EXPECT_EQ(WaitExit(bad.pid, 10), 2);
+}
+
+// sigmad --version and sigmactl --version print the version and revision that
+// sigma_build_info exports, and exit 0.
+TEST(SigmadBinaryTest, VersionOfBothBinaries) {
+  TempDir dir;
+  Child v = Spawn({"--version"}, dir.path() + "/version");
+  EXPECT_EQ(WaitExit(v.pid, 10), 0);
+  EXPECT_EQ(ReadFile(v.stdout_path),
+            std::string("sigmad ") + sigma::kSigmaVersion + " (revision " + sigma::kSigmaRevision + ")\n");
+  FILE* p = popen(SIGMACTL_PATH " --version", "r");
+  ASSERT_NE(p, nullptr);
+  char buf[256] = {};
+  const size_t n = fread(buf, 1, sizeof buf - 1, p);
+  EXPECT_EQ(pclose(p), 0);
+  EXPECT_EQ(std::string(buf, n),
+            std::string("sigmactl ") + sigma::kSigmaVersion + " (revision " + sigma::kSigmaRevision + ")\n");
+  EXPECT_STRNE(sigma::kSigmaRevision, "");
 }
 
 TEST(SigmadBinaryTest, SigintAlsoStopsCleanly) {

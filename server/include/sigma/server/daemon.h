@@ -1,9 +1,15 @@
 // sigmad in-process: the gRPC server (SigmaMonitor + health + reflection),
-// the Prometheus exposer, the store and the compute worker.
+// the metrics port (/metrics, /, /healthz, /readyz), the store and the
+// compute worker.
 #ifndef SIGMA_SERVER_DAEMON_H_
 #define SIGMA_SERVER_DAEMON_H_
 
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -13,16 +19,14 @@
 
 namespace grpc {
 class Server;
+class ServerCredentials;
 }
-namespace prometheus {
-class Exposer;
-}
-
 namespace sigma::server {
 
 class Authorizer;
 class BasicAuth;
 class Engine;
+class HttpServer;
 class Metrics;
 class MonitorService;
 
@@ -53,8 +57,26 @@ class Daemon {
   // Non-fatal remarks from Start (plain-text tokens, a non-loopback address
   // without TLS), for the log. They never contain a token.
   const std::vector<std::string>& warnings() const { return warnings_; }
+  // How often the gRPC server was restarted after its listener stopped
+  // accepting (out of file descriptors; grpc_accept_watch.h).
+  int64_t grpc_restarts() const { return grpc_restarts_.load(); }
+  // What /readyz answers: OK while serving with a writable store; UNAVAILABLE
+  // naming the reason otherwise. Thread-safe.
+  absl::Status Readiness() const;
 
  private:
+  // The steps of Start, in order; each returns an error naming the flag.
+  absl::Status LoadAuthAndWarn();
+  absl::Status StartEngine();
+  absl::Status StartMetricsPort();
+  absl::Status LoadServerCredentials();
+  absl::Status StartGrpc(const std::string& listen);
+  void StopGrpc(double grace_seconds);
+  // Undoes every step that ran (Start's rollback and Shutdown's tail).
+  void StopParts(double grace_seconds = 5.0);
+  // The watchdog thread: restarts gRPC when its listener died (EMFILE).
+  void WatchGrpcListener();
+
   DaemonOptions options_;
   BoundPorts ports_;
   std::string grpc_host_, metrics_host_;
@@ -65,9 +87,17 @@ class Daemon {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<MonitorService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::shared_ptr<grpc::ServerCredentials> credentials_;
+  std::unique_ptr<grpc::Server> server_;  // replaced by the watchdog thread only while running
+  std::unique_ptr<HttpServer> metrics_http_;
   bool running_ = false;
+  std::atomic<bool> serving_{false};  // read by the metrics port's thread
+  int64_t accept_failures_seen_ = 0;  // GrpcAcceptFailures() when server_ was built
+  std::atomic<int64_t> grpc_restarts_{0};
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;  // guarded by watch_mu_
+  std::thread listener_watch_;
 };
 
 // Writes {"grpc_port": P, "metrics_port": Q, "pid": PID} to `path` atomically
