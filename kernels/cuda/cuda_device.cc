@@ -152,11 +152,13 @@ void GrowableBuffer::Release() {
 constexpr size_t kParallelCopyMinBytes = size_t{8} << 20;
 constexpr unsigned kMaxCopyThreads = 8;
 
-std::thread StartThread(std::function<void()> fn) { return std::thread(std::move(fn)); }
-
-void CopyToPinned(char* dst, const char* src, size_t bytes, const ThreadStarter& start_thread) {
+void CopyToPinned(char* dst, const char* src, size_t bytes) {
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   const unsigned threads = bytes < kParallelCopyMinBytes ? 1u : std::min(kMaxCopyThreads, std::max(1u, hw / 2));
+  CopyToPinned(dst, src, bytes, threads, [](std::function<void()> fn) { return std::thread(std::move(fn)); });
+}
+
+void CopyToPinned(char* dst, const char* src, size_t bytes, unsigned threads, const ThreadStarter& start_thread) {
   if (threads <= 1) {
     std::memcpy(dst, src, bytes);
     return;

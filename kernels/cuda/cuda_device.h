@@ -108,11 +108,12 @@ class GrowableBuffer {
 };
 
 // Host -> pinned copy; copies of 8 MiB or more are split over up to 8 threads
-// started with `start_thread`. Never throws: a piece whose thread cannot be
+// (half the hardware threads). Never throws: a piece whose thread cannot be
 // started (std::system_error) is copied on the calling thread.
+void CopyToPinned(char* dst, const char* src, size_t bytes);
+// The same over `threads` pieces, started with `start_thread` (tests).
 using ThreadStarter = std::function<std::thread(std::function<void()>)>;
-std::thread StartThread(std::function<void()> fn);
-void CopyToPinned(char* dst, const char* src, size_t bytes, const ThreadStarter& start_thread = StartThread);
+void CopyToPinned(char* dst, const char* src, size_t bytes, unsigned threads, const ThreadStarter& start_thread);
 
 inline constexpr int kNumMarks = 6;
 

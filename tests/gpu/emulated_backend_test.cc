@@ -315,8 +315,8 @@ TEST_F(EmulatedCuda, GroupTotalsThatOverflowAreInvalidArguments) {
   EXPECT_EQ(emu::GetCounters().malloc_calls, 0);
 }
 
-// Copies of 8 MiB and more are split over threads; when no thread can be
-// started (std::system_error), the calling thread copies everything.
+// Large copies are split over threads; a thread that cannot be started
+// (std::system_error) leaves its piece to the calling thread.
 TEST(CopyToPinned, ThreadsThatCannotStartLeaveTheirPiecesToTheCaller) {
   const size_t bytes = (size_t{16} << 20) + 12345;
   std::vector<char> src(bytes), dst(bytes, 0);
@@ -326,10 +326,11 @@ TEST(CopyToPinned, ThreadsThatCannotStartLeaveTheirPiecesToTheCaller) {
     if (started++ >= 1) throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
     return std::thread(std::move(fn));
   };
-  cuda::CopyToPinned(dst.data(), src.data(), bytes, one_then_fail);
+  cuda::CopyToPinned(dst.data(), src.data(), bytes, 4, one_then_fail);
+  EXPECT_EQ(started, 2) << "one thread started, the second attempt failed";
   EXPECT_EQ(std::memcmp(dst.data(), src.data(), bytes), 0);
   std::fill(dst.begin(), dst.end(), 0);
-  cuda::CopyToPinned(dst.data(), src.data(), bytes, [](std::function<void()>) -> std::thread {
+  cuda::CopyToPinned(dst.data(), src.data(), bytes, 4, [](std::function<void()>) -> std::thread {
     throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
   });
   EXPECT_EQ(std::memcmp(dst.data(), src.data(), bytes), 0);
