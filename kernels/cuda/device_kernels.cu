@@ -32,74 +32,42 @@ constexpr int kRowThreads = kRowsPerBlock * kWarp;
 // 64 per thread): a launch can never fail with "too many resources requested".
 // kernels/cuda/CMakeLists.txt makes local memory and spills a build error.
 
-__device__ __forceinline__ double WarpSum(double v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-__device__ __forceinline__ double WarpMax(double v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-__device__ __forceinline__ long long WarpSumLL(long long v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-__device__ __forceinline__ long long WarpMinLL(long long v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const long long o = __shfl_xor_sync(0xffffffffu, v, offset);
-    v = o < v ? o : v;
-  }
+// The reduction operators of WarpReduce / BlockReduce.
+struct SumOp {
+  template <typename T>
+  __device__ __forceinline__ static T Apply(T a, T b) { return a + b; }
+};
+struct MaxOp {  // doubles only: fmax (a NaN operand loses, as on the CPU)
+  __device__ __forceinline__ static double Apply(double a, double b) { return fmax(a, b); }
+};
+struct MinOp {
+  template <typename T>
+  __device__ __forceinline__ static T Apply(T a, T b) { return b < a ? b : a; }
+};
+
+template <typename Op, typename T>
+__device__ __forceinline__ T WarpReduce(T v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = Op::Apply(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
-// Block-wide reductions (blockDim.x a multiple of 32, <= 1024). Every thread
-// gets the result. Deterministic: fixed shuffle tree, then warp 0 over the
-// per-warp partials in warp order.
-__device__ double BlockSum(double v) {
-  __shared__ double partial[kWarp];
+// Block-wide reduction (blockDim.x a multiple of 32, <= 1024); `identity` is
+// Op's neutral element. Every thread gets the result. Deterministic: fixed
+// shuffle tree, then warp 0 over the per-warp partials in warp order. One
+// __shared__ array of 32 T per instantiation.
+template <typename Op, typename T>
+__device__ T BlockReduce(T v, T identity) {
+  __shared__ T partial[kWarp];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int warps = blockDim.x / kWarp;
-  v = WarpSum(v);
+  v = WarpReduce<Op>(v);
   __syncthreads();  // partial may still be read by a previous call
   if (lane == 0) partial[warp] = v;
   __syncthreads();
-  v = lane < warps ? partial[lane] : 0.0;
-  v = WarpSum(v);
-  return v;
+  v = lane < warps ? partial[lane] : identity;
+  return WarpReduce<Op>(v);
 }
-__device__ double BlockMax(double v) {
-  __shared__ double partial[kWarp];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  v = WarpMax(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < warps ? partial[lane] : -DBL_MAX;
-  return WarpMax(v);
-}
-__device__ long long BlockSumLL(long long v) {
-  __shared__ long long partial[kWarp];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  v = WarpSumLL(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < warps ? partial[lane] : 0;
-  return WarpSumLL(v);
-}
-__device__ long long BlockMinLL(long long v) {
-  __shared__ long long partial[kWarp];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  v = WarpMinLL(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < warps ? partial[lane] : LLONG_MAX;
-  return WarpMinLL(v);
-}
+__device__ __forceinline__ double BlockSum(double v) { return BlockReduce<SumOp>(v, 0.0); }
 
 // Exact widening of one element.
 template <int kDType> struct Elem;
@@ -210,9 +178,9 @@ __global__ void __launch_bounds__(kReduceThreads) EnergyReduceKernel(const doubl
     sum += e;
     violations += e > limit ? 1 : 0;
   }
-  mx = BlockMax(mx);
+  mx = BlockReduce<MaxOp>(mx, -DBL_MAX);
   sum = BlockSum(sum);
-  violations = BlockSumLL(violations);
+  violations = BlockReduce<SumOp>(violations, 0LL);
   if (threadIdx.x == 0) {
     acc->max_energy = fmax(acc->max_energy, mx);
     acc->sum_energy += sum;
@@ -260,7 +228,7 @@ __global__ void __launch_bounds__(kColumnThreads) LogDiagKernel(const double* ma
     }
   }
   sum = BlockSum(sum);
-  bad = BlockMinLL(bad);
+  bad = BlockReduce<MinOp>(bad, LLONG_MAX);
   if (threadIdx.x == 0) {
     CholDev* o = reinterpret_cast<CholDev*>(static_cast<char*>(out) + (b / per_group) * group_stride_bytes) +
                  b % per_group;
@@ -290,7 +258,7 @@ __global__ void __launch_bounds__(kRowThreads) ColumnSquaredNormsKernel(const do
   const double* c = y + col * m;
   double s = 0.0;
   for (int64_t r = lane; r < m; r += kWarp) s += c[r] * c[r];
-  s = WarpSum(s);
+  s = WarpReduce<SumOp>(s);
   if (lane == 0) q[col] = s;
 }
 
@@ -313,25 +281,19 @@ __global__ void __launch_bounds__(kReduceThreads) QStatsKernel(const double* __r
   }
 }
 
-__global__ void __launch_bounds__(kElementwiseThreads) ZeroStrictUpperKernel(double* a, int64_t m, int64_t count) {
-  const int64_t per = m * m, total = per * count;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t within = idx % per;
-    const int64_t col = within / m, row = within - col * m;
-    if (row < col) a[idx] = 0.0;
-  }
-}
-
-// One block per column c: partial[c] = a_cc^2 + w * sum_{r>c} a_rc^2.
-__global__ void __launch_bounds__(kColumnThreads) LowerSquareColumnKernel(const double* __restrict__ a, int64_t m, double w,
-                                        double* __restrict__ partial) {
+// One block per column c of the lower triangle of a = A: partial[c] = a_cc
+// and partial[m + c] = a_cc^2 + 2 sum_{r>c} a_rc^2 (A symmetric).
+__global__ void __launch_bounds__(kColumnThreads) TraceColumnKernel(const double* __restrict__ a, int64_t m,
+                                                                    double* __restrict__ partial) {
   const int64_t c = blockIdx.x;
   const double* col = a + c * m;
   double s = 0.0;
   for (int64_t r = c + 1 + threadIdx.x; r < m; r += blockDim.x) s += col[r] * col[r];
   s = BlockSum(s);
-  if (threadIdx.x == 0) partial[c] = col[c] * col[c] + w * s;
+  if (threadIdx.x == 0) {
+    partial[c] = col[c];
+    partial[m + c] = col[c] * col[c] + 2.0 * s;
+  }
 }
 
 __global__ void __launch_bounds__(kReduceThreads) SumKernel(const double* __restrict__ v, int64_t n, double* out) {
@@ -339,15 +301,6 @@ __global__ void __launch_bounds__(kReduceThreads) SumKernel(const double* __rest
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
   s = BlockSum(s);
   if (threadIdx.x == 0) *out = s;
-}
-
-__global__ void __launch_bounds__(kElementwiseThreads) SymmetrizeKernel(double* a, int64_t m) {
-  const int64_t total = m * m;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t col = idx / m, row = idx - col * m;
-    if (row < col) a[idx] = a[row * m + col];
-  }
 }
 
 unsigned int GridFor(int64_t work, int threads) {
@@ -425,23 +378,14 @@ cudaError_t LaunchQStats(const double* q, int64_t n, double* out, cudaStream_t s
   return cudaGetLastError();
 }
 
-cudaError_t LaunchZeroStrictUpper(double* a, int64_t m, int64_t count, cudaStream_t stream) {
-  if (count <= 0) return cudaSuccess;
-  SIGMA_LAUNCH_KERNEL(ZeroStrictUpperKernel, GridFor(m * m * count, kElementwiseThreads), kElementwiseThreads, stream)(a, m, count);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchLowerWeightedSquareSum(const double* a, int64_t m, double off_diag_weight,
-                                         double* partial, double* out, cudaStream_t stream) {
-  if (m > INT_MAX) return cudaErrorInvalidValue;
-  SIGMA_LAUNCH_KERNEL(LowerSquareColumnKernel, static_cast<unsigned int>(m), kColumnThreads, stream)(a, m, off_diag_weight, partial);
+cudaError_t LaunchInverseTraces(const double* a, int64_t m, double* partial, double* trace_a,
+                                double* trace_a2, cudaStream_t stream) {
+  if (m <= 0 || m > INT_MAX) return cudaErrorInvalidValue;
+  SIGMA_LAUNCH_KERNEL(TraceColumnKernel, static_cast<unsigned int>(m), kColumnThreads, stream)(a, m, partial);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  SIGMA_LAUNCH_KERNEL(SumKernel, 1, kReduceThreads, stream)(partial, m, out);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchSymmetrizeFromLower(double* a, int64_t m, cudaStream_t stream) {
-  SIGMA_LAUNCH_KERNEL(SymmetrizeKernel, GridFor(m * m, kElementwiseThreads), kElementwiseThreads, stream)(a, m);
+  SIGMA_LAUNCH_KERNEL(SumKernel, 1, kReduceThreads, stream)(partial, m, trace_a);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  SIGMA_LAUNCH_KERNEL(SumKernel, 1, kReduceThreads, stream)(partial + m, m, trace_a2);
   return cudaGetLastError();
 }
 

@@ -46,7 +46,7 @@ struct SnapshotDev {
   double trace_a2;
   EnergyDev energy;
   unsigned long long first_nonfinite;  // ~index of the first NaN/Inf element, 0 if none
-  int trtri_info;
+  int potri_info;  // cuSOLVER potri (inverse from the factor)
   int pad;
 };
 
@@ -84,7 +84,7 @@ cudaError_t LaunchShiftedCopies(const double* g, int64_t m, const ShiftTargets& 
 // the first column whose diagonal is not > 0 (NaN included, LAPACK's rule) when
 // cuSOLVER reported success. Matrix b's outcome goes to
 //   (CholDev*)((char*)out + (b / per_group) * group_stride_bytes) + b % per_group
-// (SealBatch: per_group 3, stride sizeof(SnapshotDev); plain arrays: 1, sizeof(CholDev)).
+// (SealBatch: per_group 3, stride sizeof(SnapshotDev)).
 cudaError_t LaunchLogDiag(const double* mats, int64_t m, int64_t count, const int* info,
                           void* out, int per_group, int64_t group_stride_bytes,
                           cudaStream_t stream);
@@ -97,16 +97,12 @@ cudaError_t LaunchColumnSquaredNorms(const double* y, int64_t m, int64_t n, doub
 // two-pass like sigma::QStatistics. Single block.
 cudaError_t LaunchQStats(const double* q, int64_t n, double* out, cudaStream_t stream);
 
-// Zeroes the strict upper triangles of `count` matrices a + b*m*m.
-cudaError_t LaunchZeroStrictUpper(double* a, int64_t m, int64_t count, cudaStream_t stream);
-
-// *out = sum_{r > c} w a[c*m+r]^2 + sum_c a[c*m+c]^2 over the lower triangle
-// (upper ignored); partial is [m] scratch. Two deterministic kernels.
-cudaError_t LaunchLowerWeightedSquareSum(const double* a, int64_t m, double off_diag_weight,
-                                         double* partial, double* out, cudaStream_t stream);
-
-// a[c*m + r] = a[r*m + c] for r < c (copies the lower triangle to the upper).
-cudaError_t LaunchSymmetrizeFromLower(double* a, int64_t m, cudaStream_t stream);
+// For A symmetric with its lower triangle in a [m, m] (upper ignored):
+// *trace_a = tr(A) and *trace_a2 = tr(A^2) = ||A||_F^2 (diagonal plus twice
+// the strict lower triangle). partial is [2m] scratch. Three deterministic
+// kernels.
+cudaError_t LaunchInverseTraces(const double* a, int64_t m, double* partial, double* trace_a,
+                                double* trace_a2, cudaStream_t stream);
 
 }  // namespace sigma::cuda::kernels
 

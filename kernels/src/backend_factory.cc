@@ -16,6 +16,8 @@
 
 #include <mutex>
 #include <vector>
+
+#include "cuda_module_abi.h"  // kernels/cuda
 #endif
 
 namespace sigma {
@@ -38,7 +40,7 @@ namespace {
 // relative to it; the build tree; the dynamic linker's default path.
 struct CudaModule {
   int (*device_count)() = nullptr;
-  void (*make_backend)(int, absl::StatusOr<std::unique_ptr<Backend>>*) = nullptr;
+  void (*make_backend)(int, const cuda::CudaModuleOptions*, absl::StatusOr<std::unique_ptr<Backend>>*) = nullptr;
   std::string error;  // why it could not be loaded
 };
 
@@ -48,6 +50,29 @@ std::string ExecutableDir() {
   if (n <= 0) return "";
   std::string exe(path, static_cast<size_t>(n));
   return exe.substr(0, exe.find_last_of('/'));
+}
+
+// dlopens `path` and fills *module when its entry points are there and its
+// ABI fingerprint is ours; else the reason. Never unloads a module it opened.
+absl::Status OpenCudaModule(const std::string& path, CudaModule* module) {
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) return absl::UnavailableError(dlerror());
+  auto abi = reinterpret_cast<const char* (*)()>(dlsym(handle, "SigmaCudaModuleAbi"));
+  if (abi == nullptr)
+    return absl::UnavailableError(absl::StrCat(path, ": no SigmaCudaModuleAbi (a module older than ABI checks)"));
+  const std::string ours = cuda::CudaModuleAbiFingerprint();
+  if (const std::string theirs = abi(); theirs != ours)
+    return absl::UnavailableError(absl::StrCat(path, ": ABI mismatch: the module is '", theirs,
+                                               "', this binary is '", ours, "' (rebuild them together)"));
+  module->device_count = reinterpret_cast<int (*)()>(dlsym(handle, "SigmaCudaDeviceCount"));
+  module->make_backend =
+      reinterpret_cast<void (*)(int, const cuda::CudaModuleOptions*, absl::StatusOr<std::unique_ptr<Backend>>*)>(
+          dlsym(handle, "SigmaMakeCudaBackend"));
+  if (module->device_count == nullptr || module->make_backend == nullptr) {
+    *module = CudaModule{};
+    return absl::UnavailableError(absl::StrCat(path, ": entry points missing"));
+  }
+  return absl::OkStatus();
 }
 
 const CudaModule& LoadCudaModule() {
@@ -67,16 +92,9 @@ const CudaModule& LoadCudaModule() {
     std::string errors;
     for (const std::string& path : candidates) {
       if (path.find('/') != std::string::npos && access(path.c_str(), F_OK) != 0) continue;
-      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (handle == nullptr) {
-        absl::StrAppend(&errors, errors.empty() ? "" : "; ", dlerror());
-        continue;
-      }
-      module.device_count = reinterpret_cast<int (*)()>(dlsym(handle, "SigmaCudaDeviceCount"));
-      module.make_backend = reinterpret_cast<void (*)(int, absl::StatusOr<std::unique_ptr<Backend>>*)>(
-          dlsym(handle, "SigmaMakeCudaBackend"));
-      if (module.device_count != nullptr && module.make_backend != nullptr) return;
-      absl::StrAppend(&errors, errors.empty() ? "" : "; ", path, ": entry points missing");
+      const absl::Status s = OpenCudaModule(path, &module);
+      if (s.ok()) return;
+      absl::StrAppend(&errors, errors.empty() ? "" : "; ", s.message());
     }
     module.error = absl::StrCat("the CUDA backend module " SIGMA_CUDA_MODULE_NAME
                                 " could not be loaded (set SIGMA_CUDA_MODULE): ",
@@ -86,15 +104,18 @@ const CudaModule& LoadCudaModule() {
 }
 #endif  // SIGMA_HAVE_CUDA
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeCuda(int ordinal) {
+absl::StatusOr<std::unique_ptr<Backend>> MakeCuda(int ordinal, MemoryBudget* budget) {
 #if SIGMA_HAVE_CUDA
   const CudaModule& module = LoadCudaModule();
   if (module.make_backend == nullptr) return absl::UnavailableError(module.error);
   absl::StatusOr<std::unique_ptr<Backend>> backend = absl::UnavailableError("not created");
-  module.make_backend(ordinal, &backend);
+  cuda::CudaModuleOptions options;
+  options.memory_budget = budget;
+  module.make_backend(ordinal, &options, &backend);
   return backend;
 #else
   (void)ordinal;
+  (void)budget;
   return absl::UnavailableError("this build has no CUDA backend (SIGMA_WITH_CUDA=OFF or no toolkit)");
 #endif
 }
@@ -108,6 +129,20 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCpu() {
 }
 
 }  // namespace
+
+namespace internal {
+
+absl::Status ProbeCudaModule(const std::string& path) {
+#if SIGMA_HAVE_CUDA
+  CudaModule module;
+  return OpenCudaModule(path, &module);
+#else
+  (void)path;
+  return absl::UnavailableError("this build has no CUDA backend");
+#endif
+}
+
+}  // namespace internal
 
 int CudaDeviceCount() {
 #if SIGMA_HAVE_CUDA
@@ -133,7 +168,7 @@ std::vector<std::unique_ptr<Backend>> MakeCudaDevices(const BackendOptions& opti
   if (options.device_ordinal >= last) {
     // No device in range: let the single-device path say why (no module, no
     // device, ordinal out of range).
-    absl::StatusOr<std::unique_ptr<Backend>> one = MakeCuda(options.device_ordinal);
+    absl::StatusOr<std::unique_ptr<Backend>> one = MakeCuda(options.device_ordinal, options.memory_budget);
     if (one.ok()) {
       devices.push_back(std::move(*one));
     } else {
@@ -143,7 +178,7 @@ std::vector<std::unique_ptr<Backend>> MakeCudaDevices(const BackendOptions& opti
   }
   absl::Status first_error;
   for (int ordinal = options.device_ordinal; ordinal < last; ++ordinal) {
-    absl::StatusOr<std::unique_ptr<Backend>> b = MakeCuda(ordinal);
+    absl::StatusOr<std::unique_ptr<Backend>> b = MakeCuda(ordinal, options.memory_budget);
     if (b.ok()) {
       devices.push_back(std::move(*b));
       continue;

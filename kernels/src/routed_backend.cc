@@ -83,31 +83,11 @@ int RoutedBackend::Route(int64_t m, uint64_t placement_key) const {
   return static_cast<int>(placement_key % devices_.size());
 }
 
-absl::Status RoutedBackend::AccumulateGram(const RowBlock& rows, Preprocessing preprocessing, double rho,
-                                           double* gram, EnergyStats* energy) {
-  return Child(Route(rows.m, 0)).AccumulateGram(rows, preprocessing, rho, gram, energy);
-}
-
-absl::Status RoutedBackend::ShiftedCholesky(const double* gram, int64_t m, absl::Span<const ShiftedMatrix> shifts,
-                                            absl::Span<CholeskyOutcome> outcomes, double* factors) {
-  return Child(Route(m, 0)).ShiftedCholesky(gram, m, shifts, outcomes, factors);
-}
-
-absl::Status RoutedBackend::MahalanobisNorms(const double* lower_factor, int64_t m, const double* x,
-                                             int64_t num_rows, double* q) {
-  return Child(Route(m, 0)).MahalanobisNorms(lower_factor, m, x, num_rows, q);
-}
-
-absl::Status RoutedBackend::InverseTraces(const double* lower_factor, int64_t m, double* trace_a,
-                                          double* trace_a2) {
-  return Child(Route(m, 0)).InverseTraces(lower_factor, m, trace_a, trace_a2);
-}
-
 absl::Status RoutedBackend::SealBatch(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) {
   if (out.size() != inputs.size())
     return absl::InvalidArgumentError("SealBatch: output size differs from input size");
   // Shapes first (O(1) each): an invalid argument fails the call before any work,
-  // as in Backend::SealBatch. The children check finiteness.
+  // as in the other backends. The children check finiteness.
   for (const SealInput& input : inputs) {
     if (absl::Status s = ValidateSealShape(input); !s.ok()) return s;
   }

@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
-# The GPU device check (issue 5), for a lent H200 machine: CUDA, CMake and
+# The GPU device check (issues 5, 18), for a lent H200 machine: CUDA, CMake and
 # Python with PyTorch + numpy there; no Abseil, GoogleTest, OpenBLAS, gRPC, and
-# no network. Before the run, HERE:  tests/gpu/prepare_device_deps.sh
+# no network. Before the run, HERE:  bash tests/gpu/prepare_device_deps.sh
 # (fills build/device-deps; carry that path to the device).
 #
-#   1. builds kernels/ alone (cmake -S kernels, CUDA on, CPU BLAS off) with the
-#      carried Abseil/GoogleTest: targets sigma_gpu_test and sigma_gpu_bench;
-#   2. writes float64 references with numpy (tests/gpu/make_reference.py);
-#   3. runs sigma_gpu_test against them and the shared test vectors;
-#   4. runs the benchmark (bench/gpu/sigma_gpu_bench) and the same seal with
-#      torch.linalg (bench/gpu/torch_seal.py) on the same seeded data;
-#   4b. the CPU-vs-GPU seal crossover (RoutedBackend's gpu_min_m, sigmad
-#      --gpu-min-m): sigma_gpu_bench times the CUDA seal for m in {64 .. 1024}
-#      at n_A = 4096; the CPU side is the CPU backend when the build has one,
-#      else (this build: no OpenBLAS on the device, CPU BLAS off) the same seal
-#      in torch.linalg on the device machine's CPU (torch_seal.py --device cpu);
-#   5. prints a short table last, with a suggested gpu_min_m.
-# Budget: everything within SIGMA_CHECK_BUDGET_S (default 540 s); each step's
-# timeout shrinks to what is left. Logs and JSON go to $OUT (the device tool's
-# output folder) or build/device-check/results.
+#   0. preflight: nvcc, g++, cmake versions, the architecture, where libcublas,
+#      libcusolver and cusolverDn.h are; CUDA >= 12.1 (cuBLAS TRSM fails for
+#      more than 524,280 right-hand sides before it). Stops with a clear
+#      message when something is missing (see "toolkit elsewhere" below);
+#   1. configures tests/gpu/standalone (kernels/ + the GPU tests + the GPU
+#      benchmark; CUDA on, CPU BLAS off) with the carried Abseil/GoogleTest;
+#   2. builds the GPU test target and the CUDA module, writes float64
+#      references with numpy (tests/gpu/make_reference.py) and runs
+#      sigma_gpu_test; then the conformance suite through the factory
+#      (sigma_kernels_test --gtest_filter='*/cuda*'). A SKIPPED test FAILS the
+#      check (tests/gpu/run_without_skips.sh): a run where the module did not
+#      load or no device was seen is not a pass;
+#   3. only then builds and runs the benchmark (bench/gpu/sigma_gpu_bench), the
+#      same seal in torch.linalg (bench/gpu/torch_seal.py) on the same seeded
+#      data, and the CPU side of the CPU/GPU seal crossover (torch on the CPU);
+#   4. always (EXIT trap) prints the summary table and writes the outputs.
+# Every step runs under `timeout -k`; a failed or timed-out step is recorded
+# and the script goes on to the next one that does not depend on it. Budget:
+# SIGMA_CHECK_BUDGET_S (default 540 s); each step's timeout shrinks to what is
+# left.
+#
+# Outputs (in $OUT, the device tool's output folder, or build/device-check/out):
+# exactly two files, so nothing is lost when only a few come back:
+#   summary.txt                 the step table, test counts, benchmark table
+#   device_check_logs.tar.gz    every log and JSON of the run
+#
+# Toolkit elsewhere: nvcc is looked up as $CUDACXX, then on PATH, then in
+# /usr/local/cuda/bin; pass -DCUDAToolkit_ROOT through SIGMA_CMAKE_ARGS when
+# the libraries are not under nvcc's toolkit. When cuBLAS/cuSOLVER exist only
+# inside PyTorch's wheels (site-packages/nvidia/{cublas,cusolver}), the
+# preflight names them; point CUDAToolkit_ROOT at a full toolkit (the wheels
+# carry no nvcc and no static libraries) or install one.
 #
 # With the device tool: run(command="bash tests/gpu/device_check.sh",
 #   carry=["build/device-deps"], timeout_s=600); --quick for a smoke run.
@@ -26,7 +43,8 @@
 # usage: tests/gpu/device_check.sh [--quick] [--build-only]
 # env:   SIGMA_DEVICE_DEPS (build/device-deps), SIGMA_DEVICE_BUILD
 #        (build/device-check), SIGMA_SHARED_DIR (shared/ or ../shared or the
-#        deps' copy), SIGMA_CUDA_ARCHS (90), PYTHON (python3), OUT
+#        deps' copy), SIGMA_CUDA_ARCHS (90), SIGMA_CMAKE_ARGS, PYTHON
+#        (python3), CUDACXX, OUT
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -42,11 +60,13 @@ for a in "$@"; do
 done
 DEPS="${SIGMA_DEVICE_DEPS:-$ROOT/build/device-deps}"
 BUILD="${SIGMA_DEVICE_BUILD:-$ROOT/build/device-check}"
-RESULTS="${OUT:-$BUILD/results}"
+RESULTS="${OUT:-$BUILD/out}"
+LOGS="$BUILD/logs"
 PY="${PYTHON:-python3}"
 BUDGET="${SIGMA_CHECK_BUDGET_S:-540}"
 JOBS="$(nproc 2>/dev/null || echo 4)"
-mkdir -p "$RESULTS" "$BUILD"
+rm -rf "$LOGS"
+mkdir -p "$RESULTS" "$BUILD" "$LOGS"
 
 SHARED="${SIGMA_SHARED_DIR:-}"
 if [[ -z "$SHARED" ]]; then
@@ -57,30 +77,93 @@ fi
 TESTVECTORS="${SHARED:+$SHARED/testvectors}"
 
 log() { echo "[device_check +${SECONDS}s] $*"; }
-# Seconds left for a step: min(cap, budget - elapsed - reserve for the table).
+# Seconds left for a step: min(cap, budget - elapsed - reserve for the summary).
 left() {
-  local cap=$1 rest=$((BUDGET - SECONDS - 15))
+  local cap=$1 rest=$((BUDGET - SECONDS - 20))
   ((rest < 5)) && rest=5
   ((cap < rest)) && echo "$cap" || echo "$rest"
 }
+
+STEPS=(preflight configure build_tests reference gpu_tests conformance build_bench bench torch torch_cpu)
 declare -A STATE
-STATE[configure]=skipped; STATE[build]=skipped; STATE[reference]=skipped
-STATE[tests]=skipped; STATE[bench]=skipped; STATE[torch]=skipped; STATE[torch_cpu]=skipped
+for s in "${STEPS[@]}"; do STATE[$s]="not run"; done
 TEST_COUNTS="not run"
 
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/[gpu] /'
-else
-  log "nvidia-smi not found"
-fi
-[[ -d "$DEPS/include/absl" ]] || log "WARNING: $DEPS has no Abseil; run tests/gpu/prepare_device_deps.sh here first and carry build/device-deps"
-export LD_LIBRARY_PATH="$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# step NAME CAP CMD...: runs CMD under timeout -k with its output in
+# $LOGS/NAME.log; records ok / FAILED (rc N) / TIMEOUT. Returns CMD's status.
+step() {
+  local name=$1 cap=$2
+  shift 2
+  local t
+  t=$(left "$cap")
+  log "$name (timeout ${t}s)"
+  timeout -k 10 "$t" "$@" >>"$LOGS/$name.log" 2>&1
+  local rc=$?
+  if ((rc == 0)); then
+    STATE[$name]=ok
+  elif ((rc == 124 || rc == 137)); then
+    STATE[$name]="TIMEOUT after ${t}s"
+  else
+    STATE[$name]="FAILED (rc $rc)"
+  fi
+  ((rc == 0)) || tail -15 "$LOGS/$name.log" | sed "s/^/  [$name] /"
+  return $rc
+}
 
-# ---- 1. configure + build ------------------------------------------------------
+# gtest counts of a log: "P passed, F failed, S skipped".
+counts() {
+  local f=$1 p fl sk
+  p=$(grep -E -o '^\[  PASSED  \] [0-9]+' "$f" 2>/dev/null | grep -E -o '[0-9]+$' | tail -1)
+  fl=$(grep -E -o '^\[  FAILED  \] [0-9]+ test' "$f" 2>/dev/null | grep -E -o '[0-9]+' | tail -1)
+  sk=$(grep -E -o '^\[  SKIPPED \] [0-9]+' "$f" 2>/dev/null | grep -E -o '[0-9]+$' | tail -1)
+  echo "${p:-0} passed, ${fl:-0} failed, ${sk:-0} skipped"
+}
+
+summary() {
+  local rc_overall=$1
+  {
+    local gpu
+    gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+    echo "=== SIGMA CUDA device check: ${gpu:-no GPU seen} ($(date -u +%FT%TZ), ${SECONDS}s) ==="
+    for s in "${STEPS[@]}"; do printf '%-12s %s\n' "$s" "${STATE[$s]}"; done
+    echo "tests: $TEST_COUNTS"
+    "$PY" tests/gpu/device_check_table.py "$LOGS/bench_cuda.jsonl" "$LOGS/bench_torch.jsonl" \
+      "$LOGS/bench_torch_cpu.jsonl" 2>&1 || echo "(no benchmark table)"
+    echo "result: $([[ $rc_overall == 0 ]] && echo PASS || echo FAIL)"
+  } | tee "$RESULTS/summary.txt"
+  tar -czf "$RESULTS/device_check_logs.tar.gz" -C "$BUILD" logs 2>/dev/null ||
+    echo "could not archive $LOGS" | tee -a "$RESULTS/summary.txt"
+}
+
+# The check passes when everything it was asked to do for correctness passed.
+verdict() {
+  local need=(preflight configure build_tests)
+  ((BUILD_ONLY)) && need+=(build_bench) || need+=(gpu_tests conformance)
+  for s in "${need[@]}"; do [[ "${STATE[$s]}" == ok ]] || return 1; done
+  return 0
+}
+finish() {
+  local rc=1
+  verdict && rc=0
+  summary "$rc"
+  exit "$rc"
+}
+trap finish EXIT
+
+# ---- 0. preflight -----------------------------------------------------------------
+step preflight 30 env PYTHON="$PY" SIGMA_DEVICE_DEPS="$DEPS" bash tests/gpu/device_preflight.sh
+cat "$LOGS/preflight.log"
+CUDACXX="$(sed -n 's/^nvcc: //p' "$LOGS/preflight.log" | head -1)"
+[[ -n "$CUDACXX" ]] && export CUDACXX
+export LD_LIBRARY_PATH="$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[[ "${STATE[preflight]}" == ok ]] || exit 1  # the EXIT trap prints why
+
+# ---- 1. configure ----------------------------------------------------------------
 GEN=()
 command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
 [[ -f "$BUILD/CMakeCache.txt" ]] && GEN=()  # keep the generator of an existing tree
-CMAKE_ARGS=(-S kernels -B "$BUILD" "${GEN[@]}"
+read -r -a EXTRA <<<"${SIGMA_CMAKE_ARGS:-}"
+CMAKE_ARGS=(-S tests/gpu/standalone -B "$BUILD" "${GEN[@]}"
   -DCMAKE_BUILD_TYPE=Release
   -DSIGMA_WITH_CUDA=ON -DSIGMA_WITH_CPU_BLAS=OFF
   -DCMAKE_CUDA_ARCHITECTURES="${SIGMA_CUDA_ARCHS:-90}"
@@ -88,120 +171,58 @@ CMAKE_ARGS=(-S kernels -B "$BUILD" "${GEN[@]}"
   -Dabsl_DIR="$DEPS/lib/x86_64-linux-gnu/cmake/absl"
   -DGTest_DIR="$DEPS/lib/x86_64-linux-gnu/cmake/GTest"
   -Dnlohmann_json_DIR="$DEPS/share/cmake/nlohmann_json"
-  -DSIGMA_BUILD_BENCH=ON -DSIGMA_BUILD_GPU_TESTS=ON
   # Debian's Abseil 20220623 predates GCC 13's leaner headers (some of its
   # headers use uint8_t without <cstdint>); force-include it for C++ only.
-  -DCMAKE_CXX_FLAGS="-include cstdint")
+  -DCMAKE_CXX_FLAGS="-include cstdint"
+  "${EXTRA[@]}")
 [[ -n "$SHARED" ]] && CMAKE_ARGS+=(-DSIGMA_SHARED_DIR="$SHARED")
-log "configure (kernels/ alone, CUDA on, CPU BLAS off)"
-if timeout "$(left 120)" cmake "${CMAKE_ARGS[@]}" -DSIGMA_BUILD_TESTS=ON >"$RESULTS/configure.log" 2>&1; then
-  STATE[configure]=ok
-else
-  # tests/kernels (not ours) may need something the device lacks: GPU tests only.
-  log "configure with all kernel tests failed (tail below); retrying with only the GPU tests"
-  tail -5 "$RESULTS/configure.log"
-  if timeout "$(left 120)" cmake "${CMAKE_ARGS[@]}" -DSIGMA_BUILD_TESTS=OFF >>"$RESULTS/configure.log" 2>&1; then
-    STATE[configure]="ok (gpu tests only)"
-  else
-    STATE[configure]=FAILED
-    tail -20 "$RESULTS/configure.log"
-  fi
+FULL_TESTS=1
+if ! step configure 120 cmake "${CMAKE_ARGS[@]}" -DSIGMA_BUILD_KERNEL_TESTS=ON; then
+  # tests/kernels may need something the device lacks: the GPU tests only.
+  log "configure with the kernel tests failed; retrying with only the GPU tests"
+  FULL_TESTS=0
+  step configure 120 cmake "${CMAKE_ARGS[@]}" -DSIGMA_BUILD_KERNEL_TESTS=OFF &&
+    STATE[configure]="ok (gpu tests only: no conformance)"
 fi
-if [[ "${STATE[configure]}" == ok* ]]; then
-  log "build sigma_gpu_test sigma_gpu_bench (-j$JOBS)"
-  # sigma_cuda_backend: the module the factory dlopens (MakeBackend(kCuda)).
-  if timeout "$(left 300)" cmake --build "$BUILD" -j "$JOBS" --target sigma_gpu_test sigma_gpu_bench \
-      sigma_cuda_backend >"$RESULTS/build.log" 2>&1; then
-    STATE[build]=ok
-  else
-    STATE[build]=FAILED
-    grep -E -m 20 "error|Error" "$RESULTS/build.log"
-    tail -10 "$RESULTS/build.log"
-  fi
-fi
-TEST_BIN="$(find "$BUILD" -name sigma_gpu_test -type f -perm -u+x 2>/dev/null | head -1)"
-BENCH_BIN="$(find "$BUILD" -name sigma_gpu_bench -type f -perm -u+x 2>/dev/null | head -1)"
+[[ "${STATE[configure]}" == ok* ]] || exit 1
 
-if ((BUILD_ONLY == 0)) && [[ "${STATE[build]}" == ok ]]; then
-  # ---- 2. float64 references --------------------------------------------------
-  log "numpy references"
+# ---- 2. tests first ---------------------------------------------------------------
+# sigma_cuda_backend: the module the factory dlopens (MakeBackend(kCuda)).
+TARGETS=(sigma_gpu_test sigma_cuda_backend)
+((FULL_TESTS)) && TARGETS+=(sigma_kernels_test)
+step build_tests 300 cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
+TEST_BIN="$(find "$BUILD" -name sigma_gpu_test -type f -perm -u+x 2>/dev/null | head -1)"
+KT="$(find "$BUILD" -name sigma_kernels_test -type f -perm -u+x 2>/dev/null | head -1)"
+if ((BUILD_ONLY == 0)) && [[ "${STATE[build_tests]}" == ok ]]; then
   REF="$BUILD/ref"
   rm -rf "$REF"
   QFLAG=()
   ((QUICK)) && QFLAG=(--quick)
-  if timeout "$(left 90)" "$PY" tests/gpu/make_reference.py "$REF" "${QFLAG[@]}" >"$RESULTS/reference.log" 2>&1; then
-    STATE[reference]=ok
+  step reference 90 "$PY" tests/gpu/make_reference.py "$REF" "${QFLAG[@]}"
+  # A skipped case fails (no device seen, module not loaded, no references).
+  step gpu_tests 180 env SIGMA_GPU_REF_DIR="$([[ "${STATE[reference]}" == ok ]] && echo "$REF")" \
+    SIGMA_TESTVECTORS_DIR="${TESTVECTORS:-/nonexistent}" bash tests/gpu/run_without_skips.sh "$TEST_BIN"
+  TEST_COUNTS="sigma_gpu_test: $(counts "$LOGS/gpu_tests.log")"
+  if [[ -n "$KT" ]]; then
+    step conformance 90 env SIGMA_SHARED_DIR="$SHARED" bash tests/gpu/run_without_skips.sh "$KT" \
+      --gtest_filter='*/cuda*'
+    TEST_COUNTS="$TEST_COUNTS; conformance (*/cuda*): $(counts "$LOGS/conformance.log")"
   else
-    STATE[reference]=FAILED
-    tail -5 "$RESULTS/reference.log"
+    STATE[conformance]="FAILED (sigma_kernels_test not built)"
   fi
-
-  # ---- 3. GPU tests ---------------------------------------------------------------
-  log "sigma_gpu_test"
-  SIGMA_GPU_REF_DIR="$([[ "${STATE[reference]}" == ok ]] && echo "$REF")" \
-  SIGMA_TESTVECTORS_DIR="${TESTVECTORS:-/nonexistent}" \
-    timeout "$(left 180)" "$TEST_BIN" >"$RESULTS/gpu_test.log" 2>&1
-  rc=$?
-  passed=$(grep -E -o '^\[  PASSED  \] [0-9]+' "$RESULTS/gpu_test.log" | grep -E -o '[0-9]+$' || echo 0)
-  failed=$(grep -E -o '^\[  FAILED  \] [0-9]+ test' "$RESULTS/gpu_test.log" | grep -E -o '[0-9]+' || echo 0)
-  skipped=$(grep -E -o '^\[  SKIPPED \] [0-9]+' "$RESULTS/gpu_test.log" | grep -E -o '[0-9]+$' || echo 0)
-  TEST_COUNTS="${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
-  if ((rc == 0)); then STATE[tests]=ok; else STATE[tests]="FAILED (rc $rc)"; fi
-  grep -E "^\[  (FAILED|SKIPPED) \]|Failure|Skipped|^.*: got " "$RESULTS/gpu_test.log" | head -40
-
-  # The backend conformance suite through the factory (dlopen of the module),
-  # when the full kernel tests configured (they need nothing but GTest/json).
-  if [[ "${STATE[configure]}" == ok ]] &&
-     timeout "$(left 200)" cmake --build "$BUILD" -j "$JOBS" --target sigma_kernels_test \
-       >>"$RESULTS/build.log" 2>&1; then
-    KT="$(find "$BUILD" -name sigma_kernels_test -type f -perm -u+x | head -1)"
-    log "sigma_kernels_test --gtest_filter='*/cuda*' (factory + module, plain and routed)"
-    if SIGMA_SHARED_DIR="$SHARED" timeout "$(left 60)" "$KT" \
-         --gtest_filter='*/cuda*' >"$RESULTS/conformance.log" 2>&1; then
-      TEST_COUNTS="$TEST_COUNTS; conformance ok"
-    else
-      STATE[tests]="FAILED (conformance)"
-      grep -E "Failure|FAILED" "$RESULTS/conformance.log" | head -20
-    fi
-  fi
-
-  # ---- 4. benchmarks ----------------------------------------------------------------
-  BQ=()
-  ((QUICK)) && BQ=(--quick)
-  log "sigma_gpu_bench"
-  if timeout "$(left 200)" "$BENCH_BIN" "${BQ[@]}" --json "$RESULTS/bench_cuda.jsonl" >"$RESULTS/bench_cuda.log" 2>&1; then
-    STATE[bench]=ok
-  else
-    STATE[bench]="FAILED (rc $?)"
-  fi
-  cat "$RESULTS/bench_cuda.log"
-  log "torch_seal.py"
-  if timeout "$(left 150)" "$PY" bench/gpu/torch_seal.py "${BQ[@]}" --json "$RESULTS/bench_torch.jsonl" \
-      >"$RESULTS/bench_torch.log" 2>&1; then
-    STATE[torch]=ok
-  else
-    STATE[torch]="FAILED (rc $?)"
-  fi
-  cat "$RESULTS/bench_torch.log"
-  # The CPU side of the seal crossover (the CPU backend is not built here).
-  log "torch_seal.py --device cpu (crossover)"
-  if timeout "$(left 90)" "$PY" bench/gpu/torch_seal.py --device cpu --reps 5 \
-      --configs 64:4096,128:4096,256:4096,512:4096,1024:4096 --json "$RESULTS/bench_torch_cpu.jsonl" \
-      >"$RESULTS/bench_torch_cpu.log" 2>&1; then
-    STATE[torch_cpu]=ok
-  else
-    STATE[torch_cpu]="FAILED (rc $?)"
-  fi
-  cat "$RESULTS/bench_torch_cpu.log"
 fi
 
-# ---- 5. the table ----------------------------------------------------------------------
-GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
-echo
-echo "=== SIGMA CUDA device check: ${GPU_NAME:-no GPU seen} ($(date -u +%FT%TZ), ${SECONDS}s) ==="
-printf '%-10s %s\n' configure "${STATE[configure]}" build "${STATE[build]}" reference "${STATE[reference]}" \
-  gpu_tests "${STATE[tests]}: $TEST_COUNTS" bench "${STATE[bench]}" torch "${STATE[torch]}" \
-  torch_cpu "${STATE[torch_cpu]}"
-"$PY" tests/gpu/device_check_table.py "$RESULTS/bench_cuda.jsonl" "$RESULTS/bench_torch.jsonl" \
-  "$RESULTS/bench_torch_cpu.jsonl" || echo "(no benchmark table)"
-[[ "${STATE[build]}" == ok && ( $BUILD_ONLY == 1 || "${STATE[tests]}" == ok ) ]]
+# ---- 3. then the benchmark ----------------------------------------------------------
+step build_bench 240 cmake --build "$BUILD" -j "$JOBS" --target sigma_gpu_bench
+BENCH_BIN="$(find "$BUILD" -name sigma_gpu_bench -type f -perm -u+x 2>/dev/null | head -1)"
+if ((BUILD_ONLY == 0)); then
+  BQ=()
+  ((QUICK)) && BQ=(--quick)
+  [[ "${STATE[build_bench]}" == ok ]] &&
+    step bench 200 "$BENCH_BIN" "${BQ[@]}" --json "$LOGS/bench_cuda.jsonl"
+  step torch 150 "$PY" bench/gpu/torch_seal.py "${BQ[@]}" --json "$LOGS/bench_torch.jsonl"
+  # The CPU side of the seal crossover (the CPU backend is not built here).
+  step torch_cpu 90 "$PY" bench/gpu/torch_seal.py --device cpu --reps 5 \
+    --configs 64:4096,128:4096,256:4096,512:4096,1024:4096 --json "$LOGS/bench_torch_cpu.jsonl"
+fi
+exit 0  # the EXIT trap decides the status

@@ -19,19 +19,21 @@ cu, to, tc = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
 seal = {(r["m"], r["n_a"]): r for r in cu if r.get("impl") == "cuda"}
 tor = {(r["m"], r["n_a"]): r for r in to if r.get("impl") == "torch"}
 if seal:
-    print(f"{'m':>5} {'n_A':>6} | {'seal ms':>8} {'torch ms':>8} {'x':>5} | {'gram TF/s':>9} {'%DGEMM':>6} {'%67':>5} {'algo':>4} | {'DGEMM TF/s':>10} | {'raw logdet rel diff':>19}")
+    print(f"{'m':>5} {'n_A':>6} | {'seal ms':>8} {'torch ms':>8} {'x':>5} | {'gram TF/s':>9} {'%DGEMM':>6} {'%67':>5} {'algo':>7} | {'DGEMM TF/s':>10} | {'raw logdet rel diff':>19}")
     for key in sorted(seal):
         r = seal[key]; t = tor.get(key, {})
-        useful = max(r["gram_syrk_useful_tflops"], r["gram_gemm_useful_tflops"])
-        algo = "syrk" if r["gram_syrk_useful_tflops"] >= r["gram_gemm_useful_tflops"] else "gemm"
+        rates = {a: r.get(f"gram_{a}_useful_tflops", 0.0) for a in ("syrk", "gemm", "blocked")}
+        algo = max(rates, key=rates.get)
+        useful = rates[algo]
         tms = t.get("seal_ms")
         speed = f"{tms / r['seal_ms']:5.2f}" if tms else "  n/a"
         diff = abs(r["track2_raw"] - t["track2_raw"]) / abs(t["track2_raw"]) if t.get("track2_raw") else float("nan")
         print(f"{key[0]:>5} {key[1]:>6} | {r['seal_ms']:>8.1f} {tms if tms else float('nan'):>8.1f} {speed} | "
-              f"{useful:>9.1f} {100 * useful / r['dgemm_tflops'] * 2:>5.0f}% {100 * useful / 67:>4.0f}% {algo:>4} | "
+              f"{useful:>9.1f} {100 * useful / r['dgemm_tflops'] * 2:>5.0f}% {100 * useful / 67:>4.0f}% {algo:>7} | "
               f"{r['dgemm_tflops']:>10.1f} | {diff:>19.2e}")
     big = seal.get((8192, 65536))
-    g = [max(r["gram_syrk_useful_tflops"], r["gram_gemm_useful_tflops"]) for (m, n), r in seal.items() if m >= 4096 and n >= 8192]
+    g = [max(r.get(f"gram_{a}_useful_tflops", 0.0) for a in ("syrk", "gemm", "blocked"))
+         for (m, n), r in seal.items() if m >= 4096 and n >= 8192]
     print("targets: gram >= 60% of 67 TF/s (useful flops m^2 n_A, m>=4096): "
           + ("yes" if g and min(g) >= 0.6 * 67 else "NO" if g else "n/a")
           + "; seal(8192, 65536) < 500 ms: " + ("n/a" if not big else ("yes" if big["seal_ms"] < 500 else "NO") + f" ({big['seal_ms']:.0f} ms)")

@@ -9,14 +9,20 @@
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <system_error>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "cuda_backend.h"
+#include "cuda_device.h"
 #include "emulator.h"
+#include "sigma/kernels/backend_factory.h"
 #include "sigma/kernels/backend.h"
 #include "sigma/kernels/estimator.h"
 #if SIGMA_HAVE_CPU_BLAS
@@ -228,7 +234,8 @@ TEST_F(EmulatedCuda, LibraryErrorsBecomeStatusesAndTheBackendRecovers) {
       {"cublasDtrsm_v2", CUBLAS_STATUS_INTERNAL_ERROR, absl::StatusCode::kInternal, "cublasDtrsm"},
       {"cusolverDnDpotrfBatched", CUSOLVER_STATUS_ALLOC_FAILED, absl::StatusCode::kResourceExhausted,
        "cusolverDnDpotrfBatched"},
-      {"cusolverDnXtrtri", CUSOLVER_STATUS_EXECUTION_FAILED, absl::StatusCode::kInternal, "cusolverDnXtrtri"},
+      {"cusolverDnDpotri", CUSOLVER_STATUS_EXECUTION_FAILED, absl::StatusCode::kInternal, "cusolverDnDpotri"},
+      {"cudaStreamWaitEvent", cudaErrorInvalidValue, absl::StatusCode::kInternal, "cudaStreamWaitEvent"},
       {"cudaLaunchKernel", cudaErrorLaunchOutOfResources, absl::StatusCode::kInternal, "ConvertRows kernel"},
   };
   std::vector<Rows> rows = {MakeRows(200, 32, 50)};
@@ -269,6 +276,212 @@ TEST_F(EmulatedCuda, StickyErrorMarksTheBackendBroken) {
   EXPECT_EQ(SealAll(*b, rows, &out).code(), absl::StatusCode::kInternal);
 }
 
+// cudaErrorUnknown is how the driver reports faults it cannot classify: the
+// context cannot be trusted after it.
+TEST_F(EmulatedCuda, UnknownErrorMarksTheBackendBroken) {
+  std::unique_ptr<Backend> b = Make();
+  ASSERT_NE(b, nullptr);
+  std::vector<Rows> rows = {MakeRows(100, 16, 61)};
+  std::vector<SealMoments> out;
+  emu::FailNextCall("cudaStreamSynchronize", cudaErrorUnknown);
+  EXPECT_EQ(SealAll(*b, rows, &out).code(), absl::StatusCode::kInternal);
+  absl::Status again = SealAll(*b, rows, &out);
+  EXPECT_NE(again.message().find("unusable after an earlier error"), std::string::npos) << again;
+}
+
+TEST_F(EmulatedCuda, CudaOlderThan12_1IsRefusedAtStart) {
+  emu::SetRuntimeVersion(12000);
+  absl::StatusOr<std::unique_ptr<Backend>> b = cuda::MakeCudaBackend(0);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(b.status().message().find("needs CUDA >= 12.1"), std::string::npos) << b.status();
+  emu::SetRuntimeVersion(12010);
+  EXPECT_TRUE(cuda::MakeCudaBackend(0).ok());
+}
+
+// Sizes whose products overflow 64 bits are refused before anything is
+// allocated or read (the rows pointer is never dereferenced).
+TEST_F(EmulatedCuda, GroupTotalsThatOverflowAreInvalidArguments) {
+  std::unique_ptr<Backend> b = Make();
+  ASSERT_NE(b, nullptr);
+  const float dummy = 0.0f;
+  SealInput huge;
+  huge.rows = RowBlock{&dummy, DType::kFloat32, int64_t{1} << 30, int64_t{1} << 30};
+  huge.corpus_size = 1e12;
+  SealMoments out;
+  absl::Status s = b->SealBatch({&huge, 1}, {&out, 1});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("more memory than can be addressed"), std::string::npos) << s;
+  EXPECT_EQ(emu::GetCounters().malloc_calls, 0);
+}
+
+// Large copies are split over threads; a thread that cannot be started
+// (std::system_error) leaves its piece to the calling thread.
+TEST(CopyToPinned, ThreadsThatCannotStartLeaveTheirPiecesToTheCaller) {
+  const size_t bytes = (size_t{16} << 20) + 12345;
+  std::vector<char> src(bytes), dst(bytes, 0);
+  for (size_t i = 0; i < bytes; ++i) src[i] = static_cast<char>(i * 131 + 7);
+  int started = 0;
+  auto one_then_fail = [&](std::function<void()> fn) -> std::thread {
+    if (started++ >= 1) throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
+    return std::thread(std::move(fn));
+  };
+  cuda::CopyToPinned(dst.data(), src.data(), bytes, 4, one_then_fail);
+  EXPECT_EQ(started, 2) << "one thread started, the second attempt failed";
+  EXPECT_EQ(std::memcmp(dst.data(), src.data(), bytes), 0);
+  std::fill(dst.begin(), dst.end(), 0);
+  cuda::CopyToPinned(dst.data(), src.data(), bytes, 4, [](std::function<void()>) -> std::thread {
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
+  });
+  EXPECT_EQ(std::memcmp(dst.data(), src.data(), bytes), 0);
+}
+
+// A MemoryBudget that counts and refuses above a limit.
+class CountingBudget : public MemoryBudget {
+ public:
+  explicit CountingBudget(int64_t limit) : limit_(limit) {}
+  bool TryCharge(int64_t bytes) override {
+    if (held_ + bytes > limit_) return false;
+    held_ += bytes;
+    peak_ = std::max(peak_.load(), held_.load());
+    return true;
+  }
+  void Release(int64_t bytes) override { held_ -= bytes; }
+  int64_t held() const { return held_; }
+  int64_t peak() const { return peak_; }
+
+ private:
+  const int64_t limit_;
+  std::atomic<int64_t> held_{0}, peak_{0};
+};
+
+// The workspace and the staging grow for a large batch and are freed after
+// it when larger than keep_bytes; everything is charged to the budget while
+// held and given back when freed.
+TEST_F(EmulatedCuda, WorkspaceAboveTheCapIsReturnedAndCountedAgainstTheBudget) {
+  CountingBudget budget(int64_t{1} << 30);
+  cuda::CudaBackendOptions o;
+  o.keep_bytes = size_t{3} << 20;
+  o.staging_slot_bytes = 64 << 10;  // the staging stays under the cap: only the workspace is trimmed
+  o.memory_budget = &budget;
+  std::unique_ptr<Backend> b = Make(o);
+  ASSERT_NE(b, nullptr);
+  const int64_t small_pinned = budget.held();
+  EXPECT_GT(small_pinned, 0) << "the small pinned buffer is charged too";
+  std::vector<Rows> small = {MakeRows(200, 32, 80)};
+  std::vector<SealMoments> out;
+  ASSERT_TRUE(SealAll(*b, small, &out).ok());
+  const size_t kept = emu::DeviceBytesInUse();
+  EXPECT_GT(kept, 0u) << "a workspace under the cap is kept";
+  EXPECT_LE(kept, o.keep_bytes);
+  EXPECT_GE(budget.held(), small_pinned + static_cast<int64_t>(kept)) << "workspace and staging are charged";
+  const int64_t held_small = budget.held();
+  // ~12 MB of rows as float64 on the device: above the cap.
+  std::vector<Rows> large;
+  for (int i = 0; i < 4; ++i) large.push_back(MakeRows(6000, 64, 81 + i));
+  ASSERT_TRUE(SealAll(*b, large, &out).ok());
+  EXPECT_GT(budget.peak(), int64_t{12} << 20);
+  EXPECT_EQ(emu::DeviceBytesInUse(), 0u) << "the large workspace must be returned after the call";
+  EXPECT_LE(budget.held(), held_small) << "and given back to the budget";
+  ASSERT_TRUE(SealAll(*b, small, &out).ok());
+  EXPECT_EQ(emu::DeviceBytesInUse(), kept);
+  b.reset();
+  EXPECT_EQ(budget.held(), 0) << "a destroyed backend gives everything back";
+}
+
+// A budget too small for the batch splits it; too small for one snapshot is
+// RESOURCE_EXHAUSTED naming the budget, and the backend stays usable.
+TEST_F(EmulatedCuda, BudgetRefusalSplitsTheBatchThenFailsCleanly) {
+  std::vector<Rows> rows;
+  for (int i = 0; i < 4; ++i) rows.push_back(MakeRows(2000, 64, 90 + i));
+  std::vector<SealMoments> want, got;
+  {
+    std::unique_ptr<Backend> b = Make();
+    ASSERT_TRUE(SealAll(*b, rows, &want).ok());
+  }
+  CountingBudget budget(int64_t{5} << 20);  // one snapshot needs ~1 MB of x, a 2 MiB-rounded workspace
+  cuda::CudaBackendOptions o;
+  o.memory_budget = &budget;
+  o.staging_slot_bytes = 64 << 10;
+  std::unique_ptr<Backend> b = Make(o);
+  ASSERT_NE(b, nullptr);
+  absl::Status s = SealAll(*b, rows, &got);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_LE(budget.peak(), int64_t{5} << 20);
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(got[i].cholesky[2].log_det, want[i].cholesky[2].log_det);
+  CountingBudget tiny(int64_t{3} << 20);
+  o.memory_budget = &tiny;
+  std::unique_ptr<Backend> t = Make(o);
+  ASSERT_NE(t, nullptr);
+  std::vector<Rows> one = {MakeRows(8000, 64, 96)};  // 4 MB of float64 rows alone
+  s = SealAll(*t, one, &got);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("memory budget"), std::string::npos) << s;
+  std::vector<Rows> small = {MakeRows(50, 8, 95)};
+  EXPECT_TRUE(SealAll(*t, small, &got).ok());
+}
+
+// Uploads run on a copy stream (so they overlap kernels and cuBLAS on the
+// device), ordered by events both ways: with lazily executed streams, a
+// missing wait would convert stale slot data and change the results.
+TEST_F(EmulatedCuda, UploadsRunOnACopyStreamOrderedByEvents) {
+  cuda::CudaBackendOptions o;
+  o.staging_slot_bytes = 640;  // 8 float32 rows of m = 20 per chunk: many chunks, slots reused
+  std::unique_ptr<Backend> tiny = Make(o);
+  std::unique_ptr<Backend> whole = Make();
+  ASSERT_NE(tiny, nullptr);
+  ASSERT_NE(whole, nullptr);
+  std::vector<Rows> rows = {MakeRows(333, 20, 70), MakeRows(101, 20, 71)};
+  std::vector<SealMoments> want, got;
+  ASSERT_TRUE(SealAll(*whole, rows, &want).ok());
+  emu::Reset();
+  ASSERT_TRUE(SealAll(*tiny, rows, &got).ok());
+  const emu::Counters c = emu::GetCounters();
+  const int64_t row_bytes = (333 + 101) * 20 * static_cast<int64_t>(sizeof(float));
+  EXPECT_EQ(c.bytes_h2d_on_copy_only_streams, row_bytes) << "every row upload on the copy stream";
+  EXPECT_GE(c.stream_waits, 2 * (434 / 8)) << "each chunk: compute waits for its upload, copy for the slot";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(got[i].energy.count, want[i].energy.count);
+    EXPECT_NEAR(got[i].cholesky[2].log_det, want[i].cholesky[2].log_det,
+                1e-12 * std::fabs(want[i].cholesky[2].log_det));
+    EXPECT_NEAR(got[i].q_mean, want[i].q_mean, 1e-12 * want[i].q_mean);
+  }
+}
+
+// The traces come from one potri per snapshot (no trtri + SYRK); the blocked
+// Gram is SYRK on the diagonal blocks and GEMM below them.
+TEST_F(EmulatedCuda, TracesByPotriAndBlockedGramCalls) {
+  cuda::CudaBackendOptions o;
+  o.gram = cuda::GramAlgo::kBlocked;
+  o.gram_block = 16;
+  std::unique_ptr<Backend> b = Make(o);
+  ASSERT_NE(b, nullptr);
+  std::vector<Rows> rows = {MakeRows(300, 40, 75), MakeRows(200, 40, 76)};
+  std::vector<SealMoments> out, want;
+  emu::Reset();
+  ASSERT_TRUE(SealAll(*b, rows, &out).ok());
+  const emu::Counters c = emu::GetCounters();
+  EXPECT_EQ(c.potri_calls, 2);
+  EXPECT_EQ(c.trtri_calls, 0);
+  EXPECT_EQ(c.syrk_calls, 2 * 3) << "blocks [0,16), [16,32), [32,40)";
+  EXPECT_EQ(c.gemm_calls, 2 * 2) << "below the first two blocks";
+  std::unique_ptr<Backend> syrk = Make();
+  ASSERT_TRUE(SealAll(*syrk, rows, &want).ok());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_NEAR(out[i].cholesky[2].log_det, want[i].cholesky[2].log_det, 1e-12 * std::fabs(want[i].cholesky[2].log_det));
+    EXPECT_NEAR(out[i].trace_a2, want[i].trace_a2, 1e-12 * want[i].trace_a2);
+  }
+}
+
+// The factory refuses a module built with another ABI, naming both.
+TEST(CudaModuleAbi, MismatchIsRefusedAndTheRightModuleLoads) {
+  absl::Status skewed = internal::ProbeCudaModule(SIGMA_SKEWED_CUDA_MODULE);
+  EXPECT_EQ(skewed.code(), absl::StatusCode::kUnavailable) << skewed;
+  EXPECT_NE(skewed.message().find("ABI mismatch"), std::string::npos) << skewed;
+  absl::Status right = internal::ProbeCudaModule(SIGMA_EMULATED_CUDA_MODULE);
+  EXPECT_TRUE(right.ok()) << right;
+}
+
 #if SIGMA_HAVE_CPU_BLAS
 // Many pipelined uploads through tiny pinned slots, with lazily executed
 // streams: a slot overwritten before its upload ran would change the data.
@@ -276,17 +489,9 @@ TEST_F(EmulatedCuda, DoubleBufferedUploadsNeverOverwriteAPendingSlot) {
   std::unique_ptr<Backend> cpu = MakeCpuBackend();
   cuda::CudaBackendOptions o;
   o.staging_slot_bytes = 700;  // a few rows per slot
-  o.chunk_bytes = 9000;
   std::unique_ptr<Backend> b = Make(o);
   ASSERT_NE(b, nullptr);
   Rows r = MakeRows(333, 20, 70);
-  std::vector<double> g_cpu(400, 0.0), g_gpu(400, 0.0);
-  EnergyStats e_cpu, e_gpu;
-  ASSERT_TRUE(cpu->AccumulateGram(r.input.rows, Preprocessing::kL2, 1.0, g_cpu.data(), &e_cpu).ok());
-  absl::Status s = b->AccumulateGram(r.input.rows, Preprocessing::kL2, 1.0, g_gpu.data(), &e_gpu);
-  ASSERT_TRUE(s.ok()) << s;
-  for (size_t i = 0; i < g_cpu.size(); ++i) EXPECT_NEAR(g_gpu[i], g_cpu[i], 1e-12 * 333) << i;
-  EXPECT_EQ(e_gpu.count, 333);
   std::vector<SealMoments> out;
   std::vector<Rows> rows = {r};
   ASSERT_TRUE(SealAll(*b, rows, &out).ok());
@@ -294,6 +499,7 @@ TEST_F(EmulatedCuda, DoubleBufferedUploadsNeverOverwriteAPendingSlot) {
   ASSERT_TRUE(cpu->SealBatch({&r.input, 1}, {&want, 1}).ok());
   EXPECT_NEAR(out[0].cholesky[2].log_det, want.cholesky[2].log_det, 1e-9 * std::fabs(want.cholesky[2].log_det));
   EXPECT_NEAR(out[0].q_mean, want.q_mean, 1e-9 * want.q_mean);
+  EXPECT_EQ(out[0].energy.count, 333);
 }
 #endif
 

@@ -30,7 +30,8 @@ import json, math, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 bad = [r for r in rows if r["impl"] == "cuda" and not all(
     math.isfinite(r[k]) for k in ("seal_ms", "dgemm_tflops", "gram_syrk_useful_tflops",
-                                  "gram_gemm_useful_tflops", "track2_raw", "q_mean", "trace_a"))]
+                                  "gram_gemm_useful_tflops", "gram_blocked_useful_tflops", "track2_raw",
+                                  "q_mean", "trace_a"))]
 if bad:
     print("FAIL: non-finite values in", bad)
     sys.exit(1)

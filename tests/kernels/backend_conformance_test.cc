@@ -1,6 +1,7 @@
 // Backend conformance: every backend the factory can make (cpu, cuda, and the
 // routed backend over CPU children or over CUDA device 0) against
-// the naive float64 reference and the shared test vectors. Tolerance: 1e-9
+// the naive float64 reference and the shared test vectors, through SealBatch
+// (the one operation of Backend); the CPU backend's primitives on their own. Tolerance: 1e-9
 // relative (1e-7 absolute near zero) in fp64. Backends not available in this
 // build or on this machine are skipped with the factory's reason.
 #include <gtest/gtest.h>
@@ -13,6 +14,9 @@
 #include "reference.h"
 #include "sigma/kernels/backend_factory.h"
 #include "sigma/kernels/estimator.h"
+#if SIGMA_HAVE_CPU_BLAS
+#include "sigma/kernels/cpu_backend.h"
+#endif
 
 namespace sigma {
 namespace {
@@ -70,93 +74,16 @@ class ConformanceTest : public ::testing::TestWithParam<BackendCase> {
   std::unique_ptr<Backend> backend_;
 };
 
-TEST_P(ConformanceTest, GramMatchesNaive) {
-  std::mt19937_64 rng(1);
-  const int64_t m = 13, rows = 300;
-  const std::vector<double> x = testing::AnisotropicRows(rng, rows, m, 0.8, false);
-  std::vector<double> gram(m * m, 0.0);
-  // Two calls accumulate.
-  ASSERT_TRUE(backend_->AccumulateGram({x.data(), DType::kFloat64, 100, m}, Preprocessing::kNone,
-                                       1.0, gram.data(), nullptr).ok());
-  ASSERT_TRUE(backend_->AccumulateGram({x.data() + 100 * m, DType::kFloat64, 200, m},
-                                       Preprocessing::kNone, 1.0, gram.data(), nullptr).ok());
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < m; ++j) {
-      double expected = 0;
-      for (int64_t r = 0; r < rows; ++r) expected += x[r * m + i] * x[r * m + j];
-      EXPECT_PRED3(CloseRel, gram[i * m + j], expected, 1e-12) << i << "," << j;
-    }
-}
-
-TEST_P(ConformanceTest, GramRefusesNonFiniteAndChangesNothing) {
-  std::vector<float> x(4 * 3, 0.5f);
-  std::vector<double> gram(9, 2.0);
-  x[7] = std::numeric_limits<float>::infinity();
-  absl::Status s = backend_->AccumulateGram({x.data(), DType::kFloat32, 4, 3}, Preprocessing::kL2,
-                                            1.0, gram.data(), nullptr);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(gram, std::vector<double>(9, 2.0));
-}
-
-TEST_P(ConformanceTest, ShiftedCholeskyMatchesNaiveAndReportsFailure) {
-  std::mt19937_64 rng(2);
-  const int64_t m = 9, rows = 50;
-  const std::vector<double> x = testing::AnisotropicRows(rng, rows, m, 0.6, true);
-  std::vector<double> gram(m * m, 0.0);
-  ASSERT_TRUE(backend_->AccumulateGram({x.data(), DType::kFloat64, rows, m}, Preprocessing::kNone,
-                                       1.0, gram.data(), nullptr).ok());
-  const std::vector<ShiftedMatrix> shifts = {{1.0 / 500, 1e-6}, {1.0 / 500, 0.9}, {1.0 / 50, 1e-3},
-                                             {1.0, -100.0}};
-  std::vector<CholeskyOutcome> out(shifts.size());
-  std::vector<double> factors(shifts.size() * m * m);
-  ASSERT_TRUE(backend_->ShiftedCholesky(gram.data(), m, shifts, absl::MakeSpan(out),
-                                        factors.data()).ok());
-  for (size_t i = 0; i + 1 < shifts.size(); ++i) {
-    ASSERT_TRUE(out[i].ok) << i;
-    EXPECT_PRED3(CloseRel, out[i].log_det,
-                 testing::NaiveLogDet(x, rows, m, shifts[i].scale, shifts[i].shift), 1e-9);
-  }
-  EXPECT_FALSE(out.back().ok);  // G - 100 I is indefinite
-  EXPECT_GE(out.back().failed_column, 1);
-}
-
-TEST_P(ConformanceTest, MahalanobisAndTracesMatchDefinitions) {
-  // L = chol(M) for a small SPD M built by hand; check q and the traces
-  // against explicit inverses.
-  const int64_t m = 3;
-  const double lower[9] = {2.0, 0.5, -1.0, 0.0, 1.5, 0.25, 0.0, 0.0, 0.75};  // column-major
-  // L^{-1} by forward substitution on the identity.
-  double inv[9] = {0};
-  for (int64_t c = 0; c < m; ++c) {
-    for (int64_t r = 0; r < m; ++r) {
-      double s = r == c ? 1.0 : 0.0;
-      for (int64_t k = 0; k < r; ++k) s -= lower[k * m + r] * inv[c * m + k];
-      inv[c * m + r] = s / lower[r * m + r];
-    }
-  }
-  const std::vector<double> x = {1.0, 2.0, 3.0, -0.5, 0.25, 4.0};
-  std::vector<double> q(2);
-  ASSERT_TRUE(backend_->MahalanobisNorms(lower, m, x.data(), 2, q.data()).ok());
-  for (int j = 0; j < 2; ++j) {
-    double expected = 0;
-    for (int64_t r = 0; r < m; ++r) {
-      double y = 0;
-      for (int64_t k = 0; k < m; ++k) y += inv[k * m + r] * x[j * m + k];
-      expected += y * y;
-    }
-    EXPECT_PRED3(CloseRel, q[j], expected, 1e-12);
-  }
-  double trace_a = 0, trace_a2 = 0;
-  ASSERT_TRUE(backend_->InverseTraces(lower, m, &trace_a, &trace_a2).ok());
-  // A = L^{-T} L^{-1}
-  double a[9] = {0}, expected_tr = 0, expected_tr2 = 0;
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < m; ++j)
-      for (int64_t k = 0; k < m; ++k) a[i * m + j] += inv[i * m + k] * inv[j * m + k];
-  for (int64_t i = 0; i < m; ++i) expected_tr += a[i * m + i];
-  for (int64_t i = 0; i < 9; ++i) expected_tr2 += a[i] * a[i];
-  EXPECT_PRED3(CloseRel, trace_a, expected_tr, 1e-12);
-  EXPECT_PRED3(CloseRel, trace_a2, expected_tr2, 1e-12);
+// NaN/Inf in any snapshot refuses the whole batch, naming the row and column.
+TEST_P(ConformanceTest, SealRefusesNonFinite) {
+  std::vector<float> good(40 * 3, 0.25f), bad(4 * 3, 0.5f);
+  bad[7] = std::numeric_limits<float>::infinity();  // row 2, column 1
+  const std::vector<SealInput> inputs = {{{good.data(), DType::kFloat32, 40, 3}, Preprocessing::kL2, 100.0},
+                                         {{bad.data(), DType::kFloat32, 4, 3}, Preprocessing::kL2, 100.0}};
+  std::vector<SealMoments> out(2);
+  absl::Status s = backend_->SealBatch(inputs, absl::MakeSpan(out));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("row 2, column 1"), std::string::npos) << s;
 }
 
 TEST_P(ConformanceTest, SharedTestVectors) {
@@ -233,6 +160,104 @@ TEST_P(ConformanceTest, BatchOfSnapshotsEqualsOneByOne) {
     EXPECT_EQ(batched[k].energy.count, 40 * inputs[k].rows.m);
   }
 }
+
+#if SIGMA_HAVE_CPU_BLAS
+// The CPU backend's primitives (public on CpuBackend only).
+class CpuPrimitives : public ::testing::Test {
+ protected:
+  std::unique_ptr<CpuBackend> cpu_ = MakeCpuBackend();
+};
+
+TEST_F(CpuPrimitives, GramMatchesNaive) {
+  std::mt19937_64 rng(1);
+  const int64_t m = 13, rows = 300;
+  const std::vector<double> x = testing::AnisotropicRows(rng, rows, m, 0.8, false);
+  std::vector<double> gram(m * m, 0.0);
+  // Two calls accumulate.
+  ASSERT_TRUE(cpu_->AccumulateGram({x.data(), DType::kFloat64, 100, m}, Preprocessing::kNone,
+                                       1.0, gram.data(), nullptr).ok());
+  ASSERT_TRUE(cpu_->AccumulateGram({x.data() + 100 * m, DType::kFloat64, 200, m},
+                                       Preprocessing::kNone, 1.0, gram.data(), nullptr).ok());
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < m; ++j) {
+      double expected = 0;
+      for (int64_t r = 0; r < rows; ++r) expected += x[r * m + i] * x[r * m + j];
+      EXPECT_PRED3(CloseRel, gram[i * m + j], expected, 1e-12) << i << "," << j;
+    }
+}
+
+TEST_F(CpuPrimitives, GramRefusesNonFiniteAndChangesNothing) {
+  std::vector<float> x(4 * 3, 0.5f);
+  std::vector<double> gram(9, 2.0);
+  x[7] = std::numeric_limits<float>::infinity();
+  absl::Status s = cpu_->AccumulateGram({x.data(), DType::kFloat32, 4, 3}, Preprocessing::kL2,
+                                            1.0, gram.data(), nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gram, std::vector<double>(9, 2.0));
+}
+
+TEST_F(CpuPrimitives, ShiftedCholeskyMatchesNaiveAndReportsFailure) {
+  std::mt19937_64 rng(2);
+  const int64_t m = 9, rows = 50;
+  const std::vector<double> x = testing::AnisotropicRows(rng, rows, m, 0.6, true);
+  std::vector<double> gram(m * m, 0.0);
+  ASSERT_TRUE(cpu_->AccumulateGram({x.data(), DType::kFloat64, rows, m}, Preprocessing::kNone,
+                                       1.0, gram.data(), nullptr).ok());
+  const std::vector<ShiftedMatrix> shifts = {{1.0 / 500, 1e-6}, {1.0 / 500, 0.9}, {1.0 / 50, 1e-3},
+                                             {1.0, -100.0}};
+  std::vector<CholeskyOutcome> out(shifts.size());
+  std::vector<double> factors(shifts.size() * m * m);
+  ASSERT_TRUE(cpu_->ShiftedCholesky(gram.data(), m, shifts, absl::MakeSpan(out),
+                                        factors.data()).ok());
+  for (size_t i = 0; i + 1 < shifts.size(); ++i) {
+    ASSERT_TRUE(out[i].ok) << i;
+    EXPECT_PRED3(CloseRel, out[i].log_det,
+                 testing::NaiveLogDet(x, rows, m, shifts[i].scale, shifts[i].shift), 1e-9);
+  }
+  EXPECT_FALSE(out.back().ok);  // G - 100 I is indefinite
+  EXPECT_GE(out.back().failed_column, 1);
+}
+
+TEST_F(CpuPrimitives, MahalanobisAndTracesMatchDefinitions) {
+  // L = chol(M) for a small SPD M built by hand; check q and the traces
+  // against explicit inverses.
+  const int64_t m = 3;
+  const double lower[9] = {2.0, 0.5, -1.0, 0.0, 1.5, 0.25, 0.0, 0.0, 0.75};  // column-major
+  // L^{-1} by forward substitution on the identity.
+  double inv[9] = {0};
+  for (int64_t c = 0; c < m; ++c) {
+    for (int64_t r = 0; r < m; ++r) {
+      double s = r == c ? 1.0 : 0.0;
+      for (int64_t k = 0; k < r; ++k) s -= lower[k * m + r] * inv[c * m + k];
+      inv[c * m + r] = s / lower[r * m + r];
+    }
+  }
+  const std::vector<double> x = {1.0, 2.0, 3.0, -0.5, 0.25, 4.0};
+  std::vector<double> q(2);
+  ASSERT_TRUE(cpu_->MahalanobisNorms(lower, m, x.data(), 2, q.data()).ok());
+  for (int j = 0; j < 2; ++j) {
+    double expected = 0;
+    for (int64_t r = 0; r < m; ++r) {
+      double y = 0;
+      for (int64_t k = 0; k < m; ++k) y += inv[k * m + r] * x[j * m + k];
+      expected += y * y;
+    }
+    EXPECT_PRED3(CloseRel, q[j], expected, 1e-12);
+  }
+  double trace_a = 0, trace_a2 = 0;
+  ASSERT_TRUE(cpu_->InverseTraces(lower, m, &trace_a, &trace_a2).ok());
+  // A = L^{-T} L^{-1}
+  double a[9] = {0}, expected_tr = 0, expected_tr2 = 0;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t k = 0; k < m; ++k) a[i * m + j] += inv[i * m + k] * inv[j * m + k];
+  for (int64_t i = 0; i < m; ++i) expected_tr += a[i * m + i];
+  for (int64_t i = 0; i < 9; ++i) expected_tr2 += a[i] * a[i];
+  EXPECT_PRED3(CloseRel, trace_a, expected_tr, 1e-12);
+  EXPECT_PRED3(CloseRel, trace_a2, expected_tr2, 1e-12);
+}
+
+#endif  // SIGMA_HAVE_CPU_BLAS
 
 std::string CaseName(const ::testing::TestParamInfo<BackendCase>& info) { return info.param.name; }
 

@@ -26,7 +26,7 @@ std::unique_ptr<Backend> CpuOrNull() {
   return b.ok() ? std::move(*b) : nullptr;
 }
 
-// A CPU backend that records the m of every snapshot / call it gets and the
+// A CPU backend that records the m of every snapshot it gets and the
 // thread that ran each SealBatch, and fails every call while `fail` is set.
 class CountingBackend : public Backend {
  public:
@@ -35,29 +35,6 @@ class CountingBackend : public Backend {
 
   std::string name() const override { return name_; }
 
-  absl::Status AccumulateGram(const RowBlock& rows, Preprocessing preprocessing, double rho, double* gram,
-                              EnergyStats* energy) override {
-    Record(&op_m, rows.m);
-    if (fail) return absl::InternalError("injected failure");
-    return inner_->AccumulateGram(rows, preprocessing, rho, gram, energy);
-  }
-  absl::Status ShiftedCholesky(const double* gram, int64_t m, absl::Span<const ShiftedMatrix> shifts,
-                               absl::Span<CholeskyOutcome> outcomes, double* factors) override {
-    Record(&op_m, m);
-    if (fail) return absl::InternalError("injected failure");
-    return inner_->ShiftedCholesky(gram, m, shifts, outcomes, factors);
-  }
-  absl::Status MahalanobisNorms(const double* lower, int64_t m, const double* x, int64_t num_rows,
-                                double* q) override {
-    Record(&op_m, m);
-    if (fail) return absl::InternalError("injected failure");
-    return inner_->MahalanobisNorms(lower, m, x, num_rows, q);
-  }
-  absl::Status InverseTraces(const double* lower, int64_t m, double* trace_a, double* trace_a2) override {
-    Record(&op_m, m);
-    if (fail) return absl::InternalError("injected failure");
-    return inner_->InverseTraces(lower, m, trace_a, trace_a2);
-  }
   absl::Status SealBatch(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -72,17 +49,13 @@ class CountingBackend : public Backend {
     return inner_->SealBatch(inputs, out);
   }
 
-  std::vector<int64_t> sealed_m, op_m;
+  std::vector<int64_t> sealed_m;
   std::vector<uint64_t> sealed_keys;
   std::set<std::thread::id> seal_threads;
   int seal_calls = 0;
   bool fail = false;
 
  private:
-  void Record(std::vector<int64_t>* v, int64_t m) {
-    std::lock_guard<std::mutex> lock(mu_);
-    v->push_back(m);
-  }
   std::mutex mu_;
   std::string name_;
   std::unique_ptr<Backend> inner_;
@@ -303,32 +276,6 @@ TEST_F(RoutedBackendTest, InvalidShapeFailsBeforeAnyWork) {
   EXPECT_EQ(cpu_->seal_calls + dev_[0]->seal_calls + dev_[1]->seal_calls, 0);
   EXPECT_EQ(r->SealBatch(inputs, absl::MakeSpan(out).subspan(1)).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(r->SealBatch({}, {}).ok());
-}
-
-TEST_F(RoutedBackendTest, SingleOpsRouteByMToCpuOrDeviceZero) {
-  std::unique_ptr<RoutedBackend> r = Make(2, 10);
-  std::mt19937_64 rng(5);
-  for (int64_t m : {4, 12}) {
-    const std::vector<double> x = testing::AnisotropicRows(rng, 50, m, 0.7, false);
-    std::vector<double> gram(static_cast<size_t>(m * m), 0.0), expected_gram = gram;
-    ASSERT_TRUE(r->AccumulateGram({x.data(), DType::kFloat64, 50, m}, Preprocessing::kNone, 1.0, gram.data(),
-                                  nullptr).ok());
-    ASSERT_TRUE(reference_->AccumulateGram({x.data(), DType::kFloat64, 50, m}, Preprocessing::kNone, 1.0,
-                                           expected_gram.data(), nullptr).ok());
-    EXPECT_EQ(gram, expected_gram);
-    const ShiftedMatrix shift{1.0 / 50, 1e-3};
-    CholeskyOutcome outcome;
-    std::vector<double> factor(static_cast<size_t>(m * m));
-    ASSERT_TRUE(r->ShiftedCholesky(gram.data(), m, {&shift, 1}, {&outcome, 1}, factor.data()).ok());
-    ASSERT_TRUE(outcome.ok);
-    std::vector<double> q(50);
-    ASSERT_TRUE(r->MahalanobisNorms(factor.data(), m, x.data(), 50, q.data()).ok());
-    double ta = 0, ta2 = 0;
-    ASSERT_TRUE(r->InverseTraces(factor.data(), m, &ta, &ta2).ok());
-  }
-  EXPECT_EQ(cpu_->op_m, (std::vector<int64_t>(4, 4)));
-  EXPECT_EQ(dev_[0]->op_m, (std::vector<int64_t>(4, 12)));
-  EXPECT_TRUE(dev_[1]->op_m.empty());
 }
 
 // The factory on a machine without a usable device: auto is the CPU backend

@@ -147,6 +147,7 @@ cusolverStatus_t QueueSolver(const LibraryHandle& h, std::function<void()> work,
 // ---- cuSOLVER workspace sizes (nonzero, n-dependent; host side 0) ----
 
 size_t PotrfDeviceBytes(int64_t n) { return static_cast<size_t>(n) * static_cast<size_t>(n) * 2 + 4096; }
+size_t PotriDeviceBytes(int64_t n) { return static_cast<size_t>(n) * 3 + 1024; }
 size_t TrtriDeviceBytes(int64_t n) { return static_cast<size_t>(n) * static_cast<size_t>(n) + 8192; }
 
 // Writes a quiet NaN into the strict triangle opposite to `uplo` of the
@@ -578,6 +579,48 @@ cusolverStatus_t cusolverDnXtrtri(cusolverDnHandle_t handle, cublasFillMode_t up
                                 LAPACK_COL_MAJOR, emu::ToLapack(uplo), emu::ToLapack(diag), static_cast<lapack_int>(n),
                                 static_cast<double*>(A), static_cast<lapack_int>(lda)));
         std::memset(bufferOnDevice, 0xFF, workspaceInBytesOnDevice);
+      },
+      what);
+}
+
+// Legacy API: lwork is in elements (doubles), as cuSOLVER documents.
+cusolverStatus_t cusolverDnDpotri_bufferSize(cusolverDnHandle_t handle, cublasFillMode_t uplo, int n, double* A,
+                                             int lda, int* lwork) {
+  (void)A;  // a size query does not touch A
+  emu::Lock lock(emu::in::Mutex());
+  if (auto s = emu::Injected("cusolverDnDpotri_bufferSize")) return static_cast<cusolverStatus_t>(*s);
+  if (emu::AsHandle(handle) == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (!emu::ValidFill(uplo) || n < 0 || lda < std::max(1, n) || lwork == nullptr) return CUSOLVER_STATUS_INVALID_VALUE;
+  *lwork = static_cast<int>(emu::PotriDeviceBytes(n) / sizeof(double));
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+// A^{-1} from its Cholesky factor, in the `uplo` triangle (LAPACK dpotri: the
+// other triangle is not referenced); the workspace is scribbled over.
+cusolverStatus_t cusolverDnDpotri(cusolverDnHandle_t handle, cublasFillMode_t uplo, int n, double* A, int lda,
+                                  double* work, int lwork, int* devInfo) {
+  emu::Lock lock(emu::in::Mutex());
+  ++emu::in::MutableCounters().potri_calls;
+  if (auto s = emu::Injected("cusolverDnDpotri")) return static_cast<cusolverStatus_t>(*s);
+  if (emu::AsHandle(handle) == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (!emu::ValidFill(uplo) || n < 0 || lda < std::max(1, n) || lwork < 0) return CUSOLVER_STATUS_INVALID_VALUE;
+  const size_t work_bytes = static_cast<size_t>(lwork) * sizeof(double);
+  const std::optional<std::vector<emu::Operand>> checked = emu::SolverOperands(
+      "cusolverDnDpotri", n, A, lda, devInfo, "devInfo", work, work_bytes,
+      emu::PotriDeviceBytes(n) / sizeof(double) * sizeof(double));
+  if (!checked) return CUSOLVER_STATUS_INVALID_VALUE;
+  const std::vector<emu::Operand> ops = *checked;
+  const std::string what = "cusolverDnDpotri n=" + emu::Num(n);
+  const emu::LibraryHandle* h = emu::AsHandle(handle);
+  return emu::QueueSolver(
+      *h,
+      [=] {
+        if (!emu::CheckOperandsAtRun(what, ops)) return;
+        *devInfo = n == 0 ? 0
+                          : static_cast<int>(LAPACKE_dpotri_work(LAPACK_COL_MAJOR, emu::ToLapack(uplo),
+                                                                 static_cast<lapack_int>(n), A,
+                                                                 static_cast<lapack_int>(lda)));
+        std::memset(work, 0xFF, work_bytes);
       },
       what);
 }

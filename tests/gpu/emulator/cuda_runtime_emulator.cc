@@ -97,6 +97,8 @@ struct Stream {
   bool blocking = true;  // synchronises with the legacy stream
   unsigned flags = 0;
   std::deque<Work> queue;
+  bool compute = false;   // a kernel or library call was queued here (Enqueue)
+  int64_t h2d_bytes = 0;  // host-to-device bytes queued here since Reset()
 };
 
 // An event: the marker of its latest record. Completion is set when the
@@ -119,6 +121,7 @@ struct State {
   size_t memory_limit = DefaultMemoryLimit();
   size_t bytes_in_use = 0;
   int device_count = DefaultDeviceCount();
+  int runtime_version = kEmulatedVersion;  // cudaRuntimeGetVersion, cudaDriverGetVersion
   std::map<uintptr_t, size_t> device;  // live cudaMalloc blocks: base -> size
   std::map<uintptr_t, size_t> pinned;  // live cudaMallocHost blocks
   std::map<std::string, int, std::less<>> injected;
@@ -334,6 +337,8 @@ cudaError_t QueueCopy(const char* api, void* dst, const void* src, size_t count,
     return Finish(cudaErrorInvalidValue);
   }
   CountCopy(kind, dst, src, count);
+  if (SidesOf(dst, src, kind).dst_device && !SidesOf(dst, src, kind).src_device)
+    stream->h2d_bytes += static_cast<int64_t>(count);
   std::string what =
       std::string(api) + " " + KindName(kind) + " " + std::to_string(count) + " bytes " + Hex(src) + " -> " + Hex(dst);
   Push(
@@ -556,13 +561,23 @@ void FailNextCall(std::string_view function, int status) {
 
 Counters GetCounters() {
   std::lock_guard<std::recursive_mutex> lock(S().mu);
-  return S().counters;
+  Counters c = S().counters;
+  for (const auto& stream : AllStreams())
+    if (!stream->compute) c.bytes_h2d_on_copy_only_streams += stream->h2d_bytes;
+  return c;
+}
+
+void SetRuntimeVersion(int version) {
+  std::lock_guard<std::recursive_mutex> lock(S().mu);
+  S().runtime_version = version;
 }
 
 void Reset() {
   std::lock_guard<std::recursive_mutex> lock(S().mu);
   State& s = S();
   s.counters = Counters{};
+  for (const auto& stream : AllStreams()) stream->h2d_bytes = 0;
+  s.runtime_version = kEmulatedVersion;
   s.injected.clear();
   s.sticky = cudaSuccess;
   s.last_error = cudaSuccess;
@@ -574,6 +589,7 @@ cudaError_t Enqueue(cudaStream_t stream, std::function<void()> work, std::string
   cudaError_t error = cudaSuccess;
   std::shared_ptr<Stream> s = ResolveStream("Enqueue", stream, &error);
   if (s == nullptr) return error;
+  s->compute = true;
   Push(s, std::move(work), std::string(what));
   return cudaSuccess;
 }
@@ -712,7 +728,7 @@ cudaError_t cudaDriverGetVersion(int* driver_version) {
   SIGMA_EMU_LOCK();
   SIGMA_EMU_BEGIN("cudaDriverGetVersion", /*needs_device=*/false);
   if (driver_version == nullptr) return emu::Finish(cudaErrorInvalidValue);
-  *driver_version = emu::kEmulatedVersion;
+  *driver_version = emu::S().runtime_version;
   return cudaSuccess;
 }
 
@@ -720,7 +736,7 @@ cudaError_t cudaRuntimeGetVersion(int* runtime_version) {
   SIGMA_EMU_LOCK();
   SIGMA_EMU_BEGIN("cudaRuntimeGetVersion", /*needs_device=*/false);
   if (runtime_version == nullptr) return emu::Finish(cudaErrorInvalidValue);
-  *runtime_version = emu::kEmulatedVersion;
+  *runtime_version = emu::S().runtime_version;
   return cudaSuccess;
 }
 
@@ -973,6 +989,30 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   }
   if (e->recorded && !e->completed) emu::RunUntil(e->stream, e->record_seq);
   return emu::S().sticky;
+}
+
+// The wait is a marker on `stream` that, when it runs, first runs the event's
+// stream up to the event's latest record: lazily executed streams then see
+// exactly the cross-stream order the caller asked for, and no more (a missing
+// wait reads stale data).
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  SIGMA_EMU_LOCK();
+  SIGMA_EMU_BEGIN("cudaStreamWaitEvent");
+  if (flags != 0 && flags != cudaEventWaitDefault) return emu::Finish(cudaErrorInvalidValue);
+  const std::shared_ptr<emu::Event> e = emu::FindEvent(event);
+  if (e == nullptr) {
+    sigma::cuda_emulator::internal::NoteMisuse("cudaStreamWaitEvent of unknown event " + emu::Hex(event));
+    return emu::Finish(cudaErrorInvalidResourceHandle);
+  }
+  cudaError_t error = cudaSuccess;
+  const std::shared_ptr<emu::Stream> s = emu::ResolveStream("cudaStreamWaitEvent", stream, &error);
+  if (s == nullptr) return error;
+  ++emu::S().counters.stream_waits;
+  if (!e->recorded || e->completed) return cudaSuccess;  // nothing to wait for
+  const std::shared_ptr<emu::Stream> source = e->stream;
+  const uint64_t until = e->record_seq;
+  emu::Push(s, [source, until] { emu::RunUntil(source, until); }, "cudaStreamWaitEvent marker");
+  return cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {

@@ -60,6 +60,10 @@ void SetDeviceCount(int count);
 // way poisons the context: every later runtime call returns it until Reset().
 void FailNextCall(std::string_view function, int status);
 
+// What cudaRuntimeGetVersion and cudaDriverGetVersion report (default: the
+// CUDART_VERSION of the headers), to test the backend's version check.
+void SetRuntimeVersion(int version);
+
 // Counts since the last Reset(), for tests of HOW the backend uses the device.
 struct Counters {
   int64_t malloc_calls = 0;       // cudaMalloc
@@ -70,7 +74,12 @@ struct Counters {
   int64_t potrf_batched_calls = 0;  // cusolverDnDpotrfBatched
   int64_t potrf_batched_matrices = 0;
   int64_t trtri_calls = 0;
+  int64_t potri_calls = 0;  // cusolverDnDpotri
   int64_t bytes_h2d = 0, bytes_d2h = 0;
+  // Host-to-device bytes queued on streams that never ran a kernel or library
+  // call (copy streams, whose uploads can overlap the compute stream's work).
+  int64_t bytes_h2d_on_copy_only_streams = 0;
+  int64_t stream_waits = 0;  // cudaStreamWaitEvent
   int64_t host_syncs = 0;    // cudaStreamSynchronize/EventSynchronize/DeviceSynchronize
   int64_t stream_syncs = 0;  // cudaStreamSynchronize only
   int64_t violations = 0;    // out-of-range device accesses and misuse found

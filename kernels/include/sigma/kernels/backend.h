@@ -71,6 +71,24 @@ struct SealMoments {
   EnergyStats energy;  // of the I_A rows, after preprocessing
 };
 
+// A memory budget shared with the caller (sigmad's --max-memory-bytes): a
+// backend charges the long-lived scratch it keeps between calls (the CUDA
+// backend's device workspace and pinned staging) to it, and gives it back
+// when it frees that scratch. Implementations must be thread-safe (one
+// backend per device charges it from its own thread).
+class MemoryBudget {
+ public:
+  virtual ~MemoryBudget() = default;
+  // Reserves `bytes` (> 0); false, with nothing reserved, when that would
+  // exceed the budget.
+  virtual bool TryCharge(int64_t bytes) = 0;
+  // Gives back `bytes` reserved earlier.
+  virtual void Release(int64_t bytes) = 0;
+};
+
+// The numeric backend: one operation, sealing a batch of snapshots. The
+// linear-algebra primitives it is built from are internal to each backend
+// (the CPU backend's are public on CpuBackend for its tests and benchmarks).
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -78,53 +96,13 @@ class Backend {
   // "cpu" or "cuda:<ordinal> <device name>".
   virtual std::string name() const = 0;
 
-  // gram += X^T X where X = preprocess(rows) in float64: rows [num_rows, m]
-  // (any dtype, converted exactly), gram [m, m] host. Adds the rows' energies
-  // (after preprocessing) to `energy` when not null. Thread-compatible.
-  virtual absl::Status AccumulateGram(const RowBlock& rows, Preprocessing preprocessing,
-                                      double rho, double* gram, EnergyStats* energy) = 0;
-
-  // Factors scale_i * gram + shift_i * I for every entry of `shifts` (one batch)
-  // and writes their log-determinants to `outcomes` (same length). When
-  // `factors` is not null it receives the lower factors, [shifts.size(), m, m]
-  // column-major. A matrix that is not positive definite is an outcome with
-  // ok = false, not an error; errors are device or memory failures.
-  virtual absl::Status ShiftedCholesky(const double* gram, int64_t m,
-                                       absl::Span<const ShiftedMatrix> shifts,
-                                       absl::Span<CholeskyOutcome> outcomes,
-                                       double* factors) = 0;
-
-  // q_j = ||L^{-1} x_j||^2 for the rows of `x` [num_rows, m] float64 host
-  // (already preprocessed), L [m, m] lower, column-major. Writes num_rows values.
-  virtual absl::Status MahalanobisNorms(const double* lower_factor, int64_t m,
-                                        const double* x, int64_t num_rows,
-                                        double* q) = 0;
-
-  // tr(A) and tr(A^2) for A = (L L^T)^{-1}: tr(A) = ||L^{-1}||_F^2,
-  // tr(A^2) = ||L^{-T} L^{-1}||_F^2.
-  virtual absl::Status InverseTraces(const double* lower_factor, int64_t m,
-                                     double* trace_a, double* trace_a2) = 0;
-
-  // Seals several snapshots at once (spec §4 "Batched"). The default composes
-  // the primitives above snapshot by snapshot; device backends override it to
-  // keep data resident and factor all shifted matrices in one batched call.
-  // `out` has inputs.size() entries. Fails as a whole only on device/memory
-  // errors or invalid arguments.
+  // Seals several snapshots at once (spec §4 "Batched"). `out` has
+  // inputs.size() entries. Fails as a whole only on device/memory errors or
+  // invalid arguments (bad shape or parameters, NaN/Inf rows: INVALID_ARGUMENT
+  // naming the snapshot, row and column). Thread-compatible: calls on one
+  // instance must not overlap unless the implementation says otherwise.
   virtual absl::Status SealBatch(absl::Span<const SealInput> inputs,
-                                 absl::Span<SealMoments> out);
-
- protected:
-  // Host scratch of the default SealBatch, reused across calls so that a seal
-  // does not page-fault through fresh allocations (it grows, never shrinks).
-  // This is why a Backend is thread-compatible, not thread-safe: calls on one
-  // instance must not overlap (the daemon's compute worker owns its backend).
-  struct SealScratch {
-    std::vector<double> x;        // [n_A, m] preprocessed rows
-    std::vector<double> gram;     // [m, m]
-    std::vector<double> factors;  // [3, m, m] lower Cholesky factors
-    std::vector<double> q;        // [n_A]
-  };
-  SealScratch seal_scratch_;
+                                 absl::Span<SealMoments> out) = 0;
 };
 
 // Validates a SealInput's shape and parameters, O(1) (INVALID_ARGUMENT with a

@@ -33,6 +33,12 @@ struct BackendOptions {
   // backend with its own context per device, snapshots placed by job
   // (SealInput::placement_key).
   int max_devices = 0;
+  // kCuda/kAuto: each CUDA backend charges its device workspace and pinned
+  // staging to this budget (sigmad: its --max-memory-bytes accounting); a
+  // seal whose workspace the budget refuses fails RESOURCE_EXHAUSTED after
+  // the batch was split. Not owned; must outlive the backend. Null: no limit
+  // but the device's memory.
+  MemoryBudget* memory_budget = nullptr;
 };
 
 // kCpu: the CPU backend (UNAVAILABLE in a build without it).
@@ -54,6 +60,13 @@ bool BuiltWithCuda();
 
 // Number of usable CUDA devices (0 without CUDA build or device).
 int CudaDeviceCount();
+
+namespace internal {
+// Opens the CUDA backend module at `path` and checks its entry points and its
+// ABI fingerprint (kernels/cuda/cuda_module_abi.h) the way MakeBackend does on
+// first use, without making it the module MakeBackend uses. For tests.
+absl::Status ProbeCudaModule(const std::string& path);
+}  // namespace internal
 
 }  // namespace sigma
 

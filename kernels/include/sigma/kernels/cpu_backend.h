@@ -3,6 +3,7 @@
 #define SIGMA_KERNELS_CPU_BACKEND_H_
 
 #include <memory>
+#include <vector>
 
 #include "sigma/kernels/backend.h"
 
@@ -13,7 +14,55 @@ namespace sigma {
 // rule measured in bench/kernels (see docs/benchmarks.md).
 enum class GramMethod { kAuto, kSyrk, kGemm };
 
-std::unique_ptr<Backend> MakeCpuBackend(GramMethod method = GramMethod::kAuto);
+// SealBatch composes four primitives, snapshot by snapshot. They are public
+// here (not on Backend) for the CPU backend's own tests and benchmarks; no
+// other backend has them. Host memory, float64, column-major m x m matrices.
+// Thread-compatible: the primitives share host scratch that grows and is kept
+// (see ScratchBytes).
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(GramMethod method) : method_(method) {}
+
+  std::string name() const override { return "cpu"; }
+  absl::Status SealBatch(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) override;
+
+  // gram += X^T X where X = preprocess(rows) in float64: rows [num_rows, m]
+  // (any dtype, converted exactly), gram [m, m]. Adds the rows' energies
+  // (after preprocessing) to `energy` when not null. NaN/Inf rows are refused
+  // (INVALID_ARGUMENT) before `gram` is touched.
+  absl::Status AccumulateGram(const RowBlock& rows, Preprocessing preprocessing, double rho,
+                              double* gram, EnergyStats* energy);
+
+  // Factors scale_i * gram + shift_i * I for every entry of `shifts` and
+  // writes their log-determinants to `outcomes` (same length). When `factors`
+  // is not null it receives the lower factors, [shifts.size(), m, m]. A matrix
+  // that is not positive definite is an outcome with ok = false, not an error.
+  absl::Status ShiftedCholesky(const double* gram, int64_t m, absl::Span<const ShiftedMatrix> shifts,
+                               absl::Span<CholeskyOutcome> outcomes, double* factors);
+
+  // q_j = ||L^{-1} x_j||^2 for the rows of `x` [num_rows, m] float64 (already
+  // preprocessed), L [m, m] lower. Writes num_rows values.
+  absl::Status MahalanobisNorms(const double* lower_factor, int64_t m, const double* x,
+                                int64_t num_rows, double* q);
+
+  // tr(A) and tr(A^2) for A = (L L^T)^{-1}.
+  absl::Status InverseTraces(const double* lower_factor, int64_t m, double* trace_a,
+                             double* trace_a2);
+
+ private:
+  bool UseSyrk(int64_t m, int64_t rows) const;
+
+  GramMethod method_;
+  // Host scratch reused across calls so that a seal does not page-fault
+  // through fresh allocations (grows, never shrinks).
+  std::vector<double> staging_;  // conversion chunks, factor copies, trsm right-hand sides
+  std::vector<double> x_;        // SealBatch: [n_A, m] preprocessed rows
+  std::vector<double> gram_;     // [m, m]
+  std::vector<double> factors_;  // [3, m, m] lower Cholesky factors
+  std::vector<double> q_;        // [n_A]
+};
+
+std::unique_ptr<CpuBackend> MakeCpuBackend(GramMethod method = GramMethod::kAuto);
 
 }  // namespace sigma
 

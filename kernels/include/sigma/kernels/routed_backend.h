@@ -4,14 +4,12 @@
 // tests build it from injected children (any Backend), so routing is tested
 // without a GPU.
 //
-// Routing (per snapshot, and per call for the single-op methods):
+// Routing (per snapshot):
 //   - m < gpu_min_m and a CPU child exists        -> the CPU backend;
 //   - otherwise                                    -> device number
 //     placement_key % device_count (SealInput::placement_key, a stable hash
 //     of the job name, PlacementKeyForJob): one job's snapshots always go to
-//     the same device, different jobs spread over the devices. The single-op
-//     methods (AccumulateGram, ShiftedCholesky, MahalanobisNorms,
-//     InverseTraces) have no job: their device work goes to device 0.
+//     the same device, different jobs spread over the devices.
 //   With no CPU child everything goes to the devices; with no device child
 //   everything goes to the CPU.
 //
@@ -76,14 +74,6 @@ class RoutedBackend : public Backend {
   // E.g. "cuda:0 NVIDIA H200 + cpu (m < 256)", "cuda x2 NVIDIA H200 + cpu (m < 256)".
   std::string name() const override;
 
-  absl::Status AccumulateGram(const RowBlock& rows, Preprocessing preprocessing, double rho,
-                              double* gram, EnergyStats* energy) override;
-  absl::Status ShiftedCholesky(const double* gram, int64_t m, absl::Span<const ShiftedMatrix> shifts,
-                               absl::Span<CholeskyOutcome> outcomes, double* factors) override;
-  absl::Status MahalanobisNorms(const double* lower_factor, int64_t m, const double* x,
-                                int64_t num_rows, double* q) override;
-  absl::Status InverseTraces(const double* lower_factor, int64_t m, double* trace_a,
-                             double* trace_a2) override;
   absl::Status SealBatch(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) override;
 
   // The child a snapshot of width m with this key goes to: kCpu or a device index.
