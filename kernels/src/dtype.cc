@@ -37,27 +37,6 @@ std::optional<DType> ParseDType(std::string_view name) {
   return std::nullopt;
 }
 
-double HalfToDouble(uint16_t bits) {
-  const int sign = (bits >> 15) & 1;
-  const int exponent = (bits >> 10) & 0x1f;
-  const int mantissa = bits & 0x3ff;
-  double value;
-  if (exponent == 0) {
-    value = std::ldexp(static_cast<double>(mantissa), -24);  // subnormal or zero
-  } else if (exponent == 31) {
-    value = mantissa ? std::numeric_limits<double>::quiet_NaN()
-                     : std::numeric_limits<double>::infinity();
-  } else {
-    value = std::ldexp(static_cast<double>(mantissa | 0x400), exponent - 25);
-  }
-  return sign ? -value : value;
-}
-
-double BFloat16ToDouble(uint16_t bits) {
-  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
-  return static_cast<double>(std::bit_cast<float>(wide));
-}
-
 uint16_t DoubleToBFloat16(double value) {
   const float f = static_cast<float>(value);
   uint32_t bits = std::bit_cast<uint32_t>(f);

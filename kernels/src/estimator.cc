@@ -8,8 +8,6 @@
 
 namespace sigma {
 
-int64_t DefaultNA(int64_t m) { return std::max<int64_t>(4096, 16 * m); }
-
 std::string_view AlertSeverityName(AlertSeverity s) {
   switch (s) {
     case AlertSeverity::kInfo: return "info";
@@ -30,7 +28,7 @@ TrackValues EstimateTracks(const SealMoments& moments, double corpus_size, doubl
   v.rho_violations = energy.rho_violations;
   v.flags.rho_violated = energy.rho_violations > 0;
   v.flags.n_a_below_m = moments.n_a < moments.m;
-  v.flags.low_confidence = moments.n_a < 16 * moments.m;
+  v.flags.low_confidence = LowConfidence(moments.n_a, moments.m);
 
   static constexpr const char* kMatrixNames[3] = {"f*C_A + delta*I (track1_lower)",
                                                   "f*C_A + (delta + (1-f)*rho)*I (track1_upper)",

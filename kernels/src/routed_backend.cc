@@ -10,17 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "sigma/kernels/ingest_rules.h"  // SplitMix64
 
 namespace sigma {
 
 namespace {
-
-uint64_t SplitMix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 // "cuda:1 NVIDIA H200" -> {"cuda", "NVIDIA H200"}; a name without "x:k " -> {name, ""}.
 std::pair<std::string, std::string> SplitDeviceName(const std::string& name) {

@@ -4,15 +4,6 @@
 
 namespace sigma {
 
-uint64_t SplitMix64(uint64_t x) {
-  uint64_t z = x + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t SketchPriority(uint64_t seed, uint64_t id) { return SplitMix64(id ^ SplitMix64(seed)); }
-
 BottomKSketch::BottomKSketch(uint64_t seed, int64_t k)
     : seed_(seed), seed_hash_(SplitMix64(seed)), k_(k) {
   heap_.reserve(static_cast<size_t>(k));

@@ -1,70 +1,102 @@
 // The per-batch energy pass of the ingest path (declared in scheduler.h).
-// Compiled with -O3 (see CMakeLists.txt) so that the loops vectorize.
-#include <algorithm>
+// Compiled with -O3 (see CMakeLists.txt) so that the loops vectorize. The
+// rules (energy, budget, refusals, overflow-safe norms) are those of
+// sigma/kernels/ingest_rules.h; this file only makes them fast on wire bytes.
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "sigma/kernels/ingest_rules.h"
 #include "sigma/server/scheduler.h"
 
 namespace sigma::server {
 namespace {
 
-template <typename Load>
-bool RowEnergies(const uint8_t* data, int64_t rows, int64_t m, size_t width, Load load,
-                 sigma::Preprocessing p, double rho, sigma::EnergyStats* stats) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* row = data + static_cast<size_t>(r * m) * width;
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t c = 0;
-    for (; c + 8 <= m; c += 8) {
-      for (int k = 0; k < 8; ++k) {
-        const double v = load(row + static_cast<size_t>(c + k) * width);
-        a[k] += v * v;
-      }
-    }
-    for (; c < m; ++c) {
-      const double v = load(row + static_cast<size_t>(c) * width);
-      a[0] += v * v;
-    }
-    const double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    if (!std::isfinite(s)) return false;
-    // PreprocessRows' energy: 1 for a normalised (non-zero) l2 row, else ||x||^2.
-    const double e = p == sigma::Preprocessing::kL2 ? (s > 0 ? 1.0 : 0.0) : s;
-    ++stats->count;
-    stats->max_energy = std::max(stats->max_energy, e);
-    stats->sum_energy += e;
-    if (e > rho) ++stats->rho_violations;
+// Decides, once per block, whether a row whose plain sum of squares is not
+// finite holds NaN/Inf (refused, CheckFinite names the element) or merely
+// overflows (then the scaled norm decides). One CheckFinite pass per block.
+class FiniteGuard {
+ public:
+  explicit FiniteGuard(const sigma::RowBlock& block) : block_(block) {}
+  absl::Status Check() {
+    if (!checked_) status_ = sigma::CheckFinite(block_);
+    checked_ = true;
+    return status_;
   }
-  return true;
+
+ private:
+  const sigma::RowBlock& block_;
+  bool checked_ = false;
+  absl::Status status_;
+};
+
+// The plain float64 sum of squares of one row, 8 accumulators (vectorizes).
+template <typename Load>
+double PlainSquares(const uint8_t* row, int64_t m, size_t width, const Load& load) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 8 <= m; c += 8) {
+    for (int k = 0; k < 8; ++k) {
+      const double v = load(row + static_cast<size_t>(c + k) * width);
+      a[k] += v * v;
+    }
+  }
+  for (; c < m; ++c) {
+    const double v = load(row + static_cast<size_t>(c) * width);
+    a[0] += v * v;
+  }
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-// l2 fast path for 16/32-bit floats: a row's energy after l2 is 1 when any
-// element is non-zero and 0 otherwise (squares of these formats never
-// underflow in float64), so only the bits are needed: per row, "some element
-// has an all-ones exponent" (NaN/Inf) and "some element is non-zero".
+// Energies of every row of `block` (EnergyOfRow), element bytes read by `load`.
+template <typename Load>
+absl::Status RowEnergies(const sigma::RowBlock& block, Load load, sigma::Preprocessing p,
+                         double rho, sigma::EnergyStats* stats) {
+  const auto* data = static_cast<const uint8_t*>(block.data);
+  const size_t width = sigma::DTypeWidth(block.dtype);
+  FiniteGuard finite(block);
+  for (int64_t r = 0; r < block.num_rows; ++r) {
+    const uint8_t* row = data + static_cast<size_t>(r * block.m) * width;
+    const double plain = PlainSquares(row, block.m, width, load);
+    if (!std::isfinite(plain)) {
+      if (absl::Status s = finite.Check(); !s.ok()) return s;
+    }
+    const sigma::ScaledSquares sq = sigma::RowSquares(
+        block.m, plain, [&](int64_t c) { return load(row + static_cast<size_t>(c) * width); });
+    const sigma::RowEnergy e = sigma::EnergyOfRow(p, sq);
+    if (e.check != sigma::RowCheck::kOk) return absl::InvalidArgumentError(sigma::RowRefusal(e.check, r));
+    sigma::AddRowEnergy(e.energy, rho, stats);
+  }
+  return absl::OkStatus();
+}
+
+// l2 fast path for 16/32-bit floats: their squares never overflow or underflow
+// in float64, so a row's l2 verdict depends only on its bits: "some element
+// has an all-ones exponent" (NaN/Inf) and "some element is non-zero" (else the
+// row has norm 0 and is refused).
 template <typename Word>
-bool L2RowEnergies(const uint8_t* data, int64_t rows, int64_t m, Word exp_mask, double rho,
-                   sigma::EnergyStats* stats) {
+absl::Status L2RowEnergies(const sigma::RowBlock& block, Word exp_mask, double rho,
+                           sigma::EnergyStats* stats) {
+  const auto* data = static_cast<const uint8_t*>(block.data);
   const Word magnitude = static_cast<Word>(~(Word{1} << (sizeof(Word) * 8 - 1)));
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* row = data + static_cast<size_t>(r * m) * sizeof(Word);
+  for (int64_t r = 0; r < block.num_rows; ++r) {
+    const uint8_t* row = data + static_cast<size_t>(r * block.m) * sizeof(Word);
     Word nonzero = 0;
     Word bad = 0;
-    for (int64_t c = 0; c < m; ++c) {
+    for (int64_t c = 0; c < block.m; ++c) {
       Word w;
       std::memcpy(&w, row + static_cast<size_t>(c) * sizeof(Word), sizeof(Word));
       nonzero |= static_cast<Word>(w & magnitude);
       bad |= static_cast<Word>((w & exp_mask) == exp_mask);
     }
-    if (bad) return false;
-    const double e = nonzero ? 1.0 : 0.0;
-    ++stats->count;
-    stats->max_energy = std::max(stats->max_energy, e);
-    stats->sum_energy += e;
-    if (e > rho) ++stats->rho_violations;
+    if (bad) return sigma::CheckFinite(block);
+    // Any positive stand-in for ||x||^2 gives a nonzero narrow row's verdict.
+    const sigma::RowEnergy e =
+        sigma::EnergyOfRow(sigma::Preprocessing::kL2, sigma::ScaledSquares{0, nonzero ? 1.0 : 0.0});
+    if (e.check != sigma::RowCheck::kOk) return absl::InvalidArgumentError(sigma::RowRefusal(e.check, r));
+    sigma::AddRowEnergy(e.energy, rho, stats);
   }
-  return true;
+  return absl::OkStatus();
 }
 
 const float* HalfTable() {
@@ -76,74 +108,46 @@ const float* HalfTable() {
   return table.data();
 }
 
+template <typename Word>
+Word LoadWord(const uint8_t* q) {
+  Word w;
+  std::memcpy(&w, q, sizeof(Word));
+  return w;
+}
+
 }  // namespace
 
 absl::Status BatchEnergy(const sigma::RowBlock& block, sigma::Preprocessing p, double rho,
                          sigma::EnergyStats* stats) {
-  const auto* data = static_cast<const uint8_t*>(block.data);
-  const size_t width = sigma::DTypeWidth(block.dtype);
   sigma::EnergyStats local;
-  bool finite = false;
+  absl::Status status;
   const bool l2 = p == sigma::Preprocessing::kL2;
   switch (block.dtype) {
     case sigma::DType::kFloat32:
-      if (l2) {
-        finite = L2RowEnergies<uint32_t>(data, block.num_rows, block.m, 0x7f800000u, rho, &local);
-        break;
-      }
-      finite = RowEnergies(data, block.num_rows, block.m, width, [](const uint8_t* q) {
-        float f;
-        std::memcpy(&f, q, 4);
-        return static_cast<double>(f);
-      }, p, rho, &local);
+      status = l2 ? L2RowEnergies<uint32_t>(block, 0x7f800000u, rho, &local)
+                  : RowEnergies(block, [](const uint8_t* q) { return static_cast<double>(LoadWord<float>(q)); },
+                                p, rho, &local);
       break;
     case sigma::DType::kFloat64:
-      finite = RowEnergies(data, block.num_rows, block.m, width, [](const uint8_t* q) {
-        double d;
-        std::memcpy(&d, q, 8);
-        return d;
-      }, p, rho, &local);
+      status = RowEnergies(block, [](const uint8_t* q) { return LoadWord<double>(q); }, p, rho, &local);
       break;
     case sigma::DType::kBFloat16:
-      if (l2) {
-        finite = L2RowEnergies<uint16_t>(data, block.num_rows, block.m, 0x7f80u, rho, &local);
-        break;
-      }
-      finite = RowEnergies(data, block.num_rows, block.m, width, [](const uint8_t* q) {
-        uint16_t h;
-        std::memcpy(&h, q, 2);
-        const uint32_t bits = static_cast<uint32_t>(h) << 16;
-        float f;
-        std::memcpy(&f, &bits, 4);
-        return static_cast<double>(f);
-      }, p, rho, &local);
+      status = l2 ? L2RowEnergies<uint16_t>(block, 0x7f80u, rho, &local)
+                  : RowEnergies(block, [](const uint8_t* q) { return sigma::BFloat16ToDouble(LoadWord<uint16_t>(q)); },
+                                p, rho, &local);
       break;
     case sigma::DType::kFloat16: {
       if (l2) {
-        finite = L2RowEnergies<uint16_t>(data, block.num_rows, block.m, 0x7c00u, rho, &local);
+        status = L2RowEnergies<uint16_t>(block, 0x7c00u, rho, &local);
         break;
       }
       const float* table = HalfTable();
-      finite = RowEnergies(data, block.num_rows, block.m, width, [table](const uint8_t* q) {
-        uint16_t h;
-        std::memcpy(&h, q, 2);
-        return static_cast<double>(table[h]);
-      }, p, rho, &local);
+      status = RowEnergies(block, [table](const uint8_t* q) { return static_cast<double>(table[LoadWord<uint16_t>(q)]); },
+                           p, rho, &local);
       break;
     }
   }
-  if (!finite) {
-    // A NaN/Inf element (CheckFinite names it), or finite float64 values whose
-    // squares overflow: then the exact, slow path of the kernels.
-    if (absl::Status s = sigma::CheckFinite(block); !s.ok()) return s;
-    local = sigma::EnergyStats{};
-    std::vector<double> buf(static_cast<size_t>(block.m));
-    for (int64_t r = 0; r < block.num_rows; ++r) {
-      sigma::RowBlock one{data + static_cast<size_t>(r * block.m) * width, block.dtype, 1, block.m};
-      sigma::ConvertToDouble(one, buf.data());
-      sigma::PreprocessRows(p, rho, buf.data(), 1, block.m, &local);
-    }
-  }
+  if (!status.ok()) return status;
   stats->Merge(local);
   return absl::OkStatus();
 }

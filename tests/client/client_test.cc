@@ -7,10 +7,12 @@
 #include <limits>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <random>
 #include <set>
 #include <thread>
 #include <vector>
@@ -536,17 +538,24 @@ TEST(PresketchTest, DefaultIdsEnergiesAndNoDropPassThrough) {
   EXPECT_EQ(end.mean_energy(), 12.5);
   EXPECT_EQ(end.rho_violations(), 10);
 
-  // Under l2 every nonzero row has energy 1.
+  // Under l2 every row has energy 1; a zero row is refused (the daemon's rule,
+  // ingest_rules.h), naming it, before anything is sent.
   FakeMonitor l2_service;
   FakeServer l2_server(&l2_service);
   auto l2_client = MakeClient(l2_server.target());
   share.presketch->preprocessing = v1::PREPROCESSING_L2;
   share.presketch->rho = 1.0;
-  ASSERT_TRUE(l2_client->SendGeneration({"e"}, Embeddings{rows.data(), v1::DTYPE_FP16, 20, 2, {}},
+  auto zero = l2_client->SendGeneration({"e"}, Embeddings{rows.data(), v1::DTYPE_FP16, 20, 2, {}}, share);
+  EXPECT_TRUE(absl::IsInvalidArgument(zero.status())) << zero.status();
+  EXPECT_THAT(zero.status().message(), HasSubstr("block 0 row 1 has norm 0"));
+  EXPECT_EQ(l2_service.calls(), 0);
+  std::vector<uint16_t> nonzero = rows;
+  for (size_t i = 2; i < nonzero.size(); i += 4) nonzero[i + 1] = four;  // rows [0, 4]
+  ASSERT_TRUE(l2_client->SendGeneration({"e"}, Embeddings{nonzero.data(), v1::DTYPE_FP16, 20, 2, {}},
                                         share).ok());
   SentIds(l2_service, &end);
   EXPECT_EQ(end.max_energy(), 1.0);
-  EXPECT_EQ(end.mean_energy(), 0.5);
+  EXPECT_EQ(end.mean_energy(), 1.0);
   EXPECT_EQ(end.rho_violations(), 0);
 
   // n_a >= rows: nothing dropped, the share goes as it is (no ids, no energies).
@@ -554,7 +563,7 @@ TEST(PresketchTest, DefaultIdsEnergiesAndNoDropPassThrough) {
   FakeServer all_server(&all_service);
   auto all_client = MakeClient(all_server.target());
   share.presketch->n_a = 100;
-  ASSERT_TRUE(all_client->SendGeneration({"e"}, Embeddings{rows.data(), v1::DTYPE_FP16, 20, 2, {}},
+  ASSERT_TRUE(all_client->SendGeneration({"e"}, Embeddings{nonzero.data(), v1::DTYPE_FP16, 20, 2, {}},
                                          share).ok());
   EXPECT_TRUE(SentIds(all_service, &end).empty());
   EXPECT_EQ(end.count(), 0);
@@ -573,6 +582,101 @@ TEST(PresketchTest, NonFiniteRowFailsBeforeSending) {
   EXPECT_TRUE(absl::IsInvalidArgument(response.status())) << response.status();
   EXPECT_THAT(response.status().message(), HasSubstr("row 1 column 1"));
   EXPECT_EQ(service.calls(), 0);
+}
+
+// Issue 14 item 6 in the pre-sketch: float64 rows scaled by 1e155 / 1e-170
+// report the energies of the unscaled rows (a plain sum of squares gave energy 0
+// to every 1e-170 row under l2); a squared norm beyond float64 under none is
+// refused before sending.
+TEST(PresketchTest, ScaledRowsKeepTheirEnergiesAndOverflowIsRefused) {
+  std::vector<double> base(30 * 3);
+  for (size_t i = 0; i < base.size(); ++i) base[i] = 0.25 + static_cast<double>(i % 7);
+  for (double scale : {1e155, 1e-170}) {
+    std::vector<double> rows = base;
+    for (double& v : rows) v *= scale;
+    FakeMonitor service;
+    FakeServer server(&service);
+    auto client = MakeClient(server.target());
+    ShareOptions share;
+    share.presketch = SketchParams{5, 1, 1.0, v1::PREPROCESSING_L2};
+    ASSERT_TRUE(client->SendGeneration({"s"}, Embeddings{rows.data(), v1::DTYPE_FP64, 30, 3, {}}, share).ok());
+    v1::EndOfShare end;
+    EXPECT_EQ(SentIds(service, &end).size(), 5u);
+    EXPECT_EQ(end.count(), 30);
+    EXPECT_EQ(end.max_energy(), 1.0) << scale;
+    EXPECT_EQ(end.mean_energy(), 1.0) << scale;
+  }
+  std::vector<double> rows = base;
+  rows[3 * 4] = 1e160;  // row 4: ||x||^2 ~ 1e320
+  FakeMonitor service;
+  FakeServer server(&service);
+  auto client = MakeClient(server.target());
+  ShareOptions share;
+  share.presketch = SketchParams{5, 1, 1e300, v1::PREPROCESSING_NONE};
+  auto response = client->SendGeneration({"s"}, Embeddings{rows.data(), v1::DTYPE_FP64, 30, 3, {}}, share);
+  EXPECT_TRUE(absl::IsInvalidArgument(response.status())) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("block 0 row 4 has a squared norm above"));
+  EXPECT_EQ(service.calls(), 0);
+}
+
+// End to end through a real sigmad: float64 rows scaled by 1e155 and 1e-170
+// give the report of the unscaled rows (was track2 -110.5 instead of -16.7),
+// and a zero row under l2 is refused with INVALID_ARGUMENT naming it, the
+// snapshot left as it was.
+TEST(ExtremeValuesTest, ScaledRowsThroughSigmadGiveTheUnscaledReport) {
+  if (sigma::testing::SigmadPath().empty()) GTEST_SKIP() << "sigmad is not part of this build";
+  sigma::testing::TempDir dir;
+  auto daemon = sigma::testing::Sigmad::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  ClientOptions options;
+  options.deadline = absl::Seconds(60);
+  auto client = Client::Create({(*daemon)->target()}, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int32_t m = 16;
+  const int64_t rows = 300;
+  std::mt19937_64 rng(21);
+  std::normal_distribution<double> normal;
+  std::vector<double> base(static_cast<size_t>(rows * m));
+  for (size_t i = 0; i < base.size(); ++i) base[i] = normal(rng) * (1.0 + static_cast<double>(i % m));
+  v1::JobConfig config;
+  config.set_n_a(256);
+  ShareOptions share;
+  share.config = config;
+  share.corpus_size = 1000;
+  auto send = [&](const std::string& job, const std::vector<double>& data) {
+    return (*client)->SendGeneration({job, "default", 0}, Embeddings{data.data(), v1::DTYPE_FP64, rows, m, {}},
+                                     share);
+  };
+  auto ref = send("unscaled", base);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  ASSERT_TRUE(ref->sealed());
+  const v1::GenerationReport& want = ref->report();
+  for (double scale : {1e155, 1e-170}) {
+    std::vector<double> data = base;
+    for (double& v : data) v *= scale;
+    auto got = send(absl::StrCat("scaled-", scale > 1 ? "up" : "down"), data);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(got->sealed());
+    const v1::GenerationReport& r = got->report();
+    for (auto [a, b] : {std::pair{r.track1_lower(), want.track1_lower()}, {r.track1_upper(), want.track1_upper()},
+                        {r.track2(), want.track2()}, {r.track2_raw(), want.track2_raw()},
+                        {r.track2_ci_halfwidth(), want.track2_ci_halfwidth()}})
+      EXPECT_NEAR(a, b, 1e-12 * std::fabs(b)) << scale;
+    EXPECT_EQ(r.n_a(), want.n_a());
+    EXPECT_EQ(r.flags().max_energy(), 1.0);
+    EXPECT_FALSE(r.flags().rho_violated());
+  }
+  // A zero row: INVALID_ARGUMENT naming it; the job still seals with the
+  // other rows afterwards.
+  std::vector<double> with_zero = base;
+  std::fill(with_zero.begin() + 7 * m, with_zero.begin() + 8 * m, 0.0);
+  auto refused = send("zero-row", with_zero);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status())) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("row 7 has norm 0"));
+  auto after = send("zero-row", base);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(after->sealed());
+  EXPECT_NEAR(after->report().track2(), want.track2(), 1e-12 * std::fabs(want.track2()));
 }
 
 // ---- sigmactl flags ----------------------------------------------------------

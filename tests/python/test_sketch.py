@@ -161,6 +161,24 @@ def test_row_energies():
     assert row_energies(x, "l2").tolist() == [1.0, 0.0, 1.0]
 
 
+@pytest.mark.parametrize("scale", [1e155, 1e-170, 1e-300])
+def test_row_energies_of_scaled_rows(scale):
+    # Issue 14 item 6: the plain sum of squares over/underflows (1e-170 rows got
+    # energy 0 under l2); the scaled norm keeps every nonzero row at 1.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 7))
+    assert row_energies(x * scale, "l2").tolist() == [1.0] * 20
+    ssq, exp = sketch.row_squares(x * scale)
+    ref = np.einsum("ij,ij->i", x, x)
+    np.testing.assert_allclose(np.ldexp(np.sqrt(ssq), exp) / scale, np.sqrt(ref), rtol=1e-13)
+
+
+def test_row_energies_none_scaled_and_ordinary():
+    x = np.array([[3e-150, 4e-150], [3.0, 4.0]])
+    np.testing.assert_allclose(row_energies(x, "none"), [25e-300, 25.0], rtol=1e-15)
+    assert row_energies(np.array([[1e160, 0.0]]), "none").tolist() == [np.inf]  # the daemon refuses it
+
+
 def test_torch_tensors_to_wire():
     torch = pytest.importorskip("torch")
     x = (torch.arange(12, dtype=torch.float32).reshape(3, 4) - 5) / 4

@@ -182,7 +182,9 @@ TEST_F(IngestTest, FailedSealRepublishesAlertsAndRemovesTheForecast) {
   for (int g = 0; g < 3; ++g) {
     Rows rows = GaussianRows(n, m, 300 + g, g == 0 ? 1.0 : 0.05, 4);
     if (g == 2) {
-      for (double& v : rows.values) v *= 1e200;  // finite, but the Gram matrix overflows
+      // Each row's ||x||^2 (~1e307) is a float64 (ingest refuses larger), but the
+      // Gram matrix of 400 rows overflows: the seal fails.
+      for (double& v : rows.values) v *= 1e153;
     }
     v1::IngestResponse resp;
     auto s = SendShare(d_->stub.get(), MakeOpen("failing", g, 0, 1, m, v1::DTYPE_FP64, std::nullopt, &cfg), rows,
@@ -607,16 +609,24 @@ namespace {
 // ConvertToDouble + PreprocessRows for every dtype and both preprocessings.
 TEST(BatchEnergyTest, MatchesPreprocessRows) {
   const int64_t n = 300, m = 37;
-  Rows rows = GaussianRows(n, m, 5);
+  const Rows nonzero = GaussianRows(n, m, 5);
+  Rows rows = nonzero;
   for (int64_t i = 0; i < m; ++i) rows.values[static_cast<size_t>(10 * m + i)] = 0;  // a zero row
   for (auto dtype : {v1::DTYPE_FP32, v1::DTYPE_FP16, v1::DTYPE_BF16, v1::DTYPE_FP64}) {
-    const std::string bytes = Pack(rows, 0, n, dtype);
     const sigma::DType kd = dtype == v1::DTYPE_FP32   ? sigma::DType::kFloat32
                             : dtype == v1::DTYPE_FP16 ? sigma::DType::kFloat16
                             : dtype == v1::DTYPE_BF16 ? sigma::DType::kBFloat16
                                                       : sigma::DType::kFloat64;
-    const sigma::RowBlock block{bytes.data(), kd, n, m};
+    const std::string bytes = Pack(rows, 0, n, dtype);
+    const std::string l2_bytes = Pack(nonzero, 0, n, dtype);
+    // Under l2 a zero row is refused, naming it (ingest_rules.h), stats untouched.
+    sigma::EnergyStats untouched;
+    const absl::Status zero = BatchEnergy({bytes.data(), kd, n, m}, sigma::Preprocessing::kL2, 1.0, &untouched);
+    EXPECT_EQ(zero.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(zero.message()).find("row 10 has norm 0"), std::string::npos) << zero.message();
+    EXPECT_EQ(untouched.count, 0);
     for (auto p : {sigma::Preprocessing::kL2, sigma::Preprocessing::kNone}) {
+      const sigma::RowBlock block{p == sigma::Preprocessing::kL2 ? l2_bytes.data() : bytes.data(), kd, n, m};
       for (double rho : {0.5, 1.0, 40.0}) {
         sigma::EnergyStats fast, slow;
         ASSERT_TRUE(BatchEnergy(block, p, rho, &fast).ok());
@@ -640,13 +650,43 @@ TEST(BatchEnergyTest, MatchesPreprocessRows) {
     EXPECT_NE(std::string(s.message()).find("row 7, column 3"), std::string::npos) << s.message();
     EXPECT_EQ(stats.count, 0);
   }
-  // Finite float64 values whose squares overflow are not NaN/Inf inputs.
+  // Finite float64 values whose squares overflow are not NaN/Inf inputs: under
+  // l2 the scaled norm normalises them, under none ||x||^2 is not a float64.
   Rows huge = GaussianRows(2, 4, 1);
   huge.values[0] = 1e200;
   const std::string hb = Pack(huge, 0, 2, v1::DTYPE_FP64);
   sigma::EnergyStats st;
-  ASSERT_TRUE(BatchEnergy({hb.data(), sigma::DType::kFloat64, 2, 4}, sigma::Preprocessing::kNone, 1.0, &st).ok());
+  ASSERT_TRUE(BatchEnergy({hb.data(), sigma::DType::kFloat64, 2, 4}, sigma::Preprocessing::kL2, 1.0, &st).ok());
   EXPECT_EQ(st.count, 2);
+  EXPECT_EQ(st.sum_energy, 2.0);
+  const absl::Status none = BatchEnergy({hb.data(), sigma::DType::kFloat64, 2, 4}, sigma::Preprocessing::kNone, 1.0, &st);
+  EXPECT_EQ(none.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(none.message()).find("row 0 has a squared norm above"), std::string::npos) << none.message();
+  EXPECT_EQ(st.count, 2);
+}
+
+// Issue 14 item 6: rows scaled by 1e155 / 1e-170 / 1e-300 give the energies
+// of the unscaled rows (the plain sum of squares over/underflows).
+TEST(BatchEnergyTest, ScaledFloat64RowsGiveTheUnscaledEnergies) {
+  const int64_t n = 50, m = 19;
+  const Rows base = GaussianRows(n, m, 6);
+  const std::string bb = Pack(base, 0, n, v1::DTYPE_FP64);
+  sigma::EnergyStats ref;
+  ASSERT_TRUE(BatchEnergy({bb.data(), sigma::DType::kFloat64, n, m}, sigma::Preprocessing::kL2, 1.0, &ref).ok());
+  for (double scale : {1e155, 1e-170, 1e-300}) {
+    Rows scaled = base;
+    for (double& v : scaled.values) v *= scale;
+    const std::string sb = Pack(scaled, 0, n, v1::DTYPE_FP64);
+    sigma::EnergyStats got;
+    ASSERT_TRUE(BatchEnergy({sb.data(), sigma::DType::kFloat64, n, m}, sigma::Preprocessing::kL2, 1.0, &got).ok());
+    EXPECT_EQ(got.count, ref.count) << scale;
+    EXPECT_EQ(got.sum_energy, ref.sum_energy) << scale;
+    EXPECT_EQ(got.max_energy, 1.0) << scale;
+    // Under none the energy scales by scale^2: representable for 1e-170 only as 0.
+    sigma::EnergyStats raw;
+    const absl::Status s = BatchEnergy({sb.data(), sigma::DType::kFloat64, n, m}, sigma::Preprocessing::kNone, 1.0, &raw);
+    EXPECT_EQ(s.ok(), scale < 1) << scale << " " << s;
+  }
 }
 
 }  // namespace

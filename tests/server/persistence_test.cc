@@ -105,7 +105,9 @@ TEST(PersistenceTest, RestartAfterAFailedSealRepublishesTheSameGauges) {
     for (int g = 0; g < 3; ++g) {
       Rows rows = GaussianRows(n, m, 300 + g, g == 0 ? 1.0 : 0.05, 4);
       if (g == 2) {
-        for (double& v : rows.values) v *= 1e200;  // finite, but the Gram matrix overflows
+        // Each row's ||x||^2 (~1e307) is a float64 (ingest refuses larger), but the
+        // Gram matrix of 400 rows overflows: the seal fails.
+        for (double& v : rows.values) v *= 1e153;
       }
       v1::IngestResponse resp;
       ASSERT_TRUE(SendShare(d->stub.get(), MakeOpen("failed_last", g, 0, 1, m, v1::DTYPE_FP64, std::nullopt, &cfg),

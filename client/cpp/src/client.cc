@@ -39,13 +39,6 @@ uint64_t Fnv1a64(std::string_view s) {
   return h;
 }
 
-uint64_t SplitMix64(uint64_t x) {
-  uint64_t z = x + 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
 // The payload a RESOURCE_EXHAUSTED status carries when the daemon said when
 // to retry (its rate limit: trailing metadata "sigma-retry-after-ms").
 constexpr char kRetryAfterPayload[] = "sigma.retry_after_ms";
@@ -99,21 +92,6 @@ absl::Status ValidateBlocks(absl::Span<const Embeddings> blocks) {
   return absl::OkStatus();
 }
 
-double HalfBitsToDouble(uint16_t h) {
-  const int exponent = (h >> 10) & 0x1f;
-  const int mantissa = h & 0x3ff;
-  double v;
-  if (exponent == 0) {
-    v = std::ldexp(static_cast<double>(mantissa), -24);
-  } else if (exponent == 31) {
-    v = mantissa != 0 ? std::numeric_limits<double>::quiet_NaN()
-                      : std::numeric_limits<double>::infinity();
-  } else {
-    v = std::ldexp(static_cast<double>(mantissa | 0x400), exponent - 25);
-  }
-  return (h & 0x8000) ? -v : v;
-}
-
 // Element `i` of a little-endian row of `dtype`, exactly, as a double.
 double ElementAt(const unsigned char* row, v1::DType dtype, int64_t i) {
   switch (dtype) {
@@ -130,15 +108,12 @@ double ElementAt(const unsigned char* row, v1::DType dtype, int64_t i) {
     case v1::DTYPE_FP16: {
       uint16_t h;
       std::memcpy(&h, row + 2 * i, 2);
-      return HalfBitsToDouble(h);
+      return HalfToDouble(h);
     }
     case v1::DTYPE_BF16: {
       uint16_t h;
       std::memcpy(&h, row + 2 * i, 2);
-      const uint32_t bits = static_cast<uint32_t>(h) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
+      return BFloat16ToDouble(h);
     }
     default: return std::numeric_limits<double>::quiet_NaN();
   }
@@ -165,10 +140,8 @@ absl::StatusOr<Presketch> RunPresketch(absl::Span<const Embeddings> blocks, int3
   const int32_t m = blocks.front().m;
   const v1::DType dtype = blocks.front().dtype;
   const size_t row_bytes = static_cast<size_t>(m) * DTypeBytes(dtype);
-  const bool l2 = params.preprocessing != v1::PREPROCESSING_NONE;
-  // Rounding of the l2 energies: only a real excess counts as a violation.
-  const double limit = l2 ? params.rho * (1.0 + 8 * std::numeric_limits<double>::epsilon())
-                          : params.rho;
+  const Preprocessing prep =
+      params.preprocessing == v1::PREPROCESSING_NONE ? Preprocessing::kNone : Preprocessing::kL2;
   std::vector<Candidate> candidates;
   Presketch out;
   double energy_sum = 0.0, max_energy = 0.0;
@@ -177,21 +150,24 @@ absl::StatusOr<Presketch> RunPresketch(absl::Span<const Embeddings> blocks, int3
     const auto* base = static_cast<const unsigned char*>(blocks[b].data);
     for (int64_t r = 0; r < blocks[b].rows; ++r) {
       const unsigned char* row = base + static_cast<size_t>(r) * row_bytes;
-      double sq = 0.0;
+      double plain = 0.0;
       for (int32_t i = 0; i < m; ++i) {
         const double x = ElementAt(row, dtype, i);
         if (!std::isfinite(x))
           return absl::InvalidArgumentError(absl::StrFormat(
               "block %d row %d column %d holds NaN or Inf", b, r, i));
-        sq += x * x;
+        plain += x * x;
       }
-      const double energy = l2 ? (sq > 0 ? 1.0 : 0.0) : sq;
-      energy_sum += energy;
-      max_energy = std::max(max_energy, energy);
-      if (energy > limit) ++violations;
+      // The daemon's energy rule and refusals (ingest_rules.h), overflow-safe.
+      const RowEnergy e = EnergyOfRow(
+          prep, RowSquares(m, plain, [&](int64_t i) { return ElementAt(row, dtype, i); }));
+      if (e.check != RowCheck::kOk)
+        return absl::InvalidArgumentError(absl::StrCat("block ", b, " ", RowRefusal(e.check, r)));
+      energy_sum += e.energy;
+      max_energy = std::max(max_energy, e.energy);
+      if (ExceedsBudget(e.energy, params.rho)) ++violations;
       const uint64_t id = blocks[b].sample_ids.empty()
-                              ? static_cast<uint64_t>(out.rows_seen) +
-                                    (static_cast<uint64_t>(rank) << 40)
+                              ? DefaultSampleId(rank, out.rows_seen)
                               : blocks[b].sample_ids[static_cast<size_t>(r)];
       candidates.push_back({SketchPriority(params.seed, id), id, out.rows_seen, row});
       ++out.rows_seen;
@@ -223,10 +199,6 @@ absl::StatusOr<Presketch> RunPresketch(absl::Span<const Embeddings> blocks, int3
 }
 
 }  // namespace
-
-int64_t DefaultNA(int32_t m) { return std::max<int64_t>(4096, int64_t{16} * m); }
-
-uint64_t SketchPriority(uint64_t seed, uint64_t id) { return SplitMix64(id ^ SplitMix64(seed)); }
 
 size_t Embeddings::ByteSize() const {
   return static_cast<size_t>(rows) * static_cast<size_t>(m) * DTypeBytes(dtype);

@@ -145,6 +145,37 @@ class BottomK:
         self.rows = np.ascontiguousarray(all_rows[sel])
 
 
+# ---------------------------------------------------------------- norms
+
+# A plain float64 sum of squares is trusted when finite and >= 2**-900 (the
+# daemon's kMinTrustedSumOfSquares, kernels/include/sigma/kernels/ingest_rules.h).
+MIN_TRUSTED_SUM_OF_SQUARES = 2.0 ** -900
+
+
+def row_squares(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a finite 2-D array: (ssq, exp) with ||x||^2 = ssq * 4**exp, without
+    overflow or underflow (the daemon's RowSquares, as LAPACK's dnrm2 scales).
+
+    Where the plain float64 sum of squares is trusted it is ssq (exp 0, bitwise the
+    einsum); elsewhere the row is scaled by the power of two that brings its largest
+    |x| into [0.5, 1), which is exact. So rows scaled by 1e155 or 1e-170 keep their
+    direction: ssq > 0 for every nonzero row, and exp carries the scale."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        ssq = np.einsum("ij,ij->i", v, v)
+    exp = np.zeros(ssq.shape, dtype=np.int32)
+    redo = ~((ssq >= MIN_TRUSTED_SUM_OF_SQUARES) & (ssq <= np.finfo(np.float64).max))
+    if redo.any():
+        sub = v[redo]
+        amax = np.abs(sub).max(axis=1) if sub.shape[1] else np.zeros(sub.shape[0])
+        e = np.frexp(amax)[1].astype(np.int32)  # amax = frac * 2**e, frac in [0.5, 1); 0 -> 0
+        scaled = np.ldexp(sub, -e[:, None])
+        with np.errstate(under="ignore"):
+            ssq[redo] = np.einsum("ij,ij->i", scaled, scaled)
+        exp[redo] = e
+    return ssq, exp
+
+
 # ---------------------------------------------------------------- targets
 
 FNV_OFFSET = 0xCBF29CE484222325

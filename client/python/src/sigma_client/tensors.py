@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import invalid
+from .sketch import row_squares
 
 FP32, FP16, BF16, FP64 = "fp32", "fp16", "bf16", "fp64"
 DTYPE_ENUM = {FP32: 1, FP16: 2, BF16: 3, FP64: 4}
@@ -68,8 +69,8 @@ def to_float(arr: np.ndarray, kind: str) -> np.ndarray:
 
 def row_energies(values: np.ndarray, preprocessing: str) -> np.ndarray:
     """||x_j||^2 after preprocessing: l2 -> 1 for every nonzero row (0 for a zero row); none -> raw."""
-    v = values.astype(np.float64, copy=False)
-    sq = np.einsum("ij,ij->i", v, v)
+    ssq, exp = row_squares(values)  # overflow/underflow-safe (sketch.py)
     if preprocessing == "l2":
-        return (sq > 0).astype(np.float64)
-    return sq
+        return (ssq > 0).astype(np.float64)
+    with np.errstate(over="ignore"):
+        return np.ldexp(ssq, 2 * exp)

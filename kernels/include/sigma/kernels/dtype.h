@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "sigma/kernels/ingest_rules.h"  // HalfToDouble, BFloat16ToDouble
 
 namespace sigma {
 
@@ -29,9 +30,7 @@ std::string_view DTypeName(DType dtype);
 // Parses "fp32"/"float32", "fp16"/"float16", "bf16"/"bfloat16", "fp64"/"float64".
 std::optional<DType> ParseDType(std::string_view name);
 
-// Exact conversions of one little-endian element.
-double HalfToDouble(uint16_t bits);
-double BFloat16ToDouble(uint16_t bits);
+// Exact conversions of one element: HalfToDouble, BFloat16ToDouble (ingest_rules.h).
 // Round-to-nearest-even conversions, used by tests and clients to make inputs.
 uint16_t DoubleToHalf(double value);
 uint16_t DoubleToBFloat16(double value);

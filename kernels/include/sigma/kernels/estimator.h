@@ -12,13 +12,11 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "sigma/kernels/backend.h"
+#include "sigma/kernels/ingest_rules.h"  // DefaultNA, LowConfidence
 
 namespace sigma {
 
 inline constexpr double kZ95 = 1.959963984540054;
-
-// Default n_A for dimension m: max(4096, 16 m) (spec §2).
-int64_t DefaultNA(int64_t m);
 
 struct TrackFlags {
   bool rho_violated = false;    // some streamed column had energy > rho: Track I invalid

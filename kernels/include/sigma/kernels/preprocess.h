@@ -7,12 +7,11 @@
 #include <optional>
 #include <string_view>
 
-namespace sigma {
+#include "absl/status/status.h"
+#include "sigma/kernels/dtype.h"
+#include "sigma/kernels/ingest_rules.h"  // Preprocessing, the energy rule
 
-enum class Preprocessing : int {
-  kL2 = 0,    // each row scaled to unit Euclidean norm (zero rows stay zero)
-  kNone = 1,  // raw rows; rho must be configured
-};
+namespace sigma {
 
 std::string_view PreprocessingName(Preprocessing p);
 std::optional<Preprocessing> ParsePreprocessing(std::string_view name);
@@ -29,12 +28,45 @@ struct EnergyStats {
   void Merge(const EnergyStats& other);
 };
 
+// Adds one row's energy (EnergyOfRow, ingest_rules.h) to `stats`.
+void AddRowEnergy(double energy, double rho, EnergyStats* stats);
+
 // Applies `p` in place to rows [num_rows, m] float64 (host memory) and adds each
 // row's energy after preprocessing to `stats` (may be null), counting rows with
-// energy > rho as violations. A nonzero l2 row counts as energy exactly 1 (its
-// recomputed sum of squares is 1 only up to ~m ulps; spec §2).
+// energy > rho as violations (ingest_rules.h: EnergyOfRow, ExceedsBudget). Norms
+// are computed without overflow or underflow (RowSquares), so a row scaled by
+// 1e155 or 1e-170 normalises like the unscaled one. Precondition: the rows are
+// finite and pass CheckRowNorms (the daemon refuses others at ingest); a refused
+// row, passed anyway, is left as it is and counts energy 0 (l2 zero row) or
+// +Inf (none, ||x||^2 overflows).
 void PreprocessRows(Preprocessing p, double rho, double* rows, int64_t num_rows,
                     int64_t m, EnergyStats* stats);
+
+// The energy statistics a rank's EndOfShare reports about every row it saw,
+// when it pre-sketched rows away (spec §2); each field optional.
+struct ReportedEnergy {
+  std::optional<double> max_energy;
+  std::optional<double> mean_energy;
+  std::optional<int64_t> rho_violations;
+
+  bool empty() const { return !max_energy && !mean_energy && !rho_violations; }
+};
+
+// INVALID_ARGUMENT unless the reported energies are finite and >= 0 and the
+// violations >= 0.
+absl::Status ValidateReportedEnergy(const ReportedEnergy& reported);
+
+// The energy statistics of a rank that saw `count` rows: `sent` (computed by
+// the daemon from the rows the rank sent) when nothing was reported; else the
+// reported values, never below what the sent rows show (max of maxes, max of
+// violation counts; the reported mean times `count` as the sum), and a reported
+// max above rho (ExceedsBudget) counts at least one violation.
+EnergyStats MergeReportedEnergy(const EnergyStats& sent, int64_t count,
+                                const ReportedEnergy& reported, double rho);
+
+// INVALID_ARGUMENT naming the first row of finite `block` that `p` refuses
+// (RowCheck: norm 0 under l2, norm or squared norm beyond float64), OK otherwise.
+absl::Status CheckRowNorms(const RowBlock& block, Preprocessing p);
 
 }  // namespace sigma
 

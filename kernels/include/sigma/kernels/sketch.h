@@ -1,6 +1,6 @@
 // The bottom-k sub-sampler that picks I_A (spec §2). Thread-compatible.
 //
-// priority(seed, id) = splitmix64(id ^ splitmix64(seed)); the sketch keeps the
+// priority(seed, id) = SketchPriority (ingest_rules.h); the sketch keeps the
 // k distinct ids of smallest (priority, id). The result does not depend on the
 // arrival order, and the bottom-k of a union equals the bottom-k of the union of
 // local bottom-k sets, so ranks may pre-sketch and the server merges.
@@ -12,17 +12,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "sigma/kernels/ingest_rules.h"  // SplitMix64, SketchPriority, DefaultSampleId
 
 namespace sigma {
-
-uint64_t SplitMix64(uint64_t x);
-uint64_t SketchPriority(uint64_t seed, uint64_t id);
-
-// Default sample id of the row at `index` in rank `rank`'s stream for a
-// snapshot when the client sends none (spec §2): index + (rank << 40).
-inline uint64_t DefaultSampleId(int64_t rank, int64_t index) {
-  return static_cast<uint64_t>(index) + (static_cast<uint64_t>(rank) << 40);
-}
 
 // Keeps the k entries of smallest (priority, id) among distinct ids, each with a
 // slot number in [0, k) where the caller keeps the entry's payload (a row).

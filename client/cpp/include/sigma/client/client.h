@@ -57,6 +57,7 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/status.h"
+#include "sigma/kernels/ingest_rules.h"
 #include "sigma/v1/sigma.pb.h"
 
 namespace sigma::client {
@@ -156,10 +157,12 @@ struct ShareOptions {
   // and sends those rows with explicit ids (default ids: index in this rank's
   // stream + (rank << 40), as the daemon would number them). When rows were
   // dropped, EndOfShare carries count = rows seen and the energy statistics of
-  // every row seen (after preprocessing: 1 for a nonzero row under l2, the raw
-  // squared norm under none), replacing those of `end`. The parameters must
-  // be the job's effective ones (Client::EffectiveSketchParams). A row holding
-  // NaN or Inf fails with INVALID_ARGUMENT before anything is sent.
+  // every row seen (the daemon's rule, sigma/kernels/ingest_rules.h: 1 per
+  // row under l2, the squared norm under none, computed without overflow or
+  // underflow), replacing those of `end`. The parameters must be the job's
+  // effective ones (Client::EffectiveSketchParams). A row the daemon would
+  // refuse (NaN or Inf; norm 0 under l2; norm, or under none squared norm,
+  // beyond float64) fails with INVALID_ARGUMENT naming it before anything is sent.
   std::optional<SketchParams> presketch;
 };
 
@@ -173,10 +176,10 @@ size_t DTypeBytes(v1::DType dtype);
 // code, same message (the two code spaces coincide).
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
-// The spec's default sub-sample size max(4096, 16 m).
-int64_t DefaultNA(int32_t m);
-// priority(seed, id) = splitmix64(id ^ splitmix64(seed)) (spec §2).
-uint64_t SketchPriority(uint64_t seed, uint64_t id);
+// The spec's default sub-sample size max(4096, 16 m), and priority(seed, id) =
+// splitmix64(id ^ splitmix64(seed)) (spec §2): the daemon's own definitions.
+using sigma::DefaultNA;
+using sigma::SketchPriority;
 
 // Rendezvous hashing (see the top of this file).
 uint64_t RendezvousScore(std::string_view target, std::string_view job);
