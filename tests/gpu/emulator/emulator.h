@@ -16,6 +16,9 @@
 //    (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize,
 //    cudaFree/cudaFreeHost, a synchronous cudaMemcpy). A missing
 //    synchronisation therefore reads stale data instead of passing by luck.
+//  - cudaStreamWaitEvent is a marker that runs the event's stream up to the
+//    event when it runs, so cross-stream order is exactly what the caller
+//    asked for (the backend's copy stream and compute stream).
 //  - Library calls validate their arguments as documented (lda >= max(1, n),
 //    workspace at least what *_bufferSize returned, ...). cuSOLVER potrf
 //    scribbles NaN over the strict upper triangle and fills its workspace with
