@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "sigma/server/refusal.h"
 
 namespace sigma::server {
 namespace v1 = sigma::v1;
@@ -19,6 +20,15 @@ constexpr char kRetryAfterKey[] = "sigma-retry-after-ms";
 
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+// The one conversion of the engine's statuses: a refusal (refusal.h) is
+// counted in sigma_rejected_batches_total{reason}.
+grpc::Status Answer(Metrics* metrics, const absl::Status& s) {
+  if (!s.ok() && metrics) {
+    if (const std::string reason = RefusalReason(s); !reason.empty()) metrics->Rejected(reason);
+  }
+  return ToGrpc(s);
 }
 
 // Counts a refusal by the authoriser in the metrics.
@@ -130,11 +140,11 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     switch (request.message_case()) {
       case v1::IngestRequest::kOpen:
         status = CountAuth(metrics_, CheckOpen(token_, request.open()));
-        if (status.ok()) status = engine_->Open(request.open(), &session_);
+        if (status.ok()) status = Answer(metrics_, engine_->Open(request.open(), &session_));
         break;
       case v1::IngestRequest::kBatch:
         status = RateLimit(request.batch());
-        if (status.ok()) status = engine_->Batch(&session_, request.batch());
+        if (status.ok()) status = Answer(metrics_, engine_->Batch(&session_, request.batch()));
         break;
       default:
         if (metrics_) metrics_->Rejected("invalid_request");
@@ -162,9 +172,9 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   }
 
   void End(const v1::EndOfShare* end) {
-    engine_->EndShare(&session_, end, [this](const grpc::Status& s, const v1::IngestResponse& r) {
+    engine_->EndShare(&session_, end, [this](const absl::Status& s, const v1::IngestResponse& r) {
       *response_ = r;
-      Finish(s);
+      Finish(Answer(metrics_, s));
     });
   }
 
@@ -257,9 +267,9 @@ grpc::ServerUnaryReactor* MonitorService::CloseGeneration(grpc::CallbackServerCo
     reactor->Finish(s);
     return reactor;
   }
-  engine_->Close(*request, [reactor, response](const grpc::Status& s, ReportPtr report) {
+  engine_->Close(*request, [this, reactor, response](const absl::Status& s, ReportPtr report) {
     if (s.ok() && report) *response = *report;
-    reactor->Finish(s);
+    reactor->Finish(Answer(metrics_, s));
   });
   return reactor;
 }
@@ -272,7 +282,8 @@ grpc::ServerUnaryReactor* MonitorService::GetHistory(grpc::CallbackServerContext
     reactor->Finish(s);
     return reactor;
   }
-  reactor->Finish(engine_->GetHistory(*request, response));
+  engine_->GetHistory(*request, response,
+                      [this, reactor](const absl::Status& s) { reactor->Finish(Answer(metrics_, s)); });
   return reactor;
 }
 
@@ -285,7 +296,7 @@ grpc::ServerUnaryReactor* MonitorService::ListJobs(grpc::CallbackServerContext* 
     reactor->Finish(s);
     return reactor;
   }
-  grpc::Status s = engine_->ListJobs(response);
+  grpc::Status s = Answer(metrics_, engine_->ListJobs(response));
   if (s.ok() && token != nullptr) {  // only the jobs within the token's prefixes
     v1::ListJobsResponse all;
     all.Swap(response);
@@ -306,9 +317,9 @@ grpc::ServerUnaryReactor* MonitorService::ConfigureJob(grpc::CallbackServerConte
     reactor->Finish(s);
     return reactor;
   }
-  engine_->Configure(*request, [reactor, response](const grpc::Status& s, const v1::JobInfo& info) {
+  engine_->Configure(*request, [this, reactor, response](const absl::Status& s, const v1::JobInfo& info) {
     if (s.ok()) *response = info;
-    reactor->Finish(s);
+    reactor->Finish(Answer(metrics_, s));
   });
   return reactor;
 }

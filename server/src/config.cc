@@ -90,6 +90,7 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   else if (key == "max_gpus") return as_int(&o->max_gpus);
   else if (key == "compute_queue_capacity") return as_int(&o->compute_queue_capacity);
   else if (key == "history_cache_per_tap") return as_int(&o->history_cache_per_tap);
+  else if (key == "small_seal_max_m") return as_int(&o->small_seal_max_m);
   else return absl::InvalidArgumentError(absl::StrCat("unknown option '", key_in, "'"));
   return absl::OkStatus();
 }
@@ -182,6 +183,9 @@ std::string UsageText() {
   --compute-queue-capacity N    queued configuration tasks at most, default 1024
   --history-cache-per-tap N     latest reports per tap kept in memory (older ones are read
                                 from the database when asked for), default 64
+  --small-seal-max-m N          seals with m <= N run on the small-seal lane, larger ones on
+                                the large-seal lane, so small seals never wait behind large
+                                ones; default 1024
 )";
 }
 
@@ -258,7 +262,8 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
                  positive("max-streams-per-client", o.max_streams_per_client),
                  positive("max-seal-batch", o.max_seal_batch),
                  positive("compute-queue-capacity", o.compute_queue_capacity),
-                 positive("history-cache-per-tap", o.history_cache_per_tap)}) {
+                 positive("history-cache-per-tap", o.history_cache_per_tap),
+                 positive("small-seal-max-m", o.small_seal_max_m)}) {
     if (!s.ok()) return s;
   }
   if (o.max_message_bytes > (int64_t{1} << 31) - (int64_t{1} << 20))

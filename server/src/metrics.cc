@@ -71,6 +71,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   queue_depth_ = &G(r, "sigma_compute_queue_depth", "Tasks waiting for the compute worker")->Add({});
   jobs_ = &G(r, "sigma_jobs", "Jobs known (capped by --max-jobs)")->Add({});
   memory_bytes_ = &G(r, "sigma_open_snapshot_bytes", "Bytes held by open snapshots (sub-sample rows, sketch bookkeeping, batch seq runs), bounded by --max-memory-bytes")->Add({});
+  store_commit_failures_ = &C(r, "sigma_store_commit_failures_total", "SQLite commits (seals, ConfigureJob) that failed, e.g. on a full disk")->Add({});
 }
 
 void Metrics::SetBackendInfo(const std::string& backend, const std::string& fallback_reason) {
