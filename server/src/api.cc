@@ -31,17 +31,17 @@ grpc::Status Answer(Metrics* metrics, const absl::Status& s) {
   return ToGrpc(s);
 }
 
-// Counts a refusal by the authoriser in the metrics.
-grpc::Status CountAuth(Metrics* metrics, grpc::Status s) {
-  if (!s.ok() && metrics) metrics->AuthFailure(s.error_code() == grpc::StatusCode::UNAUTHENTICATED);
-  return s;
+// Counts a refusal by the authoriser in the metrics (sigma_auth_failures_total).
+grpc::Status CountAuth(Metrics* metrics, const absl::Status& s) {
+  if (!s.ok() && metrics) metrics->AuthFailure(s.code() == absl::StatusCode::kUnauthenticated);
+  return ToGrpc(s);
 }
 
 // May `token` (null: auth off) open a snapshot of `open.job` (and compare
 // against its baseline_job)?
-grpc::Status CheckOpen(const TokenEntry* token, const v1::OpenSnapshot& open) {
-  if (token == nullptr) return grpc::Status::OK;
-  grpc::Status s = Authorizer::CheckJob(*token, Rpc::kIngest, open.job());
+absl::Status CheckOpen(const TokenEntry* token, const v1::OpenSnapshot& open) {
+  if (token == nullptr) return absl::OkStatus();
+  absl::Status s = Authorizer::CheckJob(*token, Rpc::kIngest, open.job());
   if (s.ok() && !open.config().baseline_job().empty())
     s = Authorizer::CheckJob(*token, Rpc::kIngest, open.config().baseline_job());
   return s;
@@ -210,10 +210,10 @@ grpc::Status MonitorService::Authenticate(grpc::CallbackServerContext* context, 
 grpc::Status MonitorService::Check(grpc::CallbackServerContext* context, Rpc rpc, const std::string* job,
                                    const std::string& baseline_job, const TokenEntry** entry) {
   const TokenEntry* token = nullptr;
-  grpc::Status s = Authenticate(context, &token);
+  grpc::Status authenticated = Authenticate(context, &token);
   if (entry) *entry = token;
-  if (!s.ok() || token == nullptr) return s;
-  s = job ? Authorizer::CheckJob(*token, rpc, *job) : Authorizer::CheckRole(*token, rpc);
+  if (!authenticated.ok() || token == nullptr) return authenticated;
+  absl::Status s = job ? Authorizer::CheckJob(*token, rpc, *job) : Authorizer::CheckRole(*token, rpc);
   if (s.ok() && !baseline_job.empty()) s = Authorizer::CheckJob(*token, rpc, baseline_job);
   return CountAuth(metrics_, s);
 }

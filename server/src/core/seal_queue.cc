@@ -52,8 +52,8 @@ class SealQueue::Lane {
       if (queue_.empty()) return;  // stopping, everything ran
       Item item = std::move(queue_.front());
       queue_.pop_front();
-      owner_->Changed(-1);
       if (item.fn) {
+        owner_->Changed(-1);
         lock.unlock();
         RunTask(item.fn);
         lock.lock();
@@ -66,7 +66,8 @@ class SealQueue::Lane {
     }
   }
 
-  // Waits up to the window for more seals, then takes the queued ones. mu_ held.
+  // Waits up to the window for more seals, then takes the queued ones; they
+  // count in the depth until then. mu_ held.
   Batch TakeBatch(Item first, std::unique_lock<std::mutex>& lock) {
     Batch batch{std::move(first.seal)};
     const auto deadline = first.requested + std::chrono::milliseconds(owner_->options_.window_ms);
@@ -80,8 +81,8 @@ class SealQueue::Lane {
       }
       batch.push_back(std::move(it->seal));
       it = queue_.erase(it);
-      owner_->Changed(-1);
     }
+    owner_->Changed(-static_cast<int64_t>(batch.size()));
     return batch;
   }
 

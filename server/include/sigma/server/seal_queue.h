@@ -55,6 +55,7 @@ class SealQueue {
   // The same without the bound (follow-ups of accepted requests).
   void EnqueueTask(std::function<void()> fn);
 
+  // Queued seals and tasks, seals waiting out their batching window included.
   int64_t depth() const { return depth_.load(); }
 
  private:
