@@ -15,9 +15,12 @@ namespace v1 = sigma::v1;
 using absl::StatusCode;
 
 Engine::Engine(DaemonOptions options, std::unique_ptr<Store> store, std::unique_ptr<sigma::Backend> backend,
-               Metrics* metrics, Clock clock)
+               Metrics* metrics, EngineHooks hooks)
     : options_(std::move(options)),
-      clock_(std::move(clock)),
+      clock_(std::move(hooks.clock)),
+      logger_(Logger::Options{ParseLogFormat(options_.log_format).value_or(LogFormat::kText),
+                              ParseLogLevel(options_.log_level).value_or(LogLevel::kInfo)},
+              std::move(hooks.log_sink), std::move(hooks.wall_clock)),
       store_(std::move(store)),
       backend_(std::move(backend)),
       backend_name_(backend_->name()),
@@ -28,12 +31,40 @@ Engine::Engine(DaemonOptions options, std::unique_ptr<Store> store, std::unique_
              [this](SealQueue::Batch b) { ProcessSeals(std::move(b)); },
              [this](const SealQueue::Batch& b, const absl::Status& e) { FailSeals(b, e); },
              [metrics](int64_t depth) { metrics->SetQueueDepth(depth); }),
-      registry_(options_) {}
+      registry_(options_),
+      reaper_enabled_(hooks.reaper) {}
 
 Engine::~Engine() { StopWorker(); }
 
-void Engine::StartWorker() { queue_.Start(); }
-void Engine::StopWorker() { queue_.Stop(); }
+void Engine::StartWorker() {
+  queue_.Start();
+  std::lock_guard<std::mutex> lock(reaper_mu_);
+  if (!reaper_enabled_ || reaper_.joinable()) return;
+  reaper_stop_ = false;
+  reaper_ = std::thread([this] { ReaperLoop(); });
+}
+
+void Engine::StopWorker() {
+  {
+    std::lock_guard<std::mutex> lock(reaper_mu_);
+    reaper_stop_ = true;
+  }
+  reaper_cv_.notify_all();
+  if (reaper_.joinable()) reaper_.join();
+  queue_.Stop();
+}
+
+// Checks for idle snapshots every quarter of the timeout, at most every second.
+void Engine::ReaperLoop() {
+  const auto period = std::min<std::chrono::milliseconds>(
+      std::chrono::milliseconds(1000), std::chrono::milliseconds(options_.snapshot_idle_timeout_s * 250));
+  std::unique_lock<std::mutex> lock(reaper_mu_);
+  while (!reaper_cv_.wait_for(lock, period, [this] { return reaper_stop_; })) {
+    lock.unlock();
+    ExpireIdle();
+    lock.lock();
+  }
+}
 
 absl::Status Engine::Readiness() const {
   if (!store_ok_.load()) return absl::UnavailableError("the latest store commit failed");
@@ -83,6 +114,7 @@ absl::Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) 
   if (!dtype.ok()) return dtype.status();
   const SnapshotKey key{open.job(), TapName(open.tap()), open.generation()};
   std::lock_guard<std::mutex> lock(mu_);
+  if (expired_.contains(key)) return ExpiredError(key);
   if (auto it = open_.find(key); it != open_.end()) {
     std::optional<int64_t> corpus;
     if (open.has_corpus_size()) corpus = open.corpus_size();
@@ -91,6 +123,7 @@ absl::Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) 
         !s.ok())
       return s;
     session->snapshot = it->second;
+    session->snapshot->Attach();
   } else if (history_->Contains(key.job, key.tap, key.generation)) {
     session->sealed = key;  // a retry: batches are ignored, the response carries the report
   } else if (absl::Status s = OpenNew(open, key, *dtype, session); !s.ok()) {
@@ -137,6 +170,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
   auto snap = std::make_shared<Snapshot>(std::move(p), corpus, std::move(charge), clock_());
   open_.emplace(key, snap);
   metrics_->SetOpenSnapshots(static_cast<int64_t>(open_.size()));
+  snap->Attach();
   session->snapshot = std::move(snap);
   return absl::OkStatus();
 }
@@ -268,6 +302,49 @@ void Engine::Discard(const std::shared_ptr<Snapshot>& snap, const absl::Status& 
   for (auto& w : snap->Fail(error)) w(error, nullptr);
 }
 
+void Engine::Abandon(IngestSession* session) {
+  if (!session->snapshot || session->ended) return;
+  std::shared_ptr<Snapshot> snap = std::move(session->snapshot);
+  if (snap->Detach()) Discard(snap, absl::CancelledError(absl::StrCat("the stream that opened ", KeyString(snap->key()),
+                                                                      " was refused before sending rows")));
+}
+
+absl::Status Engine::ExpiredError(const SnapshotKey& key) const {
+  return Refusal(StatusCode::kFailedPrecondition, "expired",
+                 absl::StrFormat("%s expired: no data for %d s (--snapshot-idle-timeout-s); its rows were discarded, "
+                                 "send the share again under a new generation",
+                                 KeyString(key), options_.snapshot_idle_timeout_s));
+}
+
+int64_t Engine::ExpireIdle() {
+  const SteadyTime idle_since = clock_() - std::chrono::seconds(options_.snapshot_idle_timeout_s);
+  std::vector<std::shared_ptr<Snapshot>> expired;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::shared_ptr<Snapshot>> candidates;
+    for (const auto& [key, snap] : open_) candidates.push_back(snap);
+    for (const auto& snap : candidates) {
+      if (!snap->Expire(idle_since, ExpiredError(snap->key()))) continue;
+      DropLocked(snap);
+      expired_order_.push_back(snap->key());
+      expired_.insert(snap->key());
+      if (expired_order_.size() > 4096) {
+        expired_.erase(expired_order_.front());
+        expired_order_.pop_front();
+      }
+      expired.push_back(snap);
+    }
+  }
+  for (const auto& snap : expired) {
+    metrics_->SnapshotExpired();
+    const SnapshotKey& k = snap->key();
+    logger_.Log(LogLevel::kWarning, "expiry",
+                {{"job", k.job}, {"tap", k.tap}, {"generation", absl::StrCat(k.generation)},
+                 {"idle_timeout_s", absl::StrCat(options_.snapshot_idle_timeout_s)}});
+  }
+  return static_cast<int64_t>(expired.size());
+}
+
 // ------------------------------------------------------------------ queries --
 
 void Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResponse* response,
@@ -325,7 +402,11 @@ void Engine::RunConfigure(const v1::ConfigureJobRequest& request,
   if (!updated.ok()) return done(updated.status(), {});
   const absl::Status committed = store_->Commit({*updated}, {});
   store_ok_.store(committed.ok());
-  if (!committed.ok()) metrics_->StoreCommitFailed();
+  if (!committed.ok()) {
+    metrics_->StoreCommitFailed();
+    logger_.Log(LogLevel::kError, "store_failure",
+                {{"what", "configure"}, {"job", request.job()}, {"error", std::string(committed.message())}});
+  }
   if (!committed.ok()) return done(absl::UnavailableError(absl::StrCat("store: ", committed.message())), {});
   v1::JobInfo info;
   std::optional<StoredJob> restore;

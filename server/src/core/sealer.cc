@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "sigma/kernels/routed_backend.h"
 #include "sigma/server/report_builder.h"
 #include "sigma/server/scheduler.h"
@@ -144,6 +145,8 @@ void Engine::CommitReports(std::vector<SealWork>& works) {
   store_ok_.store(s.ok());
   if (s.ok()) return;
   metrics_->StoreCommitFailed();
+  logger_.Log(LogLevel::kError, "store_failure", {{"what", "seal"}, {"reports", absl::StrCat(reports.size())},
+                                                  {"error", std::string(s.message())}});
   for (SealWork& w : works) {
     if (!w.error.ok()) continue;
     w.error = absl::UnavailableError(absl::StrCat("store: ", s.message()));
@@ -167,8 +170,21 @@ void Engine::Publish(std::vector<SealWork>& works) {
   const SteadyTime now = clock_();
   for (SealWork& w : works) {
     if (w.error.ok()) metrics_->SealDuration(std::chrono::duration<double>(now - w.job.seal_requested).count());
+    LogSeal(w);
     for (auto& cb : w.snap->Settle(w.error, w.report)) cb(w.error, w.error.ok() ? w.report : nullptr);
   }
+}
+
+void Engine::LogSeal(const SealWork& w) {
+  const SnapshotKey& k = w.snap->key();
+  std::string result = "ok";
+  if (!w.error.ok()) result = absl::StrCat("error: ", w.error.message());
+  else if (w.report->flags().cholesky_failed()) result = "cholesky_failed";
+  logger_.Log(w.error.ok() ? LogLevel::kInfo : LogLevel::kError, "seal",
+              {{"job", k.job}, {"tap", k.tap}, {"generation", absl::StrCat(k.generation)},
+               {"m", absl::StrCat(w.snap->params().m)}, {"n_a", absl::StrCat(w.job.input.rows.num_rows)},
+               {"backend", backend_name_}, {"seconds", absl::StrFormat("%.6f", w.compute_seconds)},
+               {"result", result}});
 }
 
 void Engine::FailSeals(const SealQueue::Batch& batch, const absl::Status& error) {

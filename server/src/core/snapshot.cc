@@ -121,6 +121,7 @@ absl::Status Snapshot::Join(int32_t world_size, int32_t m, sigma::DType dtype, s
 
 bool Snapshot::IsDuplicate(int32_t rank, int64_t seq) const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (expired_) return false;
   return state_ != State::kOpen || ranks_[static_cast<size_t>(rank)].seqs.contains(seq);
 }
 
@@ -128,6 +129,7 @@ absl::StatusOr<bool> Snapshot::AddRows(int32_t rank_index, const v1::Batch& batc
                                        const std::string& where, SteadyTime now) {
   std::lock_guard<std::mutex> lock(mu_);
   RankState& rank = ranks_[static_cast<size_t>(rank_index)];
+  if (expired_) return error_;
   if (state_ != State::kOpen || rank.seqs.contains(batch.seq())) return false;
   const int64_t rows = batch.rows();
   if (rank.finished)
@@ -242,8 +244,20 @@ bool Snapshot::Expire(SteadyTime idle_since, const absl::Status& error) {
   if (state_ != State::kOpen || last_activity_ > idle_since) return false;
   state_ = State::kFailed;
   error_ = error;
+  expired_ = true;
   ReleaseRows();
   return true;
+}
+
+void Snapshot::Attach() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++attached_;
+}
+
+bool Snapshot::Detach() {
+  std::lock_guard<std::mutex> lock(mu_);
+  --attached_;
+  return attached_ <= 0 && state_ == State::kOpen && total_rows_ == 0 && finished_ == 0;
 }
 
 std::vector<ReportCallback> Snapshot::Settle(const absl::Status& status, ReportPtr report) {

@@ -63,9 +63,12 @@ class Metrics {
   void SetMemoryBytes(int64_t n) { memory_bytes_->Set(static_cast<double>(n)); }
   // A store commit (seal or ConfigureJob) that failed (sigma_store_commit_failures_total).
   void StoreCommitFailed() { store_commit_failures_->Increment(); }
+  // An open snapshot discarded after --snapshot-idle-timeout-s (sigma_expired_snapshots_total).
+  void SnapshotExpired() { expired_snapshots_->Increment(); }
 
  private:
   struct TapSeries {
+    // Track gauges: null until the tap's first successful report.
     prometheus::Gauge* track1_upper;
     prometheus::Gauge* track1_lower;
     prometheus::Gauge* track2;
@@ -88,6 +91,7 @@ class Metrics {
     std::vector<std::pair<std::string, prometheus::Gauge*>> alerts;  // key rule/severity
   };
   TapSeries& Series(const std::string& job, const std::string& tap);  // mu_ held
+  void AddTrackSeries(const std::string& job, const std::string& tap, TapSeries& s);  // mu_ held
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::mutex mu_;
@@ -131,6 +135,7 @@ class Metrics {
   prometheus::Gauge* jobs_;
   prometheus::Gauge* memory_bytes_;
   prometheus::Counter* store_commit_failures_;
+  prometheus::Counter* expired_snapshots_;
 };
 
 }  // namespace sigma::server

@@ -26,6 +26,10 @@
 #define SIGMA_SERVER_SCHEDULER_H_
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <set>
+#include <thread>
 #include <functional>
 #include <map>
 #include <memory>
@@ -40,6 +44,7 @@
 #include "sigma/kernels/preprocess.h"
 #include "sigma/server/config.h"
 #include "sigma/server/job_registry.h"
+#include "sigma/server/log.h"
 #include "sigma/server/metrics.h"
 #include "sigma/server/report_history.h"
 #include "sigma/server/seal_queue.h"
@@ -75,14 +80,21 @@ inline int64_t BatchPayloadBytes(const sigma::v1::Batch& batch) {
 // True when `name` matches [A-Za-z0-9_.:-]{1,128}.
 bool ValidName(const std::string& name);
 
+// What tests inject into an Engine.
+struct EngineHooks {
+  std::function<SteadyTime()> clock = std::chrono::steady_clock::now;  // idle expiry, seal timing
+  Logger::Sink log_sink;                                               // null: stderr
+  std::function<absl::Time()> wall_clock = absl::Now;                  // log timestamps, log rate limit
+  bool reaper = true;  // a thread runs ExpireIdle (tests call it themselves)
+};
+
 class Engine {
  public:
   using Clock = std::function<SteadyTime()>;
   using IngestDone = std::function<void(const absl::Status&, const sigma::v1::IngestResponse&)>;
 
-  // `clock`: monotonic time for idle expiry and seal timing (tests inject one).
   Engine(DaemonOptions options, std::unique_ptr<Store> store, std::unique_ptr<sigma::Backend> backend,
-         Metrics* metrics, Clock clock = std::chrono::steady_clock::now);
+         Metrics* metrics, EngineHooks hooks = {});
   ~Engine();
 
   // Loads jobs and reports from the store and re-publishes the gauges.
@@ -110,7 +122,15 @@ class Engine {
                   std::function<void(const absl::Status&)> done);
   absl::Status ListJobs(sigma::v1::ListJobsResponse* response);
 
+  // A stream was refused after its OpenSnapshot: the snapshot it opened is
+  // discarded when no other stream holds it and it never got a row.
+  void Abandon(IngestSession* session);
+  // Discards open snapshots idle for --snapshot-idle-timeout-s (counted,
+  // logged, memory returned); returns how many. A reaper thread calls it.
+  int64_t ExpireIdle();
+
   const std::string& backend_name() const { return backend_name_; }
+  Logger* logger() { return &logger_; }
 
  private:
   struct SealWork;
@@ -121,6 +141,7 @@ class Engine {
   void CommitReports(std::vector<SealWork>& works);
   void Publish(std::vector<SealWork>& works);
   void FailSeals(const SealQueue::Batch& batch, const absl::Status& error);
+  void LogSeal(const SealWork& w);
 
   // Removes `snap` from the table if it is there (mu_ held).
   void DropLocked(const std::shared_ptr<Snapshot>& snap);
@@ -133,8 +154,12 @@ class Engine {
   void RunConfigure(const sigma::v1::ConfigureJobRequest& request,
                     const std::function<void(const absl::Status&, const sigma::v1::JobInfo&)>& done);
 
+  void ReaperLoop();
+  absl::Status ExpiredError(const SnapshotKey& key) const;
+
   const DaemonOptions options_;
   const Clock clock_;
+  Logger logger_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<sigma::Backend> backend_;
   const std::string backend_name_;
@@ -146,6 +171,16 @@ class Engine {
   mutable std::mutex mu_;
   JobRegistry registry_;
   std::map<SnapshotKey, std::shared_ptr<Snapshot>> open_;
+  // Recently expired keys (bounded, oldest dropped first): their ranks'
+  // OpenSnapshot is refused naming the expiry.
+  std::set<SnapshotKey> expired_;
+  std::deque<SnapshotKey> expired_order_;
+
+  const bool reaper_enabled_;
+  std::mutex reaper_mu_;
+  std::condition_variable reaper_cv_;
+  bool reaper_stop_ = false;
+  std::thread reaper_;
 
   std::atomic<bool> store_ok_{true};
   std::atomic<bool> backend_ok_{true};

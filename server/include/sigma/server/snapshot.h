@@ -169,9 +169,16 @@ class Snapshot {
   Step EndShare(int32_t rank, const sigma::v1::EndOfShare* end, ReportCallback waiter, SteadyTime now);
   // CloseGeneration: seal with the ranks that finished.
   Step Close(ReportCallback waiter, SteadyTime now);
-  // kOpen and no data since `idle_since`: fail with the expiry error. Returns
-  // true when it expired the snapshot (the caller drops it from the table).
+  // kOpen and no data since `idle_since`: fail with the expiry error (which
+  // later Batches of its ranks get too). Returns true when it expired the
+  // snapshot (the caller drops it from the table).
   bool Expire(SteadyTime idle_since, const absl::Status& error);
+  // Streams holding the snapshot: Attach at OpenSnapshot; Detach when a
+  // stream is refused. Detach returns true when no stream holds it any more
+  // and it never received a row (the caller discards it: a refused stream
+  // leaves no empty open snapshot behind).
+  void Attach();
+  bool Detach();
   // The seal's outcome (kSealing -> kSealed / kFailed); returns the waiters to call.
   std::vector<ReportCallback> Settle(const absl::Status& status, ReportPtr report);
   // Any state -> kFailed with `error` (rows released); returns the waiters.
@@ -212,6 +219,8 @@ class Snapshot {
   int32_t finished_ = 0;
   int64_t total_rows_ = 0;
   bool closed_explicitly_ = false;
+  bool expired_ = false;
+  int32_t attached_ = 0;
   SteadyTime last_activity_;
   SteadyTime seal_requested_;
   std::vector<ReportCallback> waiters_;
