@@ -3,10 +3,13 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <utility>
 #include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "sigma/server/refusal.h"
 
 namespace sigma::server {
 namespace v1 = sigma::v1;
@@ -21,17 +24,28 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-// Counts a refusal by the authoriser in the metrics.
-grpc::Status CountAuth(Metrics* metrics, grpc::Status s) {
-  if (!s.ok() && metrics) metrics->AuthFailure(s.error_code() == grpc::StatusCode::UNAUTHENTICATED);
-  return s;
+// The one conversion of the engine's statuses: a refusal (refusal.h) is
+// counted in sigma_rejected_batches_total{reason} and logged (rate-limited).
+grpc::Status Answer(Metrics* metrics, Logger* log, const char* rpc, const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  if (const std::string reason = RefusalReason(s); !reason.empty()) {
+    if (metrics) metrics->Rejected(reason);
+    if (log) log->Refusal(rpc, absl::StatusCodeToString(s.code()), reason, std::string(s.message()));
+  }
+  return ToGrpc(s);
+}
+
+// Counts a refusal by the authoriser in the metrics (sigma_auth_failures_total).
+grpc::Status CountAuth(Metrics* metrics, const absl::Status& s) {
+  if (!s.ok() && metrics) metrics->AuthFailure(s.code() == absl::StatusCode::kUnauthenticated);
+  return ToGrpc(s);
 }
 
 // May `token` (null: auth off) open a snapshot of `open.job` (and compare
 // against its baseline_job)?
-grpc::Status CheckOpen(const TokenEntry* token, const v1::OpenSnapshot& open) {
-  if (token == nullptr) return grpc::Status::OK;
-  grpc::Status s = Authorizer::CheckJob(*token, Rpc::kIngest, open.job());
+absl::Status CheckOpen(const TokenEntry* token, const v1::OpenSnapshot& open) {
+  if (token == nullptr) return absl::OkStatus();
+  absl::Status s = Authorizer::CheckJob(*token, Rpc::kIngest, open.job());
   if (s.ok() && !open.config().baseline_job().empty())
     s = Authorizer::CheckJob(*token, Rpc::kIngest, open.config().baseline_job());
   return s;
@@ -43,15 +57,16 @@ grpc::Status CheckOpen(const TokenEntry* token, const v1::OpenSnapshot& open) {
 // order and no thread ever waits: a read that completes while the previous
 // message is still being processed is queued, and the thread processing the
 // stream picks it up when it is done.
-class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
+class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, public StreamWatchdog::Target {
  public:
   // `token`: the caller's entry (null when auth is off). A non-OK `refused`
   // (authentication failed) ends the stream before anything is read.
   // `client`: who is calling (per-client stream count and rate limit).
   IngestReactor(Engine* engine, v1::IngestResponse* response, const TokenEntry* token, Metrics* metrics,
                 const grpc::Status& refused, grpc::CallbackServerContext* context, ClientLimiter* limiter,
-                MonitorService::Client client)
+                MonitorService::Client client, StreamWatchdog* watchdog)
       : engine_(engine),
+        watchdog_(watchdog),
         response_(response),
         token_(token),
         metrics_(metrics),
@@ -69,15 +84,32 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       Finish(status);
       return;
     }
+    watchdog_->Add(this);
     StartRead(&request_[0]);
   }
 
   void OnDone() override {
+    watchdog_->Remove(this);
     if (stream_counted_) limiter_->ReleaseStream(client_.key);
     delete this;
   }
 
+  // No message for --stream-idle-timeout-s: DEADLINE_EXCEEDED (the snapshot
+  // this stream opened empty is dropped). Not while a message is processed.
+  bool OnIdle() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || busy_) return finished_;
+    finished_ = true;
+    engine_->Abandon(&session_);
+    Reply(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                       absl::StrCat("no message for ", watchdog_->timeout().count(),
+                                    " s (--stream-idle-timeout-s): stream cancelled")),
+          session_.response);
+    return true;
+  }
+
   void OnReadDone(bool ok) override {
+    watchdog_->Touch(this);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_) return;
@@ -116,25 +148,30 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   // Returns true when the stream is done (Finish called or scheduled).
   bool Handle(bool ok) {
     if (!ok) {  // half-close (or cancellation): answer with what this stream did
+      if (share_ended_) return HalfClosedAfterEnd();
       End(nullptr);
       return true;
     }
     v1::IngestRequest& request = request_[current_];
-    if (request.message_case() == v1::IngestRequest::kEnd) {
-      End(&request.end());
-      return true;
-    }
     current_ ^= 1;
     StartRead(&request_[current_]);  // read ahead while we process `request`
     grpc::Status status;
     switch (request.message_case()) {
       case v1::IngestRequest::kOpen:
         status = CountAuth(metrics_, CheckOpen(token_, request.open()));
-        if (status.ok()) status = engine_->Open(request.open(), &session_);
+        if (status.ok()) status = Answer(metrics_, engine_->logger(), "Ingest", engine_->Open(request.open(), &session_));
         break;
       case v1::IngestRequest::kBatch:
         status = RateLimit(request.batch());
-        if (status.ok()) status = engine_->Batch(&session_, request.batch());
+        if (status.ok()) status = Answer(metrics_, engine_->logger(), "Ingest", engine_->Batch(&session_, request.batch()));
+        break;
+      case v1::IngestRequest::kEnd:
+        if (!share_ended_) {
+          End(&request.end());  // reads go on until the half-close (docs/server.md)
+          return false;
+        }
+        status = Answer(metrics_, engine_->logger(), "Ingest",
+                        Refusal(absl::StatusCode::kFailedPrecondition, "invalid_request", "EndOfShare sent twice"));
         break;
       default:
         if (metrics_) metrics_->Rejected("invalid_request");
@@ -142,8 +179,30 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
                               "empty IngestRequest: set open, batch or end");
     }
     if (status.ok()) return false;
-    *response_ = session_.response;
-    Finish(status);  // the outstanding read completes and is ignored
+    watchdog_->Remove(this);
+    engine_->Abandon(&session_);  // a refused stream leaves no empty open snapshot
+    Reply(status, session_.response);  // the outstanding read completes and is ignored
+    return true;
+  }
+
+  // Finishes the call once (the share's outcome and a refusal may race).
+  void Reply(const grpc::Status& status, const v1::IngestResponse& response) {
+    std::lock_guard<std::mutex> lock(answer_mu_);
+    if (answered_) return;
+    answered_ = true;
+    *response_ = response;
+    Finish(status);
+  }
+
+  // The half-close after EndOfShare: answer now if the share's outcome is known.
+  bool HalfClosedAfterEnd() {
+    std::lock_guard<std::mutex> lock(answer_mu_);
+    half_closed_ = true;
+    if (outcome_ && !answered_) {
+      answered_ = true;
+      *response_ = outcome_->second;
+      Finish(outcome_->first);
+    }
     return true;
   }
 
@@ -161,14 +220,29 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     return ToGrpc(s);
   }
 
+  // EndOfShare (`end`) or a half-close without one (null). After an
+  // EndOfShare the stream keeps reading: a Batch or a second EndOfShare before
+  // the half-close is refused with FAILED_PRECONDITION; the share's outcome is
+  // answered at the half-close (at once when it is an error).
   void End(const v1::EndOfShare* end) {
-    engine_->EndShare(&session_, end, [this](const grpc::Status& s, const v1::IngestResponse& r) {
-      *response_ = r;
-      Finish(s);
+    watchdog_->Remove(this);  // waiting for the seal is not idleness
+    if (end != nullptr) share_ended_ = true;
+    const bool explicit_end = end != nullptr;
+    engine_->EndShare(&session_, end, [this, explicit_end](const absl::Status& s, const v1::IngestResponse& r) {
+      const grpc::Status status = Answer(metrics_, engine_->logger(), "Ingest", s);
+      {
+        std::lock_guard<std::mutex> lock(answer_mu_);
+        if (explicit_end && status.ok() && !half_closed_) {
+          outcome_.emplace(status, r);
+          return;
+        }
+      }
+      Reply(status, r);
     });
   }
 
   Engine* engine_;
+  StreamWatchdog* watchdog_;
   v1::IngestResponse* response_;
   const TokenEntry* token_;
   Metrics* metrics_;
@@ -184,6 +258,11 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   bool pending_ = false;
   bool pending_ok_ = false;
   bool finished_ = false;
+  bool share_ended_ = false;  // EndOfShare processed (reader thread only)
+  std::mutex answer_mu_;      // answered_, half_closed_, outcome_
+  bool answered_ = false;
+  bool half_closed_ = false;
+  std::optional<std::pair<grpc::Status, v1::IngestResponse>> outcome_;
 };
 
 }  // namespace
@@ -200,10 +279,10 @@ grpc::Status MonitorService::Authenticate(grpc::CallbackServerContext* context, 
 grpc::Status MonitorService::Check(grpc::CallbackServerContext* context, Rpc rpc, const std::string* job,
                                    const std::string& baseline_job, const TokenEntry** entry) {
   const TokenEntry* token = nullptr;
-  grpc::Status s = Authenticate(context, &token);
+  grpc::Status authenticated = Authenticate(context, &token);
   if (entry) *entry = token;
-  if (!s.ok() || token == nullptr) return s;
-  s = job ? Authorizer::CheckJob(*token, rpc, *job) : Authorizer::CheckRole(*token, rpc);
+  if (!authenticated.ok() || token == nullptr) return authenticated;
+  absl::Status s = job ? Authorizer::CheckJob(*token, rpc, *job) : Authorizer::CheckRole(*token, rpc);
   if (s.ok() && !baseline_job.empty()) s = Authorizer::CheckJob(*token, rpc, baseline_job);
   return CountAuth(metrics_, s);
 }
@@ -214,7 +293,8 @@ grpc::ServerReadReactor<v1::IngestRequest>* MonitorService::Ingest(grpc::Callbac
   // checked now, the job's prefix when OpenSnapshot arrives.
   const TokenEntry* token = nullptr;
   grpc::Status s = Check(context, Rpc::kIngest, nullptr, "", &token);
-  return new IngestReactor(engine_, response, token, metrics_, s, context, &limiter_, Identify(context, token));
+  return new IngestReactor(engine_, response, token, metrics_, s, context, &limiter_, Identify(context, token),
+                           &watchdog_);
 }
 
 MonitorService::Client MonitorService::Identify(const grpc::CallbackServerContext* context,
@@ -257,9 +337,9 @@ grpc::ServerUnaryReactor* MonitorService::CloseGeneration(grpc::CallbackServerCo
     reactor->Finish(s);
     return reactor;
   }
-  engine_->Close(*request, [reactor, response](const grpc::Status& s, ReportPtr report) {
+  engine_->Close(*request, [this, reactor, response](const absl::Status& s, ReportPtr report) {
     if (s.ok() && report) *response = *report;
-    reactor->Finish(s);
+    reactor->Finish(Answer(metrics_, engine_->logger(), "CloseGeneration", s));
   });
   return reactor;
 }
@@ -272,7 +352,10 @@ grpc::ServerUnaryReactor* MonitorService::GetHistory(grpc::CallbackServerContext
     reactor->Finish(s);
     return reactor;
   }
-  reactor->Finish(engine_->GetHistory(*request, response));
+  engine_->GetHistory(*request, response,
+                      [this, reactor](const absl::Status& s) {
+                        reactor->Finish(Answer(metrics_, engine_->logger(), "GetHistory", s));
+                      });
   return reactor;
 }
 
@@ -285,7 +368,7 @@ grpc::ServerUnaryReactor* MonitorService::ListJobs(grpc::CallbackServerContext* 
     reactor->Finish(s);
     return reactor;
   }
-  grpc::Status s = engine_->ListJobs(response);
+  grpc::Status s = Answer(metrics_, engine_->logger(), "ListJobs", engine_->ListJobs(response));
   if (s.ok() && token != nullptr) {  // only the jobs within the token's prefixes
     v1::ListJobsResponse all;
     all.Swap(response);
@@ -306,9 +389,9 @@ grpc::ServerUnaryReactor* MonitorService::ConfigureJob(grpc::CallbackServerConte
     reactor->Finish(s);
     return reactor;
   }
-  engine_->Configure(*request, [reactor, response](const grpc::Status& s, const v1::JobInfo& info) {
+  engine_->Configure(*request, [this, reactor, response](const absl::Status& s, const v1::JobInfo& info) {
     if (s.ok()) *response = info;
-    reactor->Finish(s);
+    reactor->Finish(Answer(metrics_, engine_->logger(), "ConfigureJob", s));
   });
   return reactor;
 }

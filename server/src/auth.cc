@@ -224,22 +224,20 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::LoadFile(const std::stri
   return Parse(ss.str(), path, warnings);
 }
 
-grpc::Status Authorizer::Authenticate(const std::vector<std::string_view>& authorization,
+absl::Status Authorizer::Authenticate(const std::vector<std::string_view>& authorization,
                                       const TokenEntry** entry) const {
   *entry = nullptr;
   if (authorization.empty())
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "missing bearer token: send metadata 'authorization: Bearer TOKEN'");
+    return absl::UnauthenticatedError("missing bearer token: send metadata 'authorization: Bearer TOKEN'");
   if (authorization.size() != 1)
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "more than one authorization header");
+    return absl::UnauthenticatedError("more than one authorization header");
   std::string_view v = authorization.front();
   constexpr std::string_view kScheme = "bearer ";
   bool scheme = v.size() > kScheme.size();
   for (size_t i = 0; scheme && i < kScheme.size(); ++i)
     scheme = absl::ascii_tolower(static_cast<unsigned char>(v[i])) == kScheme[i];
   if (!scheme)
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "authorization header is not 'Bearer TOKEN'");
+    return absl::UnauthenticatedError("authorization header is not 'Bearer TOKEN'");
   v.remove_prefix(kScheme.size());
   while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
   while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
@@ -251,18 +249,17 @@ grpc::Status Authorizer::Authenticate(const std::vector<std::string_view>& autho
     for (size_t i = 0; i < d.size(); ++i) diff |= static_cast<uint8_t>(d[i] ^ e.digest[i]);
     if (diff == 0) found = &e;
   }
-  if (found == nullptr) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown bearer token");
+  if (found == nullptr) return absl::UnauthenticatedError("unknown bearer token");
   *entry = found;
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
-grpc::Status Authorizer::CheckRole(const TokenEntry& entry, Rpc rpc) {
+absl::Status Authorizer::CheckRole(const TokenEntry& entry, Rpc rpc) {
   const bool read_only = rpc == Rpc::kGetHistory || rpc == Rpc::kListJobs;
   if (!read_only && entry.role != Role::kWrite)
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        absl::StrCat(RpcName(rpc), " needs a write token; token '", entry.name,
+    return absl::PermissionDeniedError(absl::StrCat(RpcName(rpc), " needs a write token; token '", entry.name,
                                      "' has role read"));
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 bool Authorizer::JobAllowed(const TokenEntry& entry, std::string_view job) {
@@ -272,13 +269,12 @@ bool Authorizer::JobAllowed(const TokenEntry& entry, std::string_view job) {
   return false;
 }
 
-grpc::Status Authorizer::CheckJob(const TokenEntry& entry, Rpc rpc, std::string_view job) {
-  if (grpc::Status s = CheckRole(entry, rpc); !s.ok()) return s;
+absl::Status Authorizer::CheckJob(const TokenEntry& entry, Rpc rpc, std::string_view job) {
+  if (absl::Status s = CheckRole(entry, rpc); !s.ok()) return s;
   if (!JobAllowed(entry, job))
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        absl::StrCat(RpcName(rpc), ": job '", std::string(job.substr(0, 128)), "' is outside the prefixes of token '",
+    return absl::PermissionDeniedError(absl::StrCat(RpcName(rpc), ": job '", std::string(job.substr(0, 128)), "' is outside the prefixes of token '",
                                      entry.name, "'"));
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<BasicAuth>> BasicAuth::Parse(const std::string& text, const std::string& where) {

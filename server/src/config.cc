@@ -1,5 +1,7 @@
 #include "sigma/server/config.h"
 
+#include "sigma/server/log.h"
+
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -90,6 +92,11 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   else if (key == "max_gpus") return as_int(&o->max_gpus);
   else if (key == "compute_queue_capacity") return as_int(&o->compute_queue_capacity);
   else if (key == "history_cache_per_tap") return as_int(&o->history_cache_per_tap);
+  else if (key == "small_seal_max_m") return as_int(&o->small_seal_max_m);
+  else if (key == "snapshot_idle_timeout_s") return as_int(&o->snapshot_idle_timeout_s);
+  else if (key == "stream_idle_timeout_s") return as_int(&o->stream_idle_timeout_s);
+  else if (key == "log_format") o->log_format = value;
+  else if (key == "log_level") o->log_level = value;
   else return absl::InvalidArgumentError(absl::StrCat("unknown option '", key_in, "'"));
   return absl::OkStatus();
 }
@@ -182,6 +189,17 @@ std::string UsageText() {
   --compute-queue-capacity N    queued configuration tasks at most, default 1024
   --history-cache-per-tap N     latest reports per tap kept in memory (older ones are read
                                 from the database when asked for), default 64
+  --small-seal-max-m N          seals with m <= N run on the small-seal lane, larger ones on
+                                the large-seal lane, so small seals never wait behind large
+                                ones; default 1024
+  --snapshot-idle-timeout-s N   open snapshots that received nothing for N s are discarded
+                                (memory returned; a rank coming back gets FAILED_PRECONDITION
+                                naming the expiry), default 3600
+  --stream-idle-timeout-s N     Ingest streams with no message for N s are cancelled with
+                                DEADLINE_EXCEEDED (0: never), default 600
+  --log-format text|json        one line per event (seal, refusal, store failure, expiry),
+                                default text
+  --log-level LEVEL             debug, info, warning or error, default info
 )";
 }
 
@@ -258,7 +276,9 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
                  positive("max-streams-per-client", o.max_streams_per_client),
                  positive("max-seal-batch", o.max_seal_batch),
                  positive("compute-queue-capacity", o.compute_queue_capacity),
-                 positive("history-cache-per-tap", o.history_cache_per_tap)}) {
+                 positive("history-cache-per-tap", o.history_cache_per_tap),
+                 positive("small-seal-max-m", o.small_seal_max_m),
+                 positive("snapshot-idle-timeout-s", o.snapshot_idle_timeout_s)}) {
     if (!s.ok()) return s;
   }
   if (o.max_message_bytes > (int64_t{1} << 31) - (int64_t{1} << 20))
@@ -273,6 +293,9 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
     return absl::InvalidArgumentError("--rate-limit-burst-bytes must be >= 0 (0: one second's worth)");
   if (o.seal_batch_window_ms < 0 || o.seal_batch_window_ms > 60000)
     return absl::InvalidArgumentError("--seal-batch-window-ms must be in [0, 60000]");
+  if (o.stream_idle_timeout_s < 0) return absl::InvalidArgumentError("--stream-idle-timeout-s must be >= 0 (0: never)");
+  if (auto s = ParseLogFormat(o.log_format); !s.ok()) return s.status();
+  if (auto s = ParseLogLevel(o.log_level); !s.ok()) return s.status();
   if (auto s = ValidateJobConfig(o.job_defaults); !s.ok()) return s;
   // Thresholds as a job would get them: built-in defaults, `defaults:`, its `jobs:` entry.
   if (auto s = ValidateThresholdOrder(EffectiveJobConfig(o.job_defaults, 0).thresholds()); !s.ok())

@@ -153,7 +153,8 @@ absl::Status Daemon::StartGrpc(const std::string& listen) {
   client_limits.max_streams = options_.max_streams_per_client;
   client_limits.bytes_per_second = options_.rate_limit_bytes_per_second;
   client_limits.burst_bytes = options_.rate_limit_burst_bytes;
-  service_ = std::make_unique<MonitorService>(engine_.get(), auth_.get(), metrics_.get(), client_limits);
+  service_ = std::make_unique<MonitorService>(engine_.get(), auth_.get(), metrics_.get(), client_limits,
+                                              options_.stream_idle_timeout_s);
   grpc::ServerBuilder builder;
   int selected = 0;
   builder.AddListeningPort(listen, credentials_, &selected);

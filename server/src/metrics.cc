@@ -71,6 +71,8 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   queue_depth_ = &G(r, "sigma_compute_queue_depth", "Tasks waiting for the compute worker")->Add({});
   jobs_ = &G(r, "sigma_jobs", "Jobs known (capped by --max-jobs)")->Add({});
   memory_bytes_ = &G(r, "sigma_open_snapshot_bytes", "Bytes held by open snapshots (sub-sample rows, sketch bookkeeping, batch seq runs), bounded by --max-memory-bytes")->Add({});
+  store_commit_failures_ = &C(r, "sigma_store_commit_failures_total", "SQLite commits (seals, ConfigureJob) that failed, e.g. on a full disk")->Add({});
+  expired_snapshots_ = &C(r, "sigma_expired_snapshots_total", "Open snapshots discarded after --snapshot-idle-timeout-s without data")->Add({});
 }
 
 void Metrics::SetBackendInfo(const std::string& backend, const std::string& fallback_reason) {
@@ -83,17 +85,6 @@ Metrics::TapSeries& Metrics::Series(const std::string& job, const std::string& t
   if (it != series_.end()) return it->second;
   const prometheus::Labels l{{"job", job}, {"tap", tap}};
   TapSeries s{};
-  s.track1_upper = &f_track1_upper_->Add(l);
-  s.track1_lower = &f_track1_lower_->Add(l);
-  s.track2 = &f_track2_->Add(l);
-  s.track2_ci_halfwidth = &f_track2_half_->Add(l);
-  s.track1_drift = &f_track1_drift_->Add(l);
-  s.track2_drift = &f_track2_drift_->Add(l);
-  s.divergence = &f_divergence_->Add(l);
-  s.drift_halfwidth = &f_drift_half_->Add(l);
-  s.track1_drift_per_dim = &f_track1_drift_pd_->Add(l);
-  s.track2_drift_per_dim = &f_track2_drift_pd_->Add(l);
-  s.divergence_per_dim = &f_divergence_pd_->Add(l);
   s.generation = &f_generation_->Add(l);
   s.corpus_size = &f_corpus_size_->Add(l);
   s.sample_size = &f_sample_size_->Add(l);
@@ -107,6 +98,23 @@ Metrics::TapSeries& Metrics::Series(const std::string& job, const std::string& t
                           &f_alert_->Add({{"job", job}, {"tap", tap}, {"rule", a.rule}, {"severity", sev}}));
   }
   return series_.emplace(key, s).first->second;
+}
+
+// The track gauges of (job, tap), created by its first successful report: a
+// tap whose seals all failed exports no track values (not even 0).
+void Metrics::AddTrackSeries(const std::string& job, const std::string& tap, TapSeries& s) {
+  const prometheus::Labels l{{"job", job}, {"tap", tap}};
+  s.track1_upper = &f_track1_upper_->Add(l);
+  s.track1_lower = &f_track1_lower_->Add(l);
+  s.track2 = &f_track2_->Add(l);
+  s.track2_ci_halfwidth = &f_track2_half_->Add(l);
+  s.track1_drift = &f_track1_drift_->Add(l);
+  s.track2_drift = &f_track2_drift_->Add(l);
+  s.divergence = &f_divergence_->Add(l);
+  s.drift_halfwidth = &f_drift_half_->Add(l);
+  s.track1_drift_per_dim = &f_track1_drift_pd_->Add(l);
+  s.track2_drift_per_dim = &f_track2_drift_pd_->Add(l);
+  s.divergence_per_dim = &f_divergence_pd_->Add(l);
 }
 
 void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
@@ -144,6 +152,7 @@ void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
     s.forecast = nullptr;
   }
   if (r.flags().cholesky_failed()) return;  // never publish made-up track values
+  if (s.track1_upper == nullptr) AddTrackSeries(r.job(), r.tap(), s);
   s.track1_upper->Set(r.track1_upper());
   s.track1_lower->Set(r.track1_lower());
   s.track2->Set(r.track2());

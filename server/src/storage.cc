@@ -205,6 +205,7 @@ absl::Status Store::Init() {
 
 absl::Status Store::LoadAll(std::vector<StoredJob>* jobs,
                             std::vector<sigma::v1::GenerationReport>* reports) {
+  std::lock_guard<std::mutex> lock(mu_);
   {
     Stmt q(db_, "SELECT name, config, m FROM jobs ORDER BY name;");
     if (auto s = q.status(); !s.ok()) return s;
@@ -351,6 +352,7 @@ absl::Status Store::InsertReport(const sigma::v1::GenerationReport& r) {
 
 absl::Status Store::Commit(const std::vector<StoredJob>& jobs,
                            const std::vector<sigma::v1::GenerationReport>& reports) {
+  std::lock_guard<std::mutex> lock(mu_);
   if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
   for (const StoredJob& j : jobs) {
     if (auto s = UpsertJob(j); !s.ok()) {

@@ -43,7 +43,7 @@ sigma::server::DaemonOptions FuzzOptions() {
 
 void EndStream(Engine& engine, IngestSession& session, const v1::EndOfShare* end) {
   std::promise<void> done;
-  engine.EndShare(&session, end, [&done](const grpc::Status&, const v1::IngestResponse&) { done.set_value(); });
+  engine.EndShare(&session, end, [&done](const absl::Status&, const v1::IngestResponse&) { done.set_value(); });
   done.get_future().wait();
 }
 
@@ -77,7 +77,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         live = true;
       }
       const v1::IngestResponse before = session->response;
-      grpc::Status status;
+      absl::Status status;
       switch (request.message_case()) {
         case v1::IngestRequest::kOpen:
           status = engine.Open(request.open(), session.get());
@@ -90,7 +90,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           live = false;
           continue;
         default:
-          status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty");
+          status = absl::InvalidArgumentError("empty");
       }
       if (!status.ok()) {
         if (session->response.SerializeAsString() != before.SerializeAsString()) std::abort();

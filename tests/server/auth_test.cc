@@ -60,7 +60,7 @@ const TokenEntry* Auth(const Authorizer& a, const std::string& header, grpc::Sta
   const TokenEntry* e = nullptr;
   std::vector<std::string_view> v;
   if (!header.empty()) v.push_back(header);
-  *code = a.Authenticate(v, &e).error_code();
+  *code = static_cast<grpc::StatusCode>(a.Authenticate(v, &e).code());
   return e;
 }
 
@@ -92,21 +92,21 @@ TEST(AuthorizerTest, ParsesAndDecides) {
   }
   const TokenEntry* none = nullptr;
   const std::string h1 = std::string("Bearer ") + kWriteA;
-  grpc::Status two = (*a)->Authenticate({h1, h1}, &none);
-  EXPECT_EQ(two.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(two.error_message().find(kWriteA), std::string::npos);
+  absl::Status two = (*a)->Authenticate({h1, h1}, &none);
+  EXPECT_EQ(two.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(std::string(two.message()).find(kWriteA), std::string::npos);
 
   using C = grpc::StatusCode;
-  EXPECT_EQ(Authorizer::CheckJob(*wa, Rpc::kIngest, "teamA.x").error_code(), C::OK);
-  EXPECT_EQ(Authorizer::CheckJob(*wa, Rpc::kConfigureJob, "teamA.").error_code(), C::OK);
-  EXPECT_EQ(Authorizer::CheckJob(*wa, Rpc::kIngest, "teamA").error_code(), C::PERMISSION_DENIED);
-  EXPECT_EQ(Authorizer::CheckJob(*wa, Rpc::kGetHistory, "teamB.x").error_code(), C::PERMISSION_DENIED);
-  EXPECT_EQ(Authorizer::CheckJob(*wb, Rpc::kCloseGeneration, "shared-b-1").error_code(), C::OK);
-  EXPECT_EQ(Authorizer::CheckJob(*ra, Rpc::kGetHistory, "teamA.x").error_code(), C::OK);
-  EXPECT_EQ(Authorizer::CheckRole(*ra, Rpc::kListJobs).error_code(), C::OK);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*wa, Rpc::kIngest, "teamA.x").code()), C::OK);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*wa, Rpc::kConfigureJob, "teamA.").code()), C::OK);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*wa, Rpc::kIngest, "teamA").code()), C::PERMISSION_DENIED);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*wa, Rpc::kGetHistory, "teamB.x").code()), C::PERMISSION_DENIED);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*wb, Rpc::kCloseGeneration, "shared-b-1").code()), C::OK);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*ra, Rpc::kGetHistory, "teamA.x").code()), C::OK);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckRole(*ra, Rpc::kListJobs).code()), C::OK);
   for (Rpc rpc : {Rpc::kIngest, Rpc::kCloseGeneration, Rpc::kConfigureJob}) {
-    EXPECT_EQ(Authorizer::CheckRole(*ra, rpc).error_code(), C::PERMISSION_DENIED) << RpcName(rpc);
-    EXPECT_EQ(Authorizer::CheckJob(*ra, rpc, "teamA.x").error_code(), C::PERMISSION_DENIED) << RpcName(rpc);
+    EXPECT_EQ(static_cast<C>(Authorizer::CheckRole(*ra, rpc).code()), C::PERMISSION_DENIED) << RpcName(rpc);
+    EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*ra, rpc, "teamA.x").code()), C::PERMISSION_DENIED) << RpcName(rpc);
   }
   // "" matches every job.
   auto all = Authorizer::Parse("[{token: t0123, role: read, job_prefixes: [\"\"]}]", "x");

@@ -39,14 +39,15 @@ pid_t Spawn(const std::vector<std::string>& args, const std::string& log_path) {
   return SpawnSigmad(args, log_path, /*with_stderr=*/true);
 }
 
-// The gRPC port from the port file, or 0 when sigmad exited or timed out.
-int WaitPort(const std::string& path, pid_t pid, double timeout_s = 20) {
+// A port from the port file ("grpc_port" or "metrics_port"), or 0 when
+// sigmad exited or timed out.
+int WaitPort(const std::string& path, pid_t pid, double timeout_s = 20, const char* key = "grpc_port") {
   const auto end = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
   while (Clock::now() < end) {
     std::ifstream f(path);
     if (f.good()) {
       try {
-        return nlohmann::json::parse(f)["grpc_port"].get<int>();
+        return nlohmann::json::parse(f)[key].get<int>();
       } catch (const std::exception&) {
       }
     }
@@ -268,18 +269,30 @@ TEST(CrashTest, SigtermDrainsInFlightSeals) {
       status[c] = w->Finish();
     });
   }
-  while (sent.load() < kStreams) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the EndOfShares reach the queue
+  // The three seals wait in the compute queue (its depth counts seals in
+  // their batching window).
+  const int metrics_port = WaitPort(port_file, pid, 20, "metrics_port");
+  ASSERT_GT(metrics_port, 0);
+  double depth = 0;
+  for (int i = 0; i < 2000 && depth < kStreams; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    depth = MetricValue(Scrape(metrics_port), "sigma_compute_queue_depth", {}).value_or(0);
+  }
+  ASSERT_EQ(depth, kStreams);
   const auto t0 = Clock::now();
   ASSERT_EQ(kill(pid, SIGTERM), 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   {
-    // Not accepting any more: a new connection is refused.
-    auto fresh = MakeStub(p);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    v1::ListJobsResponse jobs;
-    EXPECT_EQ(fresh->ListJobs(&ctx, v1::ListJobsRequest(), &jobs).error_code(), grpc::StatusCode::UNAVAILABLE);
+    // Not accepting any more: a new connection is refused (polled until the
+    // listener is closed).
+    grpc::StatusCode code = grpc::StatusCode::OK;
+    for (int i = 0; i < 1000 && code != grpc::StatusCode::UNAVAILABLE; ++i) {
+      auto fresh = MakeStub(p);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      v1::ListJobsResponse jobs;
+      code = fresh->ListJobs(&ctx, v1::ListJobsRequest(), &jobs).error_code();
+    }
+    EXPECT_EQ(code, grpc::StatusCode::UNAVAILABLE);
   }
   const int rc = WaitExit(pid, 15);
   const double drain_s = std::chrono::duration<double>(Clock::now() - t0).count();

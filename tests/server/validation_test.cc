@@ -426,3 +426,46 @@ TEST(SealMemoryTest, SparseBatchSeqsAreChargedAgainstTheBudget) {
 
 }  // namespace
 }  // namespace sigma::server::testing
+
+namespace sigma::server::testing {
+namespace {
+
+// Refusals of CloseGeneration, GetHistory and ConfigureJob are counted like
+// those of Ingest (sigma_rejected_batches_total{reason}); they were not.
+TEST(RefusalCountTest, UnaryRefusalsAreCounted) {
+  TempDir dir;
+  auto d = StartDaemon(TestOptions(dir.path()));
+  ASSERT_NE(d, nullptr);
+  auto rejected = [&](const std::string& reason) {
+    return MetricValue(Scrape(d->ports.metrics_port), "sigma_rejected_batches_total", {{"reason", reason}})
+        .value_or(-1);
+  };
+  {
+    grpc::ClientContext ctx;
+    v1::CloseGenerationRequest req;
+    req.set_job("nobody");
+    v1::GenerationReport report;
+    EXPECT_EQ(d->stub->CloseGeneration(&ctx, req, &report).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetHistoryRequest req;
+    req.set_job("bad name");
+    v1::GetHistoryResponse resp;
+    EXPECT_EQ(d->stub->GetHistory(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ConfigureJobRequest req;
+    req.set_job("j");
+    req.mutable_config()->set_n_a(0);
+    v1::JobInfo info;
+    EXPECT_EQ(d->stub->ConfigureJob(&ctx, req, &info).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  EXPECT_EQ(rejected("not_found"), 1);
+  EXPECT_EQ(rejected("invalid_name"), 1);
+  EXPECT_EQ(rejected("invalid_request"), 1);
+}
+
+}  // namespace
+}  // namespace sigma::server::testing

@@ -10,6 +10,7 @@
 #include "sigma/server/limits.h"
 #include "sigma/server/metrics.h"
 #include "sigma/server/scheduler.h"
+#include "sigma/server/stream_watchdog.h"
 #include "sigma/v1/sigma.grpc.pb.h"
 
 namespace sigma::server {
@@ -19,9 +20,18 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
   // `auth` null: no authorisation (every request allowed). `metrics` may be null.
   // `client_limits`: the per-client limits (limits.h) of clients whose token
   // does not override them.
+  // `stream_idle_timeout_s` (0: never), `clock` and `watchdog_thread`: the
+  // idle-stream watchdog (tests pass their clock and call watchdog()->Check()).
   explicit MonitorService(Engine* engine, const Authorizer* auth = nullptr, Metrics* metrics = nullptr,
-                          ClientLimits client_limits = {})
-      : engine_(engine), auth_(auth), metrics_(metrics), client_limits_(client_limits) {}
+                          ClientLimits client_limits = {}, int64_t stream_idle_timeout_s = 0,
+                          std::function<SteadyTime()> clock = std::chrono::steady_clock::now,
+                          bool watchdog_thread = true)
+      : engine_(engine),
+        auth_(auth),
+        metrics_(metrics),
+        client_limits_(client_limits),
+        watchdog_(std::chrono::seconds(stream_idle_timeout_s), std::move(clock), watchdog_thread) {}
+  StreamWatchdog* watchdog() { return &watchdog_; }
 
   // Who a request comes from, for the per-client limits.
   struct Client {
@@ -60,6 +70,7 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
   Metrics* metrics_;
   const ClientLimits client_limits_;
   ClientLimiter limiter_;
+  StreamWatchdog watchdog_;  // last: its thread stops before the rest goes
 };
 
 // The host part of a gRPC peer string ("ipv4:127.0.0.1:5000" -> "127.0.0.1",

@@ -29,7 +29,6 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "grpcpp/support/status.h"
 
 namespace sigma::server {
 
@@ -67,12 +66,12 @@ class Authorizer {
 
   // The entry of the bearer token in `authorization` (the metadata values
   // given; exactly one is expected), or UNAUTHENTICATED.
-  grpc::Status Authenticate(const std::vector<std::string_view>& authorization,
+  absl::Status Authenticate(const std::vector<std::string_view>& authorization,
                             const TokenEntry** entry) const;
   // May `entry` call `rpc` at all (role check)? PERMISSION_DENIED if not.
-  static grpc::Status CheckRole(const TokenEntry& entry, Rpc rpc);
+  static absl::Status CheckRole(const TokenEntry& entry, Rpc rpc);
   // May `entry` call `rpc` on `job`? Role and prefixes; PERMISSION_DENIED if not.
-  static grpc::Status CheckJob(const TokenEntry& entry, Rpc rpc, std::string_view job);
+  static absl::Status CheckJob(const TokenEntry& entry, Rpc rpc, std::string_view job);
   static bool JobAllowed(const TokenEntry& entry, std::string_view job);
 
   size_t size() const { return entries_.size(); }

@@ -43,6 +43,11 @@ struct DaemonOptions {
   int64_t max_seal_batch = 64;                     // snapshots per SealBatch call at most
   int64_t compute_queue_capacity = 1024;           // queued non-seal tasks (ConfigureJob)
   int64_t history_cache_per_tap = 64;              // latest reports per tap held in memory
+  int64_t small_seal_max_m = 1024;                 // seals with m up to this use the small lane (seal_queue.h)
+  int64_t snapshot_idle_timeout_s = 3600;          // open snapshots without data this long are discarded
+  int64_t stream_idle_timeout_s = 600;             // Ingest streams without a message this long are cancelled; 0: never
+  std::string log_format = "text";                 // text | json (log.h)
+  std::string log_level = "info";                  // debug | info | warning | error
   // Defaults for every job's unset JobConfig fields (YAML `defaults:`).
   sigma::v1::JobConfig job_defaults;
   // Per-job configuration applied when the job is created (YAML `jobs:`).

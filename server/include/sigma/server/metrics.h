@@ -22,13 +22,14 @@
 
 namespace sigma::server {
 
-// Reasons of sigma_rejected_batches_total (every one exported from the start).
+// Reasons of sigma_rejected_batches_total (every one exported from the start):
+// every refusal of any RPC (refusal.h), counted once in api.cc.
 inline constexpr const char* kRejectReasons[] = {
     "invalid_name", "invalid_rank", "invalid_dtype", "dimension_mismatch", "size_mismatch",
     "empty_batch", "non_finite", "sample_ids_mismatch", "too_large", "too_many_jobs",
     "too_many_taps", "too_many_open_snapshots", "memory_exhausted", "not_open",
     "invalid_request", "finished_rank", "corpus_exceeded", "too_many_rows", "m_too_large",
-    "too_many_streams", "rate_limited"};
+    "too_many_streams", "rate_limited", "not_found", "queue_full", "sketch_fixed", "expired"};
 
 class Metrics {
  public:
@@ -60,9 +61,14 @@ class Metrics {
   void SetQueueDepth(int64_t n) { queue_depth_->Set(static_cast<double>(n)); }
   void SetJobs(int64_t n) { jobs_->Set(static_cast<double>(n)); }
   void SetMemoryBytes(int64_t n) { memory_bytes_->Set(static_cast<double>(n)); }
+  // A store commit (seal or ConfigureJob) that failed (sigma_store_commit_failures_total).
+  void StoreCommitFailed() { store_commit_failures_->Increment(); }
+  // An open snapshot discarded after --snapshot-idle-timeout-s (sigma_expired_snapshots_total).
+  void SnapshotExpired() { expired_snapshots_->Increment(); }
 
  private:
   struct TapSeries {
+    // Track gauges: null until the tap's first successful report.
     prometheus::Gauge* track1_upper;
     prometheus::Gauge* track1_lower;
     prometheus::Gauge* track2;
@@ -85,6 +91,7 @@ class Metrics {
     std::vector<std::pair<std::string, prometheus::Gauge*>> alerts;  // key rule/severity
   };
   TapSeries& Series(const std::string& job, const std::string& tap);  // mu_ held
+  void AddTrackSeries(const std::string& job, const std::string& tap, TapSeries& s);  // mu_ held
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::mutex mu_;
@@ -127,6 +134,8 @@ class Metrics {
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* jobs_;
   prometheus::Gauge* memory_bytes_;
+  prometheus::Counter* store_commit_failures_;
+  prometheus::Counter* expired_snapshots_;
 };
 
 }  // namespace sigma::server

@@ -1,61 +1,65 @@
-// The state of sigmad and its compute queue.
+// The state of sigmad: the Engine composes its parts and owns their wiring.
+//
+// Parts (one owner, one job each):
+//   JobRegistry    (job_registry.h)   jobs, taps, m, configuration rules; guarded by Engine::mu_
+//   open_          (here)             the snapshot table: (job, tap, generation) -> Snapshot; Engine::mu_
+//   Snapshot       (snapshot.h)       rows, ranks, the one state machine, RAII memory charge; own mutex
+//   MemoryBudget   (snapshot.h)       --max-memory-bytes; atomic
+//   SealQueue      (seal_queue.h)     size-classed seal lanes + the task lane (SQLite I/O)
+//   ReportHistory  (report_history.h) sealed reports, baselines, forecast inputs, the gauges' rule; own mutex
+//   BuildReport    (report_builder.h) the pure report computation
+//   the sealer     (sealer.cc)        gather -> compute -> commit -> publish, on a seal lane
 //
 // Threading: gRPC callback reactors call Open/Batch/EndShare/Close/... and
-// never wait: per-batch work is validation, the NaN check, the energy of the
-// rows and the bottom-k insert (O(rows x m), proportional to the message).
-// Sealing (gather I_A, Backend::SealBatch, estimator, SQLite commit) and
-// ConfigureJob's SQLite write run on one worker thread fed by a bounded queue;
-// seals that arrive within --seal-batch-window-ms go through one SealBatch
-// call. Completion callbacks (which Finish the reactors) run on the worker.
+// never wait and never touch SQLite: per-batch work is validation, the NaN
+// check, the energies and the bottom-k insert (O(rows x m)). Seals run on the
+// seal lanes; store commits of ConfigureJob, GetHistory and reads of evicted
+// reports run on the task lane. Completion callbacks (which Finish the
+// reactors) run on those lanes.
 //
-// Locks: mu_ (jobs, taps, reports, open snapshots) before Snapshot::mu; the
-// per-batch path takes only its Snapshot's mu.
+// Locks: Engine::mu_ (registry, snapshot table) before Snapshot's mutex;
+// ReportHistory's and the Store's mutexes are leaves. No SQLite I/O and no
+// backend call under mu_.
+//
+// Errors: absl::Status; refusals carry a reason (refusal.h) that api.cc counts.
 #ifndef SIGMA_SERVER_SCHEDULER_H_
 #define SIGMA_SERVER_SCHEDULER_H_
 
 #include <atomic>
-#include <chrono>
-#include <compare>
 #include <condition_variable>
 #include <deque>
+#include <set>
+#include <thread>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "grpcpp/support/status.h"
 #include "sigma/kernels/backend.h"
 #include "sigma/kernels/dtype.h"
 #include "sigma/kernels/preprocess.h"
 #include "sigma/server/config.h"
+#include "sigma/server/job_registry.h"
+#include "sigma/server/log.h"
 #include "sigma/server/metrics.h"
+#include "sigma/server/report_history.h"
+#include "sigma/server/seal_queue.h"
+#include "sigma/server/snapshot.h"
 #include "sigma/server/storage.h"
 #include "sigma/v1/sigma.pb.h"
 
 namespace sigma::server {
 
-struct SnapshotKey {
-  std::string job;
-  std::string tap;
-  int64_t generation = 0;
-  auto operator<=>(const SnapshotKey&) const = default;
-};
-
-struct Snapshot;  // scheduler.cc
-using ReportPtr = std::shared_ptr<const sigma::v1::GenerationReport>;
-using ReportCallback = std::function<void(const grpc::Status&, ReportPtr)>;
-
 // One Ingest stream's state.
 struct IngestSession {
   bool opened = false;
   bool ended = false;
-  std::shared_ptr<Snapshot> snapshot;  // the open snapshot
-  ReportPtr sealed_report;             // set when opened on an already sealed one
+  std::shared_ptr<Snapshot> snapshot;       // the open snapshot
+  std::optional<SnapshotKey> sealed;        // set when opened on an already sealed one
   int32_t rank = -1;
   sigma::v1::IngestResponse response;  // running counters
 };
@@ -76,106 +80,110 @@ inline int64_t BatchPayloadBytes(const sigma::v1::Batch& batch) {
 // True when `name` matches [A-Za-z0-9_.:-]{1,128}.
 bool ValidName(const std::string& name);
 
+// What tests inject into an Engine.
+struct EngineHooks {
+  std::function<SteadyTime()> clock = std::chrono::steady_clock::now;  // idle expiry, seal timing
+  Logger::Sink log_sink;                                               // null: stderr
+  std::function<absl::Time()> wall_clock = absl::Now;                  // log timestamps, log rate limit
+  bool reaper = true;  // a thread runs ExpireIdle (tests call it themselves)
+};
+
 class Engine {
  public:
-  Engine(DaemonOptions options, std::unique_ptr<Store> store,
-         std::unique_ptr<sigma::Backend> backend, Metrics* metrics);
+  using Clock = std::function<SteadyTime()>;
+  using IngestDone = std::function<void(const absl::Status&, const sigma::v1::IngestResponse&)>;
+
+  Engine(DaemonOptions options, std::unique_ptr<Store> store, std::unique_ptr<sigma::Backend> backend,
+         Metrics* metrics, EngineHooks hooks = {});
   ~Engine();
 
   // Loads jobs and reports from the store and re-publishes the gauges.
   absl::Status Restore();
   void StartWorker();
-  // Runs every queued task, then stops the worker.
+  // Runs every queued seal and task, then stops the lanes.
   void StopWorker();
+  // OK unless the latest store commit failed (and none succeeded since) or
+  // the backend failed every seal of its latest call.
+  absl::Status Readiness() const;
 
-  grpc::Status Open(const sigma::v1::OpenSnapshot& open, IngestSession* session);
-  grpc::Status Batch(IngestSession* session, const sigma::v1::Batch& batch);
+  absl::Status Open(const sigma::v1::OpenSnapshot& open, IngestSession* session);
+  absl::Status Batch(IngestSession* session, const sigma::v1::Batch& batch);
   // True when Batch would ignore `seq` as already taken (or the snapshot was
   // sealed): such resends are not charged to the client's rate limit.
   bool IsDuplicate(const IngestSession& session, int64_t seq) const;
   // Ends the stream's share: `end` is null on a half-close without EndOfShare.
-  // `done` runs exactly once, inline or on the worker after the seal.
-  void EndShare(IngestSession* session, const sigma::v1::EndOfShare* end,
-                std::function<void(const grpc::Status&, const sigma::v1::IngestResponse&)> done);
+  // `done` runs exactly once, inline or on a lane after the seal.
+  void EndShare(IngestSession* session, const sigma::v1::EndOfShare* end, IngestDone done);
   void Close(const sigma::v1::CloseGenerationRequest& request, ReportCallback done);
   void Configure(const sigma::v1::ConfigureJobRequest& request,
-                 std::function<void(const grpc::Status&, const sigma::v1::JobInfo&)> done);
-  grpc::Status GetHistory(const sigma::v1::GetHistoryRequest& request,
-                          sigma::v1::GetHistoryResponse* response);
-  grpc::Status ListJobs(sigma::v1::ListJobsResponse* response);
+                 std::function<void(const absl::Status&, const sigma::v1::JobInfo&)> done);
+  // `done` runs once, on the task lane (SQLite) or inline for a refusal.
+  void GetHistory(const sigma::v1::GetHistoryRequest& request, sigma::v1::GetHistoryResponse* response,
+                  std::function<void(const absl::Status&)> done);
+  absl::Status ListJobs(sigma::v1::ListJobsResponse* response);
+
+  // A stream was refused after its OpenSnapshot: the snapshot it opened is
+  // discarded when no other stream holds it and it never got a row.
+  void Abandon(IngestSession* session);
+  // Discards open snapshots idle for --snapshot-idle-timeout-s (counted,
+  // logged, memory returned); returns how many. A reaper thread calls it.
+  int64_t ExpireIdle();
 
   const std::string& backend_name() const { return backend_name_; }
-
-  // What the daemon keeps in memory of one sealed report: the values later
-  // seals need (baseline values, forecast points; about 100 bytes with the map
-  // node) and, for the tap's latest --history-cache-per-tap reports, the report
-  // itself. Older reports are read back from SQLite (history_) when a retry or
-  // GetHistory asks for them.
-  struct SealedEntry {
-    ReportPtr report;  // null once evicted
-    int32_t m = 0;
-    bool failed = false;     // Cholesky failed: no values
-    bool has_drift = false;  // baseline_generation >= 0
-    double track1_upper = 0;
-    double track2 = 0;
-    double track2_ci_halfwidth = 0;
-    double per_dim_track2_drift = 0;
-  };
+  Logger* logger() { return &logger_; }
 
  private:
-  struct TapState {
-    int32_t m = 0;
-    std::optional<int64_t> first_sealed;  // default baseline: first successful seal
-    std::map<int64_t, SealedEntry> reports;
-    std::deque<int64_t> held;  // generations whose report is in memory, in sealing order
-  };
-  struct JobState {
-    sigma::v1::JobConfig config;  // as configured
-    int32_t m = 0;
-    std::map<std::string, TapState> taps;
-    int64_t open_snapshots = 0;
-    bool has_sealed = false;
-  };
-  struct Task {
-    std::shared_ptr<Snapshot> seal;
-    std::function<void()> fn;
-  };
   struct SealWork;
+  // The sealer (sealer.cc), on a seal lane.
+  void ProcessSeals(SealQueue::Batch batch);
+  void Compute(std::vector<SealWork>& works);
+  void BuildReports(std::vector<SealWork>& works);
+  void CommitReports(std::vector<SealWork>& works);
+  void Publish(std::vector<SealWork>& works);
+  void FailSeals(const SealQueue::Batch& batch, const absl::Status& error);
+  void LogSeal(const SealWork& w);
 
-  grpc::Status Reject(const char* reason, grpc::StatusCode code, const std::string& message);
-  sigma::v1::JobConfig JobEffective(const JobState& job, int64_t m) const;  // mu_ held
-  sigma::v1::JobInfo MakeJobInfo(const std::string& name, const JobState& job) const;  // mu_ held
-  void Enqueue(Task task);
-  void WorkerLoop();
-  void ProcessSeals(std::vector<std::shared_ptr<Snapshot>> batch);
-  void DiscardSnapshot(const std::shared_ptr<Snapshot>& snap, const grpc::Status& error);
-  void ReleaseRows(Snapshot& snap);  // snap.mu held
-  // Records a sealed report in `tap` and evicts the oldest held report beyond
-  // the cache size (mu_ held).
-  void AddSealed(TapState& tap, ReportPtr report);
-  // The report of a sealed generation: from memory, else from SQLite.
-  absl::StatusOr<ReportPtr> SealedReport(const std::string& job, const std::string& tap,
-                                         const SealedEntry& entry, int64_t generation);
+  // Removes `snap` from the table if it is there (mu_ held).
+  void DropLocked(const std::shared_ptr<Snapshot>& snap);
+  // Drops a failed snapshot and calls its waiters with `error`.
+  void Discard(const std::shared_ptr<Snapshot>& snap, const absl::Status& error);
+  // Replies with the report of an already sealed generation (read on the task lane).
+  void ReplySealed(const SnapshotKey& key, ReportCallback done);
+  absl::Status OpenNew(const sigma::v1::OpenSnapshot& open, const SnapshotKey& key, sigma::DType dtype,
+                       IngestSession* session);  // mu_ held
+  void RunConfigure(const sigma::v1::ConfigureJobRequest& request,
+                    const std::function<void(const absl::Status&, const sigma::v1::JobInfo&)>& done);
+
+  void ReaperLoop();
+  absl::Status ExpiredError(const SnapshotKey& key) const;
 
   const DaemonOptions options_;
+  const Clock clock_;
+  Logger logger_;
   std::unique_ptr<Store> store_;
-  std::unique_ptr<HistoryReader> history_;  // opened by Restore
   std::unique_ptr<sigma::Backend> backend_;
-  std::string backend_name_;
+  const std::string backend_name_;
   Metrics* metrics_;
+  MemoryBudget memory_;
+  std::unique_ptr<ReportHistory> history_;  // created by Restore
+  SealQueue queue_;
 
-  std::mutex mu_;
-  std::map<std::string, JobState> jobs_;
+  mutable std::mutex mu_;
+  JobRegistry registry_;
   std::map<SnapshotKey, std::shared_ptr<Snapshot>> open_;
+  // Recently expired keys (bounded, oldest dropped first): their ranks'
+  // OpenSnapshot is refused naming the expiry.
+  std::set<SnapshotKey> expired_;
+  std::deque<SnapshotKey> expired_order_;
 
-  std::atomic<int64_t> memory_bytes_{0};
+  const bool reaper_enabled_;
+  std::mutex reaper_mu_;
+  std::condition_variable reaper_cv_;
+  bool reaper_stop_ = false;
+  std::thread reaper_;
 
-  std::mutex qmu_;
-  std::condition_variable qcv_;
-  std::deque<Task> queue_;
-  int64_t queued_fns_ = 0;
-  bool stopping_ = false;
-  std::thread worker_;
+  std::atomic<bool> store_ok_{true};
+  std::atomic<bool> backend_ok_{true};
 };
 
 }  // namespace sigma::server

@@ -4,8 +4,8 @@
 // Schema history (migrations run at Open, in one transaction):
 //   1: the tables above;
 //   2: reports.severity (highest alert severity) and reports.compute_seconds.
-// Not thread-safe: sigmad uses it from its compute worker only (and from
-// startup before the servers run).
+// Thread-safe: one mutex serializes LoadAll and Commit (sigmad commits from
+// its seal lanes and its task lane; seal_queue.h).
 #ifndef SIGMA_SERVER_STORAGE_H_
 #define SIGMA_SERVER_STORAGE_H_
 
@@ -69,6 +69,7 @@ class Store {
   sqlite3* db_;
   int lock_fd_ = -1;  // flock(LOCK_EX) on the database's ".lock" file, -1 for ":memory:"
   int schema_version_ = 0;
+  std::mutex mu_;  // LoadAll, Commit
 };
 
 // Read-only access to the reports for GetHistory and for retries of snapshots

@@ -1,0 +1,77 @@
+// The jobs sigmad knows: configuration as set, each tap's dimension m, the
+// count of open snapshots, and the rules that govern them (cardinality caps,
+// a new job's configuration, which changes ConfigureJob may make).
+// Not thread-safe: the Engine's mutex guards it.
+#ifndef SIGMA_SERVER_JOB_REGISTRY_H_
+#define SIGMA_SERVER_JOB_REGISTRY_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "sigma/server/config.h"
+#include "sigma/server/storage.h"
+#include "sigma/v1/sigma.pb.h"
+
+namespace sigma::server {
+
+struct JobState {
+  sigma::v1::JobConfig config;  // as configured (unset fields: defaults)
+  int32_t m = 0;                // the job's first m (JobInfo.m), 0 while unknown
+  std::map<std::string, int32_t> taps;  // tap -> m (0: no snapshot holds or sealed rows yet)
+  int64_t open_snapshots = 0;
+  bool has_sealed = false;
+};
+
+class JobRegistry {
+ public:
+  explicit JobRegistry(const DaemonOptions& options) : options_(options) {}
+
+  // The configuration a job runs with at dimension m.
+  sigma::v1::JobConfig Effective(const JobState& job, int64_t m) const;
+  // The configuration of a job created now: its configuration-file entry
+  // (YAML `jobs:`) with `request`'s set fields on top.
+  sigma::v1::JobConfig Initial(const std::string& job, const sigma::v1::JobConfig& request) const;
+
+  // May a snapshot of (job, tap) at m open? Checks the tap's m and the caps
+  // on taps and jobs; returns the effective configuration it would seal with
+  // (new job: `request` merged in, threshold order checked). Changes nothing.
+  absl::StatusOr<sigma::v1::JobConfig> AdmitOpen(const std::string& job, const std::string& tap, int32_t m,
+                                                 const sigma::v1::JobConfig& request) const;
+  // Records the snapshot admitted by AdmitOpen.
+  void OpenSnapshot(const std::string& job, const std::string& tap, int32_t m,
+                    const sigma::v1::JobConfig& request);
+  // A snapshot left the table: `tap_sealed` whether the tap has a sealed
+  // report. A tap that never held a row and has nothing open or sealed takes
+  // the m of the next OpenSnapshot again (as after a restart).
+  void CloseSnapshot(const std::string& job, const std::string& tap, bool still_open_on_tap, bool tap_sealed);
+  void MarkSealed(const std::string& job);
+
+  // ConfigureJob: the job's configuration with `request` merged in, or a
+  // refusal (threshold order; sketch parameters fixed once sealed or while
+  // snapshots are open; the job cap). Changes nothing.
+  absl::StatusOr<StoredJob> PrepareConfigure(const std::string& job, const sigma::v1::JobConfig& request) const;
+  // Applies a committed PrepareConfigure result (creating the job).
+  void ApplyConfigure(const StoredJob& updated);
+
+  // Restart: a stored job, and the m of a stored report's tap.
+  void Restore(const StoredJob& job);
+  void RestoreTap(const std::string& job, const std::string& tap, int32_t m);
+
+  const JobState* Find(const std::string& job) const;
+  const std::map<std::string, JobState>& jobs() const { return jobs_; }
+  // Information for ListJobs: the effective configuration at the job's m,
+  // with the sealed generation count and the highest one (ReportHistory).
+  sigma::v1::JobInfo Info(const std::string& name, const JobState& job, int64_t generations, int64_t last) const;
+
+ private:
+  const DaemonOptions& options_;
+  std::map<std::string, JobState> jobs_;
+};
+
+}  // namespace sigma::server
+
+#endif  // SIGMA_SERVER_JOB_REGISTRY_H_

@@ -1,0 +1,121 @@
+// What the daemon knows of sealed reports: per (job, tap) the values later
+// seals need (baselines, forecast points), the first successful generation
+// (the default baseline), and the latest --history-cache-per-tap reports
+// themselves; older reports are read back from SQLite (HistoryReader).
+//
+// One place decides what the gauges show: Record() says whether a report is
+// its tap's highest generation (PublishReport it), and Replay() gives, after a
+// restart, exactly the reports a running daemon would have published last.
+//
+// Thread-safety: one mutex (a leaf: nothing is called while holding it);
+// SQLite reads happen outside it. A Staging overlay (one per seal batch, not
+// thread-safe) lets the reports of one batch see each other before they are
+// committed; seals of one tap must be staged and recorded by one thread at a
+// time (the seal queue's lane of the tap's m guarantees it).
+#ifndef SIGMA_SERVER_REPORT_HISTORY_H_
+#define SIGMA_SERVER_REPORT_HISTORY_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sigma/server/snapshot.h"
+#include "sigma/server/storage.h"
+#include "sigma/v1/sigma.pb.h"
+
+namespace sigma::server {
+
+// The values of one sealed report later seals need (about 100 bytes), and
+// the report itself while it is cached.
+struct SealedEntry {
+  ReportPtr report;  // null once evicted
+  int32_t m = 0;
+  bool failed = false;     // Cholesky failed: no values
+  bool has_drift = false;  // baseline_generation >= 0
+  double track1_upper = 0;
+  double track2 = 0;
+  double track2_ci_halfwidth = 0;
+  double per_dim_track2_drift = 0;
+};
+SealedEntry EntryOf(const ReportPtr& report);
+
+// What a new report of (job, tap, generation) compares against (spec §3).
+struct BaselineInputs {
+  int64_t generation = -1;  // -1: no baseline yet
+  std::string job;          // the baseline's job
+  bool self = false;        // the snapshot is its own baseline
+  std::optional<SealedEntry> entry;  // its values (absent: unknown or evicted from the map)
+  std::map<int64_t, double> drift_points;  // earlier generations with a drift: per-dim track2 drift
+};
+
+class ReportHistory {
+ public:
+  // `reader` null: an in-memory database; every report stays cached.
+  ReportHistory(int64_t cache_per_tap, std::unique_ptr<HistoryReader> reader);
+
+  // Restart: records stored reports (in sealing order) and returns, per tap,
+  // the reports to publish in order (the last successful one that was the
+  // highest generation when it sealed, then the latest when that one failed).
+  std::vector<ReportPtr> Replay(std::vector<sigma::v1::GenerationReport> reports);
+
+  // Records a committed report; true when it is its tap's highest generation
+  // (the gauges show it).
+  bool Record(ReportPtr report);
+
+  bool Contains(const std::string& job, const std::string& tap, int64_t generation) const;
+  // True when the tap has any sealed report.
+  bool TapSealed(const std::string& job, const std::string& tap) const;
+  // Sealed generations of `job` (distinct over taps) and the highest (-1: none).
+  int64_t Generations(const std::string& job, int64_t* last) const;
+  // One report: from the cache, else SQLite (NOT_FOUND when there is none).
+  absl::StatusOr<ReportPtr> Read(const std::string& job, const std::string& tap, int64_t generation) const;
+  // Every report of `job` (of `tap` when not empty), by generation then tap.
+  absl::Status Reports(const std::string& job, const std::string& tap,
+                       std::vector<sigma::v1::GenerationReport>* out) const;
+
+  // The overlay of one seal batch.
+  class Staging {
+   public:
+    explicit Staging(const ReportHistory* history) : history_(history) {}
+    // For a successful seal of `key`: the baseline (pinned `pinned`, else the
+    // first successful generation of
+    // `baseline_job`'s tap, this one when it is the first) and forecast points.
+    BaselineInputs Resolve(const SnapshotKey& key, const std::string& baseline_job,
+                           std::optional<int64_t> pinned) const;
+    // Makes `report` visible to later Resolve calls of this batch.
+    void Stage(const ReportPtr& report);
+
+   private:
+    using TapKey = std::pair<std::string, std::string>;
+    std::optional<SealedEntry> Lookup(const std::string& job, const std::string& tap, int64_t g) const;
+    const ReportHistory* history_;
+    std::map<TapKey, std::map<int64_t, SealedEntry>> staged_;
+    std::map<TapKey, int64_t> first_;
+  };
+  Staging Stage() const { return Staging(this); }
+
+ private:
+  struct Tap {
+    std::optional<int64_t> first_sealed;  // default baseline: first successful seal
+    std::map<int64_t, SealedEntry> reports;
+    std::deque<int64_t> held;  // generations whose report is cached, in sealing order
+  };
+  using TapKey = std::pair<std::string, std::string>;
+  void AddLocked(Tap& tap, ReportPtr report);  // mu_ held
+
+  const int64_t cache_per_tap_;
+  std::unique_ptr<HistoryReader> reader_;
+  mutable std::mutex mu_;
+  std::map<TapKey, Tap> taps_;
+};
+
+}  // namespace sigma::server
+
+#endif  // SIGMA_SERVER_REPORT_HISTORY_H_

@@ -1,0 +1,142 @@
+#include "sigma/server/job_registry.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "sigma/server/refusal.h"
+
+namespace sigma::server {
+
+namespace v1 = sigma::v1;
+
+v1::JobConfig JobRegistry::Effective(const JobState& job, int64_t m) const {
+  return EffectiveJobConfig(MergeJobConfig(options_.job_defaults, job.config), m);
+}
+
+v1::JobConfig JobRegistry::Initial(const std::string& job, const v1::JobConfig& request) const {
+  v1::JobConfig base;
+  if (auto c = options_.job_configs.find(job); c != options_.job_configs.end()) base = c->second;
+  return MergeJobConfig(base, request);
+}
+
+absl::StatusOr<v1::JobConfig> JobRegistry::AdmitOpen(const std::string& job, const std::string& tap, int32_t m,
+                                                     const v1::JobConfig& request) const {
+  auto it = jobs_.find(job);
+  if (it != jobs_.end()) {
+    auto t = it->second.taps.find(tap);
+    if (t != it->second.taps.end()) {
+      if (t->second != 0 && t->second != m)
+        return Refusal(absl::StatusCode::kInvalidArgument, "dimension_mismatch",
+                       absl::StrFormat("m = %d differs from m = %d of job '%s' tap '%s'", m, t->second, job, tap));
+    } else if (static_cast<int64_t>(it->second.taps.size()) >= options_.max_taps_per_job) {
+      return Refusal(absl::StatusCode::kResourceExhausted, "too_many_taps",
+                     absl::StrFormat("job '%s' already has %d taps (--max-taps-per-job)", job,
+                                     options_.max_taps_per_job));
+    }
+    return Effective(it->second, m);
+  }
+  if (static_cast<int64_t>(jobs_.size()) >= options_.max_jobs)
+    return Refusal(absl::StatusCode::kResourceExhausted, "too_many_jobs",
+                   absl::StrFormat("too many jobs: %d exist (--max-jobs = %d)", jobs_.size(), options_.max_jobs));
+  JobState fresh;
+  fresh.config = Initial(job, request);
+  v1::JobConfig effective = Effective(fresh, m);
+  // The configuration file's entry merged with the request.
+  if (absl::Status s = ValidateThresholdOrder(effective.thresholds()); !s.ok())
+    return Refusal(absl::StatusCode::kInvalidArgument, "invalid_request", s.message());
+  return effective;
+}
+
+void JobRegistry::OpenSnapshot(const std::string& job, const std::string& tap, int32_t m,
+                               const v1::JobConfig& request) {
+  auto it = jobs_.find(job);
+  if (it == jobs_.end()) {
+    JobState fresh;
+    fresh.config = Initial(job, request);
+    it = jobs_.emplace(job, std::move(fresh)).first;
+  }
+  JobState& state = it->second;
+  state.taps[tap] = m;
+  if (state.m == 0) state.m = m;
+  ++state.open_snapshots;
+}
+
+void JobRegistry::CloseSnapshot(const std::string& job, const std::string& tap, bool still_open_on_tap,
+                                bool tap_sealed) {
+  auto j = jobs_.find(job);
+  if (j == jobs_.end()) return;
+  JobState& state = j->second;
+  --state.open_snapshots;
+  auto t = state.taps.find(tap);
+  if (t == state.taps.end() || tap_sealed || still_open_on_tap) return;
+  t->second = 0;
+  if (!state.has_sealed &&
+      std::all_of(state.taps.begin(), state.taps.end(), [](const auto& e) { return e.second == 0; }))
+    state.m = 0;
+}
+
+void JobRegistry::MarkSealed(const std::string& job) {
+  if (auto j = jobs_.find(job); j != jobs_.end()) j->second.has_sealed = true;
+}
+
+absl::StatusOr<StoredJob> JobRegistry::PrepareConfigure(const std::string& job, const v1::JobConfig& request) const {
+  auto it = jobs_.find(job);
+  JobState fresh;
+  if (it == jobs_.end()) {
+    if (static_cast<int64_t>(jobs_.size()) >= options_.max_jobs)
+      return Refusal(absl::StatusCode::kResourceExhausted, "too_many_jobs",
+                     absl::StrFormat("too many jobs: %d exist (--max-jobs = %d)", jobs_.size(), options_.max_jobs));
+    fresh.config = Initial(job, v1::JobConfig());
+  }
+  const JobState& current = it == jobs_.end() ? fresh : it->second;
+  JobState updated = current;
+  updated.config = MergeJobConfig(current.config, request);
+  const v1::JobConfig a = Effective(current, current.m), b = Effective(updated, current.m);
+  if (absl::Status s = ValidateThresholdOrder(b.thresholds()); !s.ok())
+    return Refusal(absl::StatusCode::kInvalidArgument, "invalid_request", absl::StrCat("job '", job, "': ", s.message()));
+  const bool sketch_changed = a.has_n_a() != b.has_n_a() || a.n_a() != b.n_a() || a.delta() != b.delta() ||
+                              a.rho() != b.rho() || a.preprocessing() != b.preprocessing() || a.seed() != b.seed();
+  if (sketch_changed && current.has_sealed)
+    return Refusal(absl::StatusCode::kFailedPrecondition, "sketch_fixed",
+                   absl::StrCat("job '", job,
+                                "': sketch parameters (n_a, delta, rho, preprocessing, seed) are fixed once "
+                                "a generation has sealed; thresholds and the baseline can change"));
+  if (sketch_changed && current.open_snapshots > 0)
+    return Refusal(absl::StatusCode::kFailedPrecondition, "sketch_fixed",
+                   absl::StrCat("job '", job, "': sketch parameters cannot change while snapshots are open"));
+  return StoredJob{job, updated.config, updated.m};
+}
+
+void JobRegistry::ApplyConfigure(const StoredJob& updated) { jobs_[updated.name].config = updated.config; }
+
+void JobRegistry::Restore(const StoredJob& job) {
+  JobState& state = jobs_[job.name];
+  state.config = job.config;
+  state.m = job.m;
+}
+
+void JobRegistry::RestoreTap(const std::string& job, const std::string& tap, int32_t m) {
+  JobState& state = jobs_[job];
+  state.taps[tap] = m;
+  if (state.m == 0) state.m = m;
+  state.has_sealed = true;
+}
+
+const JobState* JobRegistry::Find(const std::string& job) const {
+  auto it = jobs_.find(job);
+  return it == jobs_.end() ? nullptr : &it->second;
+}
+
+v1::JobInfo JobRegistry::Info(const std::string& name, const JobState& job, int64_t generations, int64_t last) const {
+  v1::JobInfo info;
+  info.set_job(name);
+  *info.mutable_config() = Effective(job, job.m);
+  for (const auto& [tap, m] : job.taps) info.add_taps(tap);
+  info.set_generations_sealed(generations);
+  info.set_last_generation(last);
+  info.set_m(job.m);
+  return info;
+}
+
+}  // namespace sigma::server

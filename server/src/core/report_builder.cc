@@ -1,0 +1,127 @@
+#include "sigma/server/report_builder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+namespace sigma::server {
+
+namespace v1 = sigma::v1;
+
+namespace {
+
+void SetTracks(const sigma::TrackValues& vals, v1::GenerationReport* r) {
+  r->set_n_a(vals.n_a);
+  r->set_track1_lower(vals.track1_lower);
+  r->set_track1_upper(vals.track1_upper);
+  r->set_track2(vals.track2);
+  r->set_track2_raw(vals.track2_raw);
+  r->set_track2_bias(vals.track2_bias);
+  r->set_track2_ci_halfwidth(vals.track2_ci_halfwidth);
+  auto* f = r->mutable_flags();
+  f->set_rho_violated(vals.flags.rho_violated);
+  f->set_n_a_below_m(vals.flags.n_a_below_m);
+  f->set_low_confidence(vals.flags.low_confidence);
+  f->set_cholesky_failed(vals.flags.cholesky_failed);
+  f->set_failure_reason(vals.flags.failure_reason);
+  f->set_rho_violations(vals.rho_violations);
+  f->set_max_energy(vals.max_energy);
+  f->set_mean_energy(vals.mean_energy);
+}
+
+// Drift against the baseline (spec §3), setting baseline_generation/job.
+std::optional<sigma::DriftValues> Drift(const ReportInputs& in, const sigma::TrackValues& vals,
+                                        const BaselineInputs& b, v1::GenerationReport* r) {
+  r->set_baseline_generation(-1);
+  if (vals.flags.cholesky_failed || b.generation < 0) return std::nullopt;
+  std::optional<sigma::DriftValues> drift;
+  if (b.self) {
+    r->set_baseline_generation(b.generation);  // the baseline itself: zero drift, no drift alerts
+  } else if (b.entry && !b.entry->failed && b.entry->m == in.m) {
+    sigma::TrackValues bv;
+    bv.m = b.entry->m;
+    bv.track1_upper = b.entry->track1_upper;
+    bv.track2 = b.entry->track2;
+    bv.track2_ci_halfwidth = b.entry->track2_ci_halfwidth;
+    drift = sigma::ComputeDrift(vals, bv);
+    r->set_baseline_generation(b.generation);
+  }
+  if (b.job != in.key.job && r->baseline_generation() >= 0) r->set_baseline_job(b.job);
+  return drift;
+}
+
+void SetDrift(const ReportInputs& in, const sigma::TrackValues& vals, const std::optional<sigma::DriftValues>& drift,
+              v1::GenerationReport* r) {
+  const int m = std::max(1, in.m);
+  if (drift) {
+    r->set_track1_drift(drift->track1_drift);
+    r->set_track2_drift(drift->track2_drift);
+    r->set_divergence(drift->divergence);
+    r->set_drift_halfwidth(drift->drift_halfwidth);
+    r->mutable_per_dim()->set_track1_drift(drift->track1_drift_per_dim);
+    r->mutable_per_dim()->set_track2_drift(drift->track2_drift_per_dim);
+    r->mutable_per_dim()->set_divergence(drift->divergence_per_dim);
+    r->mutable_per_dim()->set_drift_halfwidth(drift->drift_halfwidth / m);
+  } else if (!vals.flags.cholesky_failed && r->baseline_generation() >= 0) {
+    r->set_drift_halfwidth(std::hypot(vals.track2_ci_halfwidth, vals.track2_ci_halfwidth));
+    r->mutable_per_dim()->set_drift_halfwidth(r->drift_halfwidth() / m);
+  }
+}
+
+// Forecast over the generations up to this one that have a drift.
+void SetForecast(const ReportInputs& in, const BaselineInputs& b, v1::GenerationReport* r) {
+  if (r->flags().cholesky_failed() || r->baseline_generation() < 0) return;
+  std::map<int64_t, double> points = b.drift_points;
+  points[in.key.generation] = r->per_dim().track2_drift();
+  std::vector<double> gens, values;
+  for (const auto& [g, v] : points) {
+    gens.push_back(static_cast<double>(g));
+    values.push_back(v);
+  }
+  if (auto fc = sigma::GenerationsToCritical(gens, values, in.config.thresholds().drift_critical()))
+    r->set_generations_to_critical(*fc);
+}
+
+}  // namespace
+
+sigma::AlertThresholds Thresholds(const v1::JobConfig& effective) {
+  sigma::AlertThresholds t;
+  t.drift_warning = effective.thresholds().drift_warning();
+  t.drift_critical = effective.thresholds().drift_critical();
+  t.divergence_warning = effective.thresholds().divergence_warning();
+  t.track1_stable = effective.thresholds().track1_stable();
+  return t;
+}
+
+sigma::TrackValues Estimate(const ReportInputs& in) {
+  return sigma::EstimateTracks(in.moments, in.n, in.delta, in.rho, in.energy);
+}
+
+v1::GenerationReport BuildReport(const ReportInputs& in, const sigma::TrackValues& vals,
+                                 const BaselineInputs& baseline) {
+  v1::GenerationReport r;
+  r.set_job(in.key.job);
+  r.set_tap(in.key.tap);
+  r.set_generation(in.key.generation);
+  r.set_m(in.m);
+  r.set_n(in.n);
+  r.set_backend(in.backend);
+  SetTracks(vals, &r);
+  r.mutable_flags()->set_closed_explicitly(in.closed_explicitly);
+  r.set_compute_seconds(in.compute_seconds);
+  r.set_sealed_unix_ms(in.sealed_unix_ms);
+  r.set_world_size(in.world_size);
+  r.set_ranks_finished(in.ranks_finished);
+  const std::optional<sigma::DriftValues> drift = Drift(in, vals, baseline, &r);
+  SetDrift(in, vals, drift, &r);
+  for (const sigma::Alert& a : sigma::EvaluateAlerts(vals, drift, Thresholds(in.config))) {
+    auto* out = r.add_alerts();
+    out->set_rule(a.rule);
+    out->set_severity(std::string(sigma::AlertSeverityName(a.severity)));
+  }
+  SetForecast(in, baseline, &r);
+  return r;
+}
+
+}  // namespace sigma::server

@@ -1,0 +1,190 @@
+#include "sigma/server/report_history.h"
+
+#include <algorithm>
+#include <set>
+
+namespace sigma::server {
+
+namespace v1 = sigma::v1;
+
+SealedEntry EntryOf(const ReportPtr& r) {
+  SealedEntry e;
+  e.report = r;
+  e.m = r->m();
+  e.failed = r->flags().cholesky_failed();
+  e.has_drift = r->baseline_generation() >= 0;
+  e.track1_upper = r->track1_upper();
+  e.track2 = r->track2();
+  e.track2_ci_halfwidth = r->track2_ci_halfwidth();
+  e.per_dim_track2_drift = r->per_dim().track2_drift();
+  return e;
+}
+
+ReportHistory::ReportHistory(int64_t cache_per_tap, std::unique_ptr<HistoryReader> reader)
+    : cache_per_tap_(cache_per_tap), reader_(std::move(reader)) {}
+
+void ReportHistory::AddLocked(Tap& tap, ReportPtr report) {
+  const int64_t g = report->generation();
+  if (!report->flags().cholesky_failed() && !tap.first_sealed) tap.first_sealed = g;
+  tap.reports[g] = EntryOf(report);
+  tap.held.push_back(g);
+  // Evict the oldest cached reports beyond the cache, but never the tap's
+  // highest generation (its report feeds the gauges). Without a reader every
+  // report stays.
+  const int64_t highest = tap.reports.rbegin()->first;
+  size_t guard = tap.held.size();
+  while (reader_ && static_cast<int64_t>(tap.held.size()) > cache_per_tap_ && guard-- > 0) {
+    const int64_t old = tap.held.front();
+    tap.held.pop_front();
+    if (old == highest) {
+      tap.held.push_back(old);
+      continue;
+    }
+    if (auto it = tap.reports.find(old); it != tap.reports.end()) it->second.report.reset();
+  }
+}
+
+bool ReportHistory::Record(ReportPtr report) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Tap& tap = taps_[{report->job(), report->tap()}];
+  const int64_t g = report->generation();
+  AddLocked(tap, std::move(report));
+  return tap.reports.rbegin()->first == g;
+}
+
+std::vector<ReportPtr> ReportHistory::Replay(std::vector<v1::GenerationReport> reports) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // The track gauges a running daemon shows: those of the last successful
+  // report that was the tap's highest generation when it sealed (a failed seal
+  // publishes its alerts but keeps the previous track values).
+  std::map<TapKey, ReportPtr> last_published_ok;
+  for (v1::GenerationReport& r : reports) {
+    Tap& tap = taps_[{r.job(), r.tap()}];
+    auto ptr = std::make_shared<const v1::GenerationReport>(std::move(r));
+    const bool highest = tap.reports.empty() || tap.reports.rbegin()->first < ptr->generation();
+    if (highest && !ptr->flags().cholesky_failed()) last_published_ok[{ptr->job(), ptr->tap()}] = ptr;
+    AddLocked(tap, std::move(ptr));
+  }
+  std::vector<ReportPtr> publish;
+  for (const auto& [key, tap] : taps_) {
+    if (tap.reports.empty() || !tap.reports.rbegin()->second.report) continue;
+    const ReportPtr& latest = tap.reports.rbegin()->second.report;
+    if (latest->flags().cholesky_failed()) {
+      if (auto ok = last_published_ok.find(key); ok != last_published_ok.end()) publish.push_back(ok->second);
+    }
+    publish.push_back(latest);
+  }
+  return publish;
+}
+
+bool ReportHistory::Contains(const std::string& job, const std::string& tap, int64_t generation) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto t = taps_.find({job, tap});
+  return t != taps_.end() && t->second.reports.contains(generation);
+}
+
+bool ReportHistory::TapSealed(const std::string& job, const std::string& tap) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto t = taps_.find({job, tap});
+  return t != taps_.end() && !t->second.reports.empty();
+}
+
+int64_t ReportHistory::Generations(const std::string& job, int64_t* last) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::set<int64_t> generations;
+  for (auto it = taps_.lower_bound({job, ""}); it != taps_.end() && it->first.first == job; ++it) {
+    for (const auto& [g, e] : it->second.reports) generations.insert(g);
+  }
+  *last = generations.empty() ? -1 : *generations.rbegin();
+  return static_cast<int64_t>(generations.size());
+}
+
+absl::StatusOr<ReportPtr> ReportHistory::Read(const std::string& job, const std::string& tap,
+                                              int64_t generation) const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto t = taps_.find({job, tap});
+    if (t == taps_.end() || !t->second.reports.contains(generation))
+      return absl::NotFoundError("no sealed report");
+    if (ReportPtr r = t->second.reports.at(generation).report) return r;
+  }
+  if (!reader_) return absl::UnavailableError("the history database is not open");
+  absl::StatusOr<v1::GenerationReport> r = reader_->Report(job, tap, generation);
+  if (!r.ok()) return r.status();
+  return std::make_shared<const v1::GenerationReport>(*std::move(r));
+}
+
+absl::Status ReportHistory::Reports(const std::string& job, const std::string& tap,
+                                    std::vector<v1::GenerationReport>* out) const {
+  // From SQLite (every report there was committed before any client heard of
+  // it), without holding mu_: sealing goes on meanwhile.
+  if (reader_) return reader_->Reports(job, tap, out);
+  std::vector<ReportPtr> held;  // in-memory database: every report is cached
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = taps_.lower_bound({job, ""}); it != taps_.end() && it->first.first == job; ++it) {
+      if (!tap.empty() && tap != it->first.second) continue;
+      for (const auto& [g, e] : it->second.reports) held.push_back(e.report);
+    }
+  }
+  std::stable_sort(held.begin(), held.end(), [](const ReportPtr& a, const ReportPtr& b) {
+    return a->generation() != b->generation() ? a->generation() < b->generation() : a->tap() < b->tap();
+  });
+  for (const ReportPtr& r : held) out->push_back(*r);
+  return absl::OkStatus();
+}
+
+// ----------------------------------------------------------------- Staging --
+
+std::optional<SealedEntry> ReportHistory::Staging::Lookup(const std::string& job, const std::string& tap,
+                                                          int64_t g) const {
+  if (auto s = staged_.find({job, tap}); s != staged_.end()) {
+    if (auto r = s->second.find(g); r != s->second.end()) return r->second;
+  }
+  std::lock_guard<std::mutex> lock(history_->mu_);
+  auto t = history_->taps_.find({job, tap});
+  if (t == history_->taps_.end()) return std::nullopt;
+  auto r = t->second.reports.find(g);
+  if (r == t->second.reports.end()) return std::nullopt;
+  return r->second;
+}
+
+BaselineInputs ReportHistory::Staging::Resolve(const SnapshotKey& key, const std::string& baseline_job,
+                                               std::optional<int64_t> pinned) const {
+  BaselineInputs in;
+  in.job = baseline_job.empty() ? key.job : baseline_job;
+  std::optional<int64_t> first;
+  {
+    std::lock_guard<std::mutex> lock(history_->mu_);
+    if (auto t = history_->taps_.find({in.job, key.tap}); t != history_->taps_.end()) first = t->second.first_sealed;
+    if (auto t = history_->taps_.find({key.job, key.tap}); t != history_->taps_.end()) {
+      for (const auto& [g, p] : t->second.reports)
+        if (g < key.generation && !p.failed && p.has_drift) in.drift_points[g] = p.per_dim_track2_drift;
+    }
+  }
+  if (!first) {
+    if (auto f = first_.find({in.job, key.tap}); f != first_.end()) first = f->second;
+  }
+  if (!first && in.job == key.job) first = key.generation;  // this successful seal is the tap's first
+  if (auto s = staged_.find({key.job, key.tap}); s != staged_.end()) {
+    for (const auto& [g, p] : s->second)
+      if (g < key.generation && !p.failed && p.has_drift) in.drift_points[g] = p.per_dim_track2_drift;
+  }
+  const std::optional<int64_t> bgen = pinned ? pinned : first;
+  if (!bgen) return in;
+  in.generation = *bgen;
+  in.self = in.job == key.job && *bgen == key.generation;
+  if (!in.self) in.entry = Lookup(in.job, key.tap, *bgen);
+  return in;
+}
+
+void ReportHistory::Staging::Stage(const ReportPtr& report) {
+  const TapKey key{report->job(), report->tap()};
+  staged_[key][report->generation()] = EntryOf(report);
+  if (report->flags().cholesky_failed() || first_.contains(key)) return;
+  std::lock_guard<std::mutex> lock(history_->mu_);
+  auto t = history_->taps_.find(key);
+  if (t == history_->taps_.end() || !t->second.first_sealed) first_[key] = report->generation();
+}
+
+}  // namespace sigma::server

@@ -1,0 +1,196 @@
+// The sealer: Engine::ProcessSeals runs on a seal lane for a batch of
+// snapshots in kSealing: gather (rows out of the snapshots, memory returned)
+// -> compute (one SealBatch call) -> build (pure reports against the staged
+// history) -> commit (SQLite, durable before anyone hears) -> publish
+// (history, gauges, table, waiters).
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "sigma/kernels/routed_backend.h"
+#include "sigma/server/report_builder.h"
+#include "sigma/server/scheduler.h"
+
+namespace sigma::server {
+
+namespace v1 = sigma::v1;
+
+struct Engine::SealWork {
+  std::shared_ptr<Snapshot> snap;
+  SealJob job;
+  sigma::SealMoments moments;
+  v1::JobConfig config;  // the job's effective configuration at seal time
+  double compute_seconds = 0;  // gather + backend call, wall time
+  absl::Status error;
+  ReportPtr report;
+};
+
+namespace {
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+void Engine::ProcessSeals(SealQueue::Batch batch) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<SealWork> works(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    SealWork& w = works[i];
+    w.snap = std::move(batch[i]);
+    w.snap->Gather(&w.job);
+    // Multi-GPU placement (RoutedBackend): one job's snapshots always on the same device.
+    w.job.input.placement_key = sigma::PlacementKeyForJob(w.snap->key().job);
+    if (absl::Status v = sigma::ValidateSealInput(w.job.input); !v.ok())
+      w.error = absl::FailedPreconditionError(absl::StrCat(KeyString(w.snap->key()), ": ", v.message()));
+  }
+  // Reports are built in key order: a batch's generations of one tap see each other.
+  std::sort(works.begin(), works.end(), [](const SealWork& a, const SealWork& b) { return a.snap->key() < b.snap->key(); });
+  Compute(works);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (SealWork& w : works) w.compute_seconds = seconds;
+  BuildReports(works);
+  CommitReports(works);
+  Publish(works);
+}
+
+// One batched backend call for every valid snapshot; on failure each one
+// alone, to isolate the failing snapshot(s).
+void Engine::Compute(std::vector<SealWork>& works) {
+  std::vector<size_t> valid;
+  std::vector<sigma::SealInput> inputs;
+  for (size_t i = 0; i < works.size(); ++i) {
+    if (!works[i].error.ok()) continue;
+    valid.push_back(i);
+    inputs.push_back(works[i].job.input);
+  }
+  if (inputs.empty()) return;
+  std::vector<sigma::SealMoments> moments(inputs.size());
+  metrics_->SealBatchSize(inputs.size());
+  size_t failures = 0;
+  if (absl::Status s = backend_->SealBatch(inputs, absl::MakeSpan(moments)); !s.ok()) {
+    for (size_t j = 0; j < valid.size(); ++j) {
+      absl::Status one = backend_->SealBatch({&inputs[j], 1}, {&moments[j], 1});
+      if (one.ok()) continue;
+      ++failures;
+      works[valid[j]].error = absl::InternalError(absl::StrCat("backend ", backend_name_, ": ", one.message()));
+    }
+  }
+  backend_ok_.store(failures < valid.size());
+  for (size_t j = 0; j < valid.size(); ++j) works[valid[j]].moments = moments[j];
+}
+
+// Estimate, drift against the baseline, alerts, forecast: pure, against the
+// history with this batch's earlier reports staged.
+void Engine::BuildReports(std::vector<SealWork>& works) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (SealWork& w : works) {
+      if (const JobState* job = registry_.Find(w.snap->key().job)) w.config = registry_.Effective(*job, w.snap->params().m);
+    }
+  }
+  ReportHistory::Staging staging = history_->Stage();
+  const int64_t sealed_ms = NowUnixMs();
+  for (SealWork& w : works) {
+    if (!w.error.ok()) continue;
+    const Snapshot::Params& p = w.snap->params();
+    ReportInputs in;
+    in.key = p.key;
+    in.m = p.m;
+    in.n = w.job.n;
+    in.backend = backend_name_;
+    in.moments = w.moments;
+    in.energy = w.job.energy;
+    in.delta = p.delta;
+    in.rho = p.rho;
+    in.config = w.config;
+    in.closed_explicitly = w.job.closed_explicitly;
+    in.world_size = p.world_size;
+    in.ranks_finished = w.job.ranks_finished;
+    in.compute_seconds = w.compute_seconds;
+    in.sealed_unix_ms = sealed_ms;
+    const sigma::TrackValues vals = Estimate(in);
+    BaselineInputs baseline;
+    if (!vals.flags.cholesky_failed) {
+      std::optional<int64_t> pinned;
+      if (w.config.has_baseline_generation()) pinned = w.config.baseline_generation();
+      baseline = staging.Resolve(p.key, w.config.baseline_job(), pinned);
+    }
+    w.report = std::make_shared<const v1::GenerationReport>(BuildReport(in, vals, baseline));
+    staging.Stage(w.report);
+  }
+}
+
+// Durable before anyone hears about it: every report of the batch and its
+// job's row in one transaction.
+void Engine::CommitReports(std::vector<SealWork>& works) {
+  std::vector<v1::GenerationReport> reports;
+  std::map<std::string, StoredJob> jobs;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const SealWork& w : works) {
+      if (!w.error.ok()) continue;
+      reports.push_back(*w.report);
+      if (const JobState* job = registry_.Find(w.snap->key().job))
+        jobs[w.snap->key().job] = StoredJob{w.snap->key().job, job->config, job->m};
+    }
+  }
+  if (reports.empty()) return;
+  std::vector<StoredJob> job_rows;
+  for (auto& [name, j] : jobs) job_rows.push_back(std::move(j));
+  const absl::Status s = store_->Commit(job_rows, reports);
+  store_ok_.store(s.ok());
+  if (s.ok()) return;
+  metrics_->StoreCommitFailed();
+  logger_.Log(LogLevel::kError, "store_failure", {{"what", "seal"}, {"reports", absl::StrCat(reports.size())},
+                                                  {"error", std::string(s.message())}});
+  for (SealWork& w : works) {
+    if (!w.error.ok()) continue;
+    w.error = absl::UnavailableError(absl::StrCat("store: ", s.message()));
+    w.report.reset();
+  }
+}
+
+// History and gauges (one rule: ReportHistory::Record), the table, then the waiters.
+void Engine::Publish(std::vector<SealWork>& works) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (SealWork& w : works) {
+      if (w.error.ok()) {
+        registry_.MarkSealed(w.snap->key().job);
+        metrics_->CountSeal(*w.report);
+        if (history_->Record(w.report)) metrics_->PublishReport(*w.report, Thresholds(w.config));
+      }
+      DropLocked(w.snap);
+    }
+  }
+  const SteadyTime now = clock_();
+  for (SealWork& w : works) {
+    if (w.error.ok()) metrics_->SealDuration(std::chrono::duration<double>(now - w.job.seal_requested).count());
+    LogSeal(w);
+    for (auto& cb : w.snap->Settle(w.error, w.report)) cb(w.error, w.error.ok() ? w.report : nullptr);
+  }
+}
+
+void Engine::LogSeal(const SealWork& w) {
+  const SnapshotKey& k = w.snap->key();
+  std::string result = "ok";
+  if (!w.error.ok()) result = absl::StrCat("error: ", w.error.message());
+  else if (w.report->flags().cholesky_failed()) result = "cholesky_failed";
+  logger_.Log(w.error.ok() ? LogLevel::kInfo : LogLevel::kError, "seal",
+              {{"job", k.job}, {"tap", k.tap}, {"generation", absl::StrCat(k.generation)},
+               {"m", absl::StrCat(w.snap->params().m)}, {"n_a", absl::StrCat(w.job.input.rows.num_rows)},
+               {"backend", backend_name_}, {"seconds", absl::StrFormat("%.6f", w.compute_seconds)},
+               {"result", result}});
+}
+
+void Engine::FailSeals(const SealQueue::Batch& batch, const absl::Status& error) {
+  for (const std::shared_ptr<Snapshot>& snap : batch) {
+    if (snap->state() == Snapshot::State::kSealing) Discard(snap, error);
+  }
+}
+
+}  // namespace sigma::server
