@@ -242,6 +242,8 @@ void Daemon::Shutdown(double grace_seconds) {
 
 absl::Status Daemon::Readiness() const {
   if (!serving_.load()) return absl::UnavailableError("sigmad is starting or shutting down");
+  // The engine's view: the latest store commit and the backend's latest seals.
+  if (auto s = engine_->Readiness(); !s.ok()) return s;
   // The store must stay writable: its directory (SQLite's journal) and file.
   std::error_code ec;
   const std::filesystem::path db = std::filesystem::absolute(options_.db, ec);

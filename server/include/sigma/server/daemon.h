@@ -60,8 +60,9 @@ class Daemon {
   // How often the gRPC server was restarted after its listener stopped
   // accepting (out of file descriptors; grpc_accept_watch.h).
   int64_t grpc_restarts() const { return grpc_restarts_.load(); }
-  // What /readyz answers: OK while serving with a writable store; UNAVAILABLE
-  // naming the reason otherwise. Thread-safe.
+  // What /readyz answers: OK while serving, with a writable store whose latest
+  // commit succeeded and a backend whose latest seals did; UNAVAILABLE naming
+  // the reason otherwise. Thread-safe.
   absl::Status Readiness() const;
 
  private:
