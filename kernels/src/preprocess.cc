@@ -53,8 +53,13 @@ void PreprocessRows(Preprocessing p, double rho, double* rows, int64_t num_rows,
     const ScaledSquares sq = SquaresOf(row, m);
     const RowEnergy e = EnergyOfRow(p, sq);
     double energy = e.energy;
-    if (e.check == RowCheck::kOk && p == Preprocessing::kL2) NormaliseRow(row, m, sq);
-    // Refused rows (see the header): l2 -> energy 0, none -> +Inf.
+    // Rows the ingest refuses (see the header), passed anyway: an l2 row whose
+    // norm exceeds float64 still normalises (scaled); a zero row stays zero
+    // with energy 0; under none an overflowing energy counts as +Inf.
+    if (p == Preprocessing::kL2 && sq.ssq > 0) {
+      NormaliseRow(row, m, sq);
+      energy = 1.0;
+    }
     if (e.check == RowCheck::kEnergyOverflow) energy = std::numeric_limits<double>::infinity();
     if (stats != nullptr) AddRowEnergy(energy, rho, stats);
   }

@@ -112,6 +112,23 @@ TEST(PreprocessTest, ScaledRowsGiveTheSameTracks) {
   }
 }
 
+// Rows the ingest refuses, passed to PreprocessRows anyway (sigmactl eval,
+// direct backend use): never NaN, documented outcomes.
+TEST(PreprocessTest, RefusedRowsHaveDefinedOutcomes) {
+  std::vector<double> rows = {1.5e308, 1.5e308, 0, 0};
+  EnergyStats stats;
+  PreprocessRows(Preprocessing::kL2, 1.0, rows.data(), 2, 2, &stats);
+  EXPECT_NEAR(rows[0], std::sqrt(0.5), 1e-15);  // norm beyond float64: still normalised
+  EXPECT_NEAR(rows[1], std::sqrt(0.5), 1e-15);
+  EXPECT_EQ(rows[2], 0.0);  // zero row stays zero
+  EXPECT_EQ(stats.sum_energy, 1.0);
+  std::vector<double> raw = {1e160, 0};
+  EnergyStats none;
+  PreprocessRows(Preprocessing::kNone, 1.0, raw.data(), 1, 2, &none);
+  EXPECT_TRUE(std::isinf(none.max_energy));
+  EXPECT_EQ(none.rho_violations, 1);
+}
+
 TEST(PreprocessTest, NoneKeepsTinyEnergiesAccurate) {
   // Squares of 3e-150 are normal, but the plain sum 2.5e-299 is below the
   // trusted 2^-900: the scaled path must give the same energy.

@@ -37,8 +37,9 @@ void AddRowEnergy(double energy, double rho, EnergyStats* stats);
 // are computed without overflow or underflow (RowSquares), so a row scaled by
 // 1e155 or 1e-170 normalises like the unscaled one. Precondition: the rows are
 // finite and pass CheckRowNorms (the daemon refuses others at ingest); a refused
-// row, passed anyway, is left as it is and counts energy 0 (l2 zero row) or
-// +Inf (none, ||x||^2 overflows).
+// row, passed anyway: an l2 row whose norm exceeds float64 is still normalised,
+// a zero l2 row stays zero with energy 0, a none row whose ||x||^2 overflows
+// counts energy +Inf.
 void PreprocessRows(Preprocessing p, double rho, double* rows, int64_t num_rows,
                     int64_t m, EnergyStats* stats);
 
