@@ -26,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "npy.h"
+#include "json_output.h"
 #include "report_csv.h"
 #include "sigma/client/client.h"
 #include "sigma/client/json.h"
@@ -357,35 +358,6 @@ absl::StatusOr<bool> ParseJobConfig(const Parsed& p, v1::JobConfig* config) {
 }
 
 // ---- output ---------------------------------------------------------------
-
-// The proto3 JSON mapping prints 64-bit integers as strings; sigmactl prints numbers
-// (a generation or n_a is a number in every other output). Walks `json` along the
-// message's descriptor and converts the (u)int64 fields, repeated ones too.
-void Int64AsNumbers(const google::protobuf::Descriptor* d, nlohmann::json& json) {
-  using FD = google::protobuf::FieldDescriptor;
-  if (!json.is_object()) return;
-  for (int i = 0; i < d->field_count(); ++i) {
-    const FD* f = d->field(i);
-    auto it = json.find(std::string(f->name()));
-    if (it == json.end()) continue;
-    auto convert = [&](nlohmann::json& v) {
-      if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
-        Int64AsNumbers(f->message_type(), v);
-      } else if (v.is_string() && f->cpp_type() == FD::CPPTYPE_INT64) {
-        int64_t x;
-        if (absl::SimpleAtoi(v.get<std::string>(), &x)) v = x;
-      } else if (v.is_string() && f->cpp_type() == FD::CPPTYPE_UINT64) {
-        uint64_t x;
-        if (absl::SimpleAtoi(v.get<std::string>(), &x)) v = x;
-      }
-    };
-    if (it->is_array()) {
-      for (nlohmann::json& v : *it) convert(v);
-    } else {
-      convert(*it);
-    }
-  }
-}
 
 int PrintJson(const google::protobuf::Message& message, std::ostream& out, std::ostream& err) {
   absl::StatusOr<std::string> json = client::MessageToJson(message);
