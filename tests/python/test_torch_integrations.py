@@ -180,3 +180,21 @@ def test_tensorboard_scalars_by_generation(server, job, tmp_path):
                                        rel=1e-5)
     alert_tags = [t for t in acc.Tags()["scalars"] if "/alert/" in t]
     assert alert_tags, "the contraction fires alerts, written as 0..3 per generation"
+
+
+def test_wandb_logging_when_installed(server, job, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is optional (never required)")
+    from sigma_client.integrations.tensorboard import log_reports_wandb
+
+    rng = np.random.default_rng(1)
+    with Monitor(server.target, job=job, rank=0, world_size=1) as mon:
+        for k in range(2):
+            with mon.generation(k) as gen:
+                gen.send(rng.standard_normal((100, 4)).astype(np.float32))
+        hist = mon.history()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb.init(dir=str(tmp_path), project="sigma-test")
+    try:
+        assert log_reports_wandb(hist, run=run) == 2
+    finally:
+        run.finish()
