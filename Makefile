@@ -50,6 +50,7 @@ test-cpp:
 PYTEST_DIRS := $(wildcard tests/python tests/experiments tests/deploy tests/e2e tests/load)
 
 test-python:
+	@SIGMA_VENV=$(VENV) bash scripts/deps.sh --test-extras
 	@if [ -d client/python ]; then \
 	  $(PYTHON) -m pip install -q --disable-pip-version-check --no-build-isolation -e client/python >/dev/null; fi
 	@SIGMAD=$(SIGMAD) SIGMACTL=$(abspath $(BUILD_DIR))/client/cli/sigmactl \

@@ -2,8 +2,31 @@
 # Installs what the build and the tests need, and only what is missing.
 # Idempotent: a second run does nothing but check. Debian packages via apt-get,
 # Python test tools into a venv at .venv (override with SIGMA_VENV).
+#   scripts/deps.sh --test-extras   only the Python test extras (torch, transformers,
+#                                   lightning, tensorboard) into the venv; `make test`
+#                                   runs it, `make run` does not (docs/python-client.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV="${SIGMA_VENV:-.venv}"
+
+# torch from PyPI (the only torch index reachable here besides Debian's 1.13, which needs
+# 178 Debian packages and numpy < 2): the Linux wheel links the CUDA libraries (nvidia-*
+# wheels, about 3 GB) even on a CPU-only machine, and `import torch` fails without them.
+# --no-compile skips byte-compiling its ~20k .py files, most of the install time.
+TEST_EXTRAS=(torch==2.15.0 transformers accelerate lightning tensorboard)
+if [ "${1:-}" = "--test-extras" ]; then
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "deps: no venv at $VENV (run scripts/deps.sh first)" >&2
+    exit 1
+  fi
+  if "$VENV/bin/python" -c "import torch, transformers, accelerate, lightning, tensorboard" 2>/dev/null; then
+    echo "deps: Python test extras present"
+  else
+    echo "deps: installing Python test extras: ${TEST_EXTRAS[*]} (torch pulls ~4 GB of CUDA wheels)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-compile "${TEST_EXTRAS[@]}"
+  fi
+  exit 0
+fi
 
 DEBIAN_PACKAGES=(
   build-essential cmake pkg-config python3-venv
@@ -31,7 +54,6 @@ else
   echo "deps: Debian packages present"
 fi
 
-VENV="${SIGMA_VENV:-.venv}"
 PY_PACKAGES=(numpy pytest grpcio grpcio-tools protobuf ml_dtypes matplotlib pyyaml)
 if [ ! -x "$VENV/bin/python" ]; then
   echo "deps: creating venv $VENV"

@@ -161,9 +161,9 @@ absl::StatusOr<EvalData> LoadData(const EvalFlags& flags) {
 nlohmann::json ToJson(const TrackValues& v, const EvalData& data, const std::string& backend) {
   nlohmann::json out;
   out["m"] = v.m;
-  out["n_A"] = v.n_a;
+  out["n_a"] = v.n_a;  // as GenerationReport.n_a in sigmactl report/send --json
   out["n"] = v.n;
-  out["n_A_over_m"] = static_cast<double>(v.n_a) / static_cast<double>(v.m);
+  out["n_a_over_m"] = static_cast<double>(v.n_a) / static_cast<double>(v.m);
   out["delta"] = data.delta;
   out["rho"] = data.rho;
   out["preprocessing"] = std::string(PreprocessingName(data.preprocessing));
@@ -220,7 +220,7 @@ int RunEval(const Args& args, std::ostream& out, std::ostream& err) {
   }
   absl::StatusOr<EvalFlags> flags = ParseFlags(args);
   if (!flags.ok()) {
-    err << "sigmactl eval: " << flags.status().message() << "\n" << kEvalUsage;
+    err << "sigmactl eval: " << flags.status().message() << "\nsee 'sigmactl eval --help'\n";
     return 2;
   }
   absl::StatusOr<EvalData> data = LoadData(*flags);

@@ -89,8 +89,10 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
   NpyArray array;
   array.dtype = *dtype;
   if (dims.size() == 1) {
-    array.rows = 1;
-    array.cols = dims[0];
+    // Refused, as the Python client does: one row or one column is a guess.
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "'%s': a 1-D array of shape (%d,) is not [rows, m]; save one row as [1, m] "
+        "(numpy: x.reshape(1, -1))", path, dims[0]));
   } else if (dims.size() == 2) {
     array.rows = dims[0];
     array.cols = dims[1];

@@ -1,6 +1,7 @@
 // sigmactl online commands: send, report, jobs, configure, health, close.
 #include "online_commands.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -25,6 +26,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "npy.h"
+#include "json_output.h"
+#include "report_csv.h"
 #include "sigma/client/client.h"
 #include "sigma/client/json.h"
 #include "sigma/kernels/dtype.h"
@@ -79,7 +82,8 @@ constexpr char kSendUsage[] =
     "  --corpus-size N       corpus size n of the snapshot (default: rows streamed)\n"
     "job configuration, applied by sigmad only when the job is new (see configure):\n"
     "%s"
-    "  --batch-rows N        rows per Batch message (default: about 1 MiB, at most 65536)\n"
+    "  --batch-rows N        rows per Batch message (default: about 1 MiB, at most 65536;\n"
+    "                        capped below sigmad's default --max-message-bytes, 64 MiB)\n"
     "  --presketch           keep only the local bottom-n_A rows of the job's sketch (spec §2)\n"
     "                        and send those with their ids and the energy statistics of all\n"
     "                        rows: same report, at most n_A rows on the wire\n"
@@ -90,12 +94,14 @@ constexpr char kSendUsage[] =
     "%s";
 
 constexpr char kReportUsage[] =
-    "usage: sigmactl report --job J [--tap T] [--json] [common flags]\n"
+    "usage: sigmactl report --job J [--tap T] [--json | --csv] [common flags]\n"
     "Prints the history of a job: one row per sealed snapshot (tap, generation).\n"
     "  --job J               job name (required)\n"
     "  --tap T               only this tap (default: every tap)\n"
     "  --json                print the GetHistoryResponse as one JSON object\n"
     "                        {\"reports\": [GenerationReport, ...]}\n"
+    "  --csv                 print one CSV row per report (the columns of\n"
+    "                        python -m sigma_client report --csv)\n"
     "%s";
 
 constexpr char kJobsUsage[] =
@@ -247,9 +253,15 @@ absl::StatusOr<std::optional<double>> GetDouble(const Parsed& p, const std::stri
   return std::optional<double>(x);
 }
 
-// Usage error: message and the command's help on `err`, exit 2.
+// sigmad's default --max-message-bytes (server/include/sigma/server/config.h).
+constexpr int64_t kDaemonMaxMessageBytes = int64_t{64} << 20;
+
+// Usage error: the message and one line pointing at the command's --help on `err`,
+// exit 2 (usage starts "usage: sigmactl COMMAND ...").
 int UsageError(std::ostream& err, const std::string& usage, const absl::Status& status) {
-  err << "sigmactl: " << status.message() << "\n" << usage;
+  std::vector<std::string> words = absl::StrSplit(usage, absl::MaxSplits(' ', 3));
+  const std::string command = words.size() > 2 ? words[1] + " " + words[2] : "sigmactl";
+  err << "sigmactl: " << status.message() << "\nsee '" << command << " --help'\n";
   return 2;
 }
 
@@ -353,7 +365,9 @@ int PrintJson(const google::protobuf::Message& message, std::ostream& out, std::
     err << "sigmactl: " << json.status().message() << "\n";
     return 1;
   }
-  out << *json << "\n";
+  nlohmann::json doc = nlohmann::json::parse(*json);
+  Int64AsNumbers(message.GetDescriptor(), doc);
+  out << doc.dump() << "\n";
   return 0;
 }
 
@@ -515,6 +529,17 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
   const int32_t m = static_cast<int32_t>(arrays->front().cols);
   const v1::DType dtype = *WireDType(arrays->front().dtype);
   if (*batch_rows) {
+    // One Batch carries data + 8-byte ids; sigmad refuses more than its --max-message-bytes
+    // (default 64 MiB) with gRPC's "Received message larger than max": cap, and say so.
+    const int64_t row_bytes = int64_t{m} * client::DTypeBytes(dtype) + 8;
+    const int64_t cap = std::max<int64_t>(1, kDaemonMaxMessageBytes / row_bytes);
+    if (**batch_rows > cap) {
+      err << absl::StrFormat(
+          "sigmactl: --batch-rows %d with m = %d (%d bytes a row) would exceed sigmad's default "
+          "--max-message-bytes (64 MiB); sending %d rows per Batch\n",
+          **batch_rows, m, row_bytes, cap);
+      *batch_rows = cap;
+    }
     // Rebuild the client with the requested chunk size.
     ClientOptions options = (*made)->options();
     options.chunk_bytes = static_cast<size_t>(**batch_rows) * m * client::DTypeBytes(dtype);
@@ -557,7 +582,8 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
 
 int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
   const std::string usage = WithCommon(kReportUsage);
-  absl::StatusOr<Parsed> p = ParseArgs(args, {{"job", true}, {"tap", true}, {"json", false}}, false);
+  absl::StatusOr<Parsed> p =
+      ParseArgs(args, {{"job", true}, {"tap", true}, {"json", false}, {"csv", false}}, false);
   if (!p.ok()) return UsageError(err, usage, p.status());
   if (p->help) {
     out << usage;
@@ -565,6 +591,8 @@ int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
   }
   std::optional<std::string> job = p->Get("job");
   if (!job) return UsageError(err, usage, absl::InvalidArgumentError("--job is required"));
+  if (p->Has("json") && p->Has("csv"))
+    return UsageError(err, usage, absl::InvalidArgumentError("--json and --csv exclude each other"));
   absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
   if (!c.ok()) return ClientError(err, usage, c.status());
   absl::StatusOr<std::vector<v1::GenerationReport>> history =
@@ -574,6 +602,10 @@ int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
     v1::GetHistoryResponse response;
     for (const auto& r : *history) *response.add_reports() = r;
     return PrintJson(response, out, err);
+  }
+  if (p->Has("csv")) {
+    WriteReportsCsv(*history, out);
+    return 0;
   }
   if (history->empty()) {
     out << "job " << *job << ": no sealed generation\n";

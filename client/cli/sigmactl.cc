@@ -52,6 +52,6 @@ int main(int argc, char** argv) {
   for (const Command& c : kCommands) {
     if (c.name == name) return c.run(sigma::cli::Args(argv + 2, argv + argc), std::cout, std::cerr);
   }
-  std::cerr << "sigmactl: unknown command '" << name << "'\n";
-  return Usage(std::cerr);
+  std::cerr << "sigmactl: unknown command '" << name << "'\nsee 'sigmactl help'\n";
+  return 2;
 }

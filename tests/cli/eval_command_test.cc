@@ -67,7 +67,7 @@ TEST(EvalCommandTest, SharedTestVectorsReproduceThroughTheBinary) {
     for (const char* flag : {"rho_violated", "n_a_below_m", "low_confidence"})
       EXPECT_EQ(got["flags"][flag], tv["expected_flags"][flag]) << entry.path() << " " << flag;
     EXPECT_EQ(got["m"], tv["m"]);
-    EXPECT_EQ(got["n_A"], tv["n_A"]);
+    EXPECT_EQ(got["n_a"], tv["n_A"]);
     ++checked;
   }
   EXPECT_GE(checked, 5);
@@ -91,7 +91,7 @@ TEST(EvalCommandTest, NpyInputIsSubSampledByTheSketch) {
                                            "--backend cpu");
   ASSERT_EQ(run.exit_code, 0) << run.out;
   const nlohmann::json got = nlohmann::json::parse(run.out);
-  EXPECT_EQ(got["n_A"], 200);
+  EXPECT_EQ(got["n_a"], 200);
   EXPECT_EQ(got["n"], 5000.0);
 
   // The same computation through the library.

@@ -13,6 +13,7 @@ import pytest
 
 import sigma_client
 from sigma_client import Monitor, SigmaError
+from sigma_client.generation import NotSealedError
 
 CORE = ("track1_lower", "track1_upper", "track2", "track2_raw", "track2_bias",
         "track2_ci_halfwidth", "n", "n_a", "m")
@@ -153,7 +154,9 @@ def test_default_ids_offset_by_rank(server, job):
     b = Monitor(server.target, job=job, rank=1, world_size=2, n_a=1000)
     with a.generation(0) as ga:
         ga.send(x[:100])
-    assert ga.report is None and not ga.sealed
+    assert not ga.sealed
+    with pytest.raises(NotSealedError, match=r"other ranks.*gen.wait"):
+        ga.report          # a clear error, not None (README's snippet on a rank that does not seal)
     with b.generation(0) as gb:
         gb.send(x[100:])
     assert gb.sealed

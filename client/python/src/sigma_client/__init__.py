@@ -3,9 +3,10 @@
     mon = sigma_client.Monitor("127.0.0.1:50051", job="opt125m-s2", tap="last_hidden")
     with mon.generation(k, corpus_size=None) as gen:
         gen.send(embeddings)              # [rows, m] torch tensor or numpy array
-    report = gen.report                   # GenerationReport (None until every rank finished)
+    report = gen.wait(60)                 # GenerationReport once every rank finished
 """
 from .errors import SigmaError
+from .generation import NotSealedError
 from .monitor import Generation, Monitor, default_n_a, detect_rank
 from .report import (Alert, GenerationReport, JobConfig, JobInfo, PerDimension, ReportFlags,
                      Thresholds)
@@ -14,7 +15,7 @@ from .sketch import bottom_k, pick_target, priorities, rendezvous_score, splitmi
 __version__ = "0.1.0"
 
 __all__ = [
-    "Monitor", "Generation", "SigmaError", "GenerationReport", "ReportFlags", "PerDimension",
+    "Monitor", "Generation", "SigmaError", "NotSealedError", "GenerationReport", "ReportFlags", "PerDimension",
     "Alert", "JobInfo", "JobConfig", "Thresholds", "default_n_a", "detect_rank", "bottom_k",
     "priorities", "splitmix64", "pick_target", "rendezvous_score", "__version__",
 ]

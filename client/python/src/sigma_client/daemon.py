@@ -71,9 +71,11 @@ class Daemon:
 
 def start_sigmad(binary: str, workdir: str | os.PathLike, db_name: str = "sigma.db",
                  extra_args: Sequence[str] = (), timeout: float = 30.0,
-                 log_name: str = "sigmad.log") -> Daemon:
-    """Runs `sigmad --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --db DB --port-file F`
-    and waits for the port file. Raises RuntimeError (with the daemon's log) on failure."""
+                 log_name: str = "sigmad.log", listen: str = "127.0.0.1:0") -> Daemon:
+    """Runs `sigmad --listen LISTEN --metrics-listen 127.0.0.1:0 --db DB --port-file F`
+    and waits for the port file. listen: 127.0.0.1:0 picks a free port; a restart on the
+    same database can pass the previous daemon's target. Raises RuntimeError (with the
+    daemon's log) on failure."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / "sigmad.ports.json"
@@ -81,7 +83,7 @@ def start_sigmad(binary: str, workdir: str | os.PathLike, db_name: str = "sigma.
         port_file.unlink()
     log_path = workdir / log_name
     log = open(log_path, "ab")
-    cmd = [str(binary), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+    cmd = [str(binary), "--listen", listen, "--metrics-listen", "127.0.0.1:0",
            "--db", str(workdir / db_name), "--port-file", str(port_file), *extra_args]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()

@@ -1,23 +1,28 @@
 """Monitor: streams one rank's embeddings of each generation to sigmad."""
 from __future__ import annotations
 
-import math
+import atexit
+import logging
 import os
 import random
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+import weakref
+from typing import Any, Mapping, Optional, Sequence
 
 import grpc
-import numpy as np
-
 from . import _pb
+from .asyncq import AsyncSender
 from .errors import SigmaError, invalid
+from .generation import Generation, L2_RHO_SLACK, NotSealedError  # noqa: F401 (re-exported)
 from .report import (GenerationReport, JobInfo, job_info_from_proto, report_from_proto)
-from .sketch import BottomK, as_ids, parse_targets, pick_target
-from .tensors import DTYPE_ENUM, row_energies, to_float, to_wire
+from .sketch import parse_targets, pick_target
+from .spool import DEFAULT_MAX_BYTES, Spool, default_spool_dir, read_messages
+from .tensors import DTYPE_ENUM
+
+log = logging.getLogger("sigma_client")
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # Trailing metadata of a rate-limit refusal (RESOURCE_EXHAUSTED): milliseconds
@@ -58,14 +63,14 @@ def _retry_after_seconds(error):
             except ValueError:
                 return None
     return None
+# Refusals that say nothing about a spooled share (a wrong token): it stays spooled.
+_NOT_THE_SHARE = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _PREP = {None: 0, "": 0, "l2": 1, "none": 2}
 DEFAULT_BATCH_BYTES = 1 << 20
 # Rows per Batch at most: sigmad's default --max-rows-per-batch (more is RESOURCE_EXHAUSTED,
 # which happens with narrow rows, e.g. m = 4 fp16 fills 1 MiB with 131072 rows).
 MAX_BATCH_ROWS = 65536
 MAX_MESSAGE = 64 << 20
-# As sigmad's RhoLimit: an l2 row counts as over rho only beyond 8 ulps of rounding.
-L2_RHO_SLACK = 1.0 + 8 * float(np.finfo(np.float64).eps)
 
 
 def default_n_a(m: int) -> int:
@@ -111,6 +116,16 @@ class Monitor:
     system roots, or the PEM bundle tls_ca (which implies tls); tls_cert and
     tls_key: a client certificate for sigmad --tls-client-ca (mutual TLS);
     tls_server_name: the name expected in the server certificate.
+
+    mode: "sync" (send()/finish() do the work in the caller's thread) or "async"
+    (a bounded queue and one worker thread: send() costs a copy of the block and waits at
+    most block_timeout seconds for room; finish() returns at once).
+    on_error: "raise" (sync: at once; async: at the next send()/finish()/generation()/
+    wait()/close()) or "warn" (logged on the "sigma_client" logger, training goes on).
+    spool_dir: where shares go when the daemon stays unreachable (a retryable status after
+    the retries); None: default_spool_dir() in async mode, no spool in sync mode; False:
+    never. A later share, the next successful one, or `python -m sigma_client sync DIR`
+    sends them, oldest first, exactly once (docs/python-client.md, "Never stall training").
     """
 
     def __init__(self, target: str | Sequence[str], job: str, tap: str = "default",
@@ -126,7 +141,15 @@ class Monitor:
                  channel_options: Optional[Sequence[tuple[str, Any]]] = None,
                  token: Optional[str] = None, tls: bool = False,
                  tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
-                 tls_key: Optional[str] = None, tls_server_name: Optional[str] = None):
+                 tls_key: Optional[str] = None, tls_server_name: Optional[str] = None,
+                 mode: str = "sync", on_error: str = "raise", spool_dir: Any = None,
+                 spool_max_bytes: int = DEFAULT_MAX_BYTES, queue_bytes: int = 256 << 20,
+                 block_timeout: float = 1.0, async_timeout: float = 10.0,
+                 retry_down_after: float = 5.0):
+        if mode not in ("sync", "async"):
+            raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
         if preprocessing not in _PREP:
             raise ValueError(f"preprocessing must be 'l2' or 'none', got {preprocessing!r}")
         self.targets = parse_targets(target)
@@ -151,7 +174,15 @@ class Monitor:
         self.pb2, grpc_mod = _pb.load()
         opts = [("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.max_receive_message_length", MAX_MESSAGE)]
-        opts += list(channel_options or [])
+        user_opts = list(channel_options or [])
+        if mode == "async":
+            # gRPC's defaults (1 s, growing to 120 s) would keep a restarted daemon unused for
+            # minutes; the user's channel_options win.
+            for k, v in (("grpc.initial_reconnect_backoff_ms", 200),
+                         ("grpc.max_reconnect_backoff_ms", 2000)):
+                if not any(key == k for key, _ in user_opts):
+                    opts.append((k, v))
+        opts += user_opts
         self._opts = opts
         # Bearer token for sigmad --tokens: `token`, else $SIGMA_TOKEN, else none.
         token = token if token is not None else os.environ.get("SIGMA_TOKEN", "")
@@ -166,11 +197,27 @@ class Monitor:
         self._channel = self._open_channel(self.target)
         self._stub = grpc_mod.SigmaMonitorStub(self._channel)
         self._fixed_params: Optional[SketchParams] = None
+        self._last_params: Optional[SketchParams] = None
         # The dtype of this monitor's latest share with rows: a later share without
         # rows tries it first (a wrong guess that opens the snapshot first would fix
         # its dtype and the other ranks' rows would be refused).
         self._last_kind: Optional[str] = None
         self._lock = threading.Lock()
+        self.on_error = on_error
+        self.async_timeout = float(async_timeout)
+        self.retry_down_after = float(retry_down_after)
+        if spool_dir is None and mode == "async":
+            spool_dir = default_spool_dir()
+        self._spool = Spool(spool_dir, spool_max_bytes) if spool_dir else None
+        self._down_until = 0.0      # worker: spool at once until then (daemon found down)
+        self._errors: list[Exception] = []
+        self.dropped_rows = 0       # async: rows dropped because the queue stayed full
+        self._async: Optional[AsyncSender] = None
+        self._async_closed = False
+        if mode == "async":
+            self._async = AsyncSender(self, queue_bytes, block_timeout)
+            ref = weakref.ref(self)
+            atexit.register(lambda: ref() is not None and ref()._close_quietly())
 
     # ------------------------------------------------------------ plumbing
     def _open_channel(self, target: str):
@@ -178,8 +225,69 @@ class Monitor:
             return grpc.insecure_channel(target, options=self._opts)
         return grpc.secure_channel(target, self._credentials, options=self._opts)
 
-    def close(self) -> None:
+    @property
+    def mode(self) -> str:
+        return "sync" if self._async is None else "async"
+
+    def flush(self, timeout: Optional[float] = 60.0) -> bool:
+        """Async mode: waits until every queued block and share was handled (sent or
+        spooled); False on timeout. Then raises a pending error (on_error="raise")."""
+        done = self._async.flush(timeout) if self._async is not None else True
+        self._raise_pending()
+        return done
+
+    def close(self, timeout: Optional[float] = 60.0) -> None:
+        """Async mode: sends (or spools) what is queued, waiting at most `timeout` s, then
+        closes the channel; raises a pending error (on_error="raise")."""
+        if self._async is not None and not self._async_closed:
+            sender, self._async_closed = self._async, True
+            if not sender.close(timeout):
+                self._fail(SigmaError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      f"close: the queue was not empty after {timeout} s "
+                                      f"({sender.queued_bytes} bytes of rows left unsent)",
+                                      target=self.target), "close")
         self._channel.close()
+        self._raise_pending()
+
+    def _close_quietly(self) -> None:
+        try:
+            if not self._async_closed:
+                self.close()
+        except Exception as e:  # at interpreter exit: say it, do not raise
+            log.warning("sigma_client: %s", e)
+
+    # ------------------------------------------------------------ errors (on_error)
+    def _fail(self, e: Exception, where: str) -> None:
+        """Reports an error by on_error: sync+raise raises it now; async+raise keeps it for
+        the next call; warn logs it."""
+        if self.on_error == "warn":
+            log.warning("sigma_client %s/%s %s: %s", self.job, self.tap, where, e)
+            return
+        if self._async is None or threading.current_thread() is not self._async._thread:
+            raise e
+        with self._lock:
+            self._errors.append(e)
+
+    def _raise_pending(self) -> None:
+        with self._lock:
+            errs, self._errors = self._errors, []
+        if errs:
+            if len(errs) > 1:
+                log.warning("sigma_client: %d more errors: %s", len(errs) - 1,
+                            "; ".join(map(str, errs[1:])))
+            raise errs[0]
+
+    def _dropped(self, gen: Generation, rows: int) -> None:
+        self.dropped_rows += rows
+        e = SigmaError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"client: async queue full for {self._async.block_timeout} s "
+                       f"(queue_bytes = {self._async.queue_bytes}): dropped {rows} rows of "
+                       f"generation {gen.k}", target=self.target)
+        if self.on_error == "warn":
+            log.warning("sigma_client %s/%s: %s", self.job, self.tap, e)
+        else:
+            with self._lock:
+                self._errors.append(e)
 
     def __enter__(self):
         return self
@@ -194,22 +302,30 @@ class Monitor:
     def _call(self, name: str, fn, request, retry: bool = True, target: Optional[str] = None):
         """Calls fn(request), retrying UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff.
         A callable request is called once per attempt (a fresh request iterator).
-        target: the daemon fn talks to, for the error (default: this job's)."""
+        target: the daemon fn talks to, for the error (default: this job's).
+        On the async worker: at most 2 retries and async_timeout s per attempt, so that a
+        down or hung daemon sends the share to the spool soon (at close: the full budget)."""
         attempt = 0
+        timeout, max_retries = self.timeout, self.max_retries
+        if self._on_worker() and not self._async_closed:
+            timeout, max_retries = min(timeout, self.async_timeout), min(max_retries, 2)
         while True:
             try:
                 req = request() if callable(request) else request
-                return fn(req, timeout=self.timeout, metadata=self._metadata)
+                return fn(req, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
                 after = _retry_after_seconds(e) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
-                if retry and (code in RETRYABLE or after is not None) and attempt < self.max_retries:
+                if retry and (code in RETRYABLE or after is not None) and attempt < max_retries:
                     delay = min(self.max_backoff, self.backoff * (2 ** attempt))
                     delay *= 0.5 + random.random() / 2
                     time.sleep(max(delay, after or 0.0))
                     attempt += 1
                     continue
                 raise SigmaError.from_rpc_error(e, rpc=name, target=target or self.target) from None
+
+    def _on_worker(self) -> bool:
+        return self._async is not None and threading.current_thread() is self._async._thread
 
     def _config_proto(self, n_a=None, delta=None, rho=None, preprocessing=None, seed=None,
                       thresholds=None, baseline_generation=None, baseline_job=None):
@@ -245,6 +361,7 @@ class Monitor:
     # ------------------------------------------------------------ public API
     def generation(self, k: int, corpus_size: Optional[int] = None) -> "Generation":
         """A context manager for this rank's share of generation k."""
+        self._raise_pending()
         return Generation(self, int(k), corpus_size)
 
     def history(self, tap: Optional[str] = None) -> list[GenerationReport]:
@@ -322,15 +439,29 @@ class Monitor:
 
     # ------------------------------------------------------------ internals
     def _sketch_params(self, m: int) -> SketchParams:
-        """The job's effective n_a / seed / rho / preprocessing (fixed once a generation sealed)."""
+        """The job's effective n_a / seed / rho / preprocessing (fixed once a generation sealed).
+        On the async worker with the daemon unreachable: the last ones the daemon gave, else
+        this monitor's own settings (so that the share can still go to the spool)."""
         if self._fixed_params is not None:
             return self._fixed_params
-        info = self._job_info_proto()
         own = SketchParams(
             n_a=int(self.n_a) if self.n_a is not None else default_n_a(m),
             seed=int(self.seed) if self.seed is not None else 0,
             rho=float(self.rho) if self.rho is not None else 1.0,
             preprocessing=self.preprocessing or "l2")
+        try:
+            self._last_params = self._query_sketch_params(m, own)
+        except SigmaError as e:
+            if not (self._on_worker() and e.code in RETRYABLE and self._spool is not None):
+                raise
+            log.warning("sigma_client %s/%s: daemon unreachable (%s); pre-sketching with %s",
+                        self.job, self.tap, e.code.name, self._last_params or own)
+            self._down_until = time.monotonic() + self.retry_down_after
+            return self._last_params or own
+        return self._last_params
+
+    def _query_sketch_params(self, m: int, own: SketchParams) -> SketchParams:
+        info = self._job_info_proto()
         if info is None and self.presketch:
             # A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its
             # seed or n_a, which the pre-sketch must use. Create the job with this
@@ -391,176 +522,66 @@ class Monitor:
         return msgs
 
     def _send_share(self, gen: "Generation"):
-        msgs = self._share_messages(gen)
+        return self._ingest(self._share_messages(gen))
+
+    def _ingest(self, msgs: list):
         # Each attempt re-sends the whole share; the daemon counts a (rank, seq) once.
         return self._call("Ingest", self._stub.Ingest, lambda: iter(msgs))
 
-
-class Generation:
-    """One rank's share of one generation: send() rows, then finish() (the with-block does)."""
-
-    def __init__(self, mon: Monitor, k: int, corpus_size: Optional[int]):
-        if k < 0:
-            raise invalid(f"generation must be >= 0, got {k}")
-        self.mon = mon
-        self.k = k
-        self.corpus_size = corpus_size
-        self.m: Optional[int] = None
-        self.kind: Optional[str] = None
-        self.params: Optional[SketchParams] = None
-        self.rows_seen = 0
-        self.energy_sum = 0.0
-        self.max_energy = 0.0
-        self.rho_violations = 0
-        self._sketch: Optional[BottomK] = None
-        self._all_rows: list[np.ndarray] = []
-        self._all_ids: list[np.ndarray] = []
-        self.finished = False
-        self.response = None
-        self._report: Optional[GenerationReport] = None
-        self._dtype_guess: Optional[str] = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and not self.finished:
-            self.finish()
-        return False
-
-    def send(self, embeddings: Any, sample_ids: Optional[Iterable[int] | np.ndarray] = None) -> None:
-        """Adds [rows, m] embeddings (torch or numpy; fp32/fp16/bf16/fp64) to this rank's share."""
-        if self.finished:
-            raise RuntimeError("generation already finished")
-        arr, kind = to_wire(embeddings)
-        rows, m = arr.shape
-        if self.m is None:
-            self.m, self.kind = m, kind
-            self.mon._last_kind = kind
-            self.params = self.mon._sketch_params(m)
-            self._sketch = BottomK(self.params.n_a, self.params.seed)
-        else:
-            if m != self.m:
-                raise invalid(f"dimension {m} differs from this generation's m = {self.m}")
-            if kind != self.kind:
-                raise invalid(f"dtype {kind} differs from this generation's dtype {self.kind}")
-        if sample_ids is None:
-            base = self.rows_seen + (self.mon.rank << 40)
-            ids = np.arange(base, base + rows, dtype=np.uint64)
-        else:
+    def _deliver(self, gen: "Generation"):
+        """Sends gen's share after this job/tap/rank's spooled ones (oldest first, so that
+        generations seal in order); to the spool instead when the daemon is unreachable
+        (a retryable status after the retries), and for retry_down_after s after that
+        without trying. Returns the IngestResponse, or None when spooled."""
+        if self._spool is None:
+            return self._send_share(gen)
+        msgs = self._share_messages(gen)
+        why = "found down less than retry_down_after s ago"
+        if time.monotonic() >= self._down_until:
             try:
-                ids = as_ids(sample_ids)
-            except (ValueError, TypeError, OverflowError) as e:
-                raise invalid(str(e)) from None
-            if ids.size != rows:
-                raise invalid(f"{ids.size} sample ids for {rows} rows")
-        if rows == 0:
+                self.drain_spool()
+                return self._ingest(msgs)
+            except SigmaError as e:
+                if e.code not in RETRYABLE:
+                    raise
+                self._down_until = time.monotonic() + self.retry_down_after
+                why = e.code.name
+        path = self._spool.write(self.target, self.job, self.tap, gen.k, self.rank,
+                                 self.world_size, msgs)
+        log.warning("sigma_client %s/%s: daemon %s unreachable (%s): generation %d spooled to %s",
+                    self.job, self.tap, self.target, why, gen.k, path)
+        return None
+
+    def _last_drain(self) -> None:
+        """At close: one more try at the spooled shares, whenever the daemon was last down."""
+        if self._spool is None or not self._spool.pending(self.job, self.tap, self.rank):
             return
-        vals = to_float(arr, kind)
-        if not np.isfinite(vals).all():
-            bad = int(np.flatnonzero(~np.isfinite(vals).all(axis=1))[0])
-            raise invalid(f"row {bad} holds NaN or Inf")
-        e = row_energies(vals, self.params.preprocessing)
-        self.energy_sum += float(e.sum())
-        self.max_energy = max(self.max_energy, float(e.max()))
-        limit = self.params.rho * (L2_RHO_SLACK if self.params.preprocessing == "l2" else 1.0)
-        self.rho_violations += int((e > limit).sum())
-        self.rows_seen += rows
-        if self.mon.presketch:
-            self._sketch.add(arr, ids)
-        else:
-            self._all_rows.append(arr)
-            self._all_ids.append(ids)
+        try:
+            self.drain_spool()
+        except SigmaError as e:
+            left = len(self._spool.pending(self.job, self.tap, self.rank))
+            log.warning("sigma_client %s/%s: %d shares left in the spool (%s): send them with "
+                        "python -m sigma_client sync %s", self.job, self.tap, left, e.code.name,
+                        self._spool.dir)
 
-    @property
-    def presketched(self) -> bool:
-        """True when the local sketch dropped rows (then EndOfShare carries the energies)."""
-        if not self.mon.presketch or self._sketch is None:
-            return False
-        return len(self._sketch) < self.rows_seen
+    def drain_spool(self, spool: Optional[Spool] = None) -> tuple[int, list[tuple[str, str]]]:
+        """Sends the spooled shares of this job/tap/rank (spool: default this monitor's),
+        oldest first; each file is deleted once sigmad answered OK. Returns (sent, failed):
+        a share refused for good (not retryable) or unreadable is renamed *.failed and listed
+        with the reason. A retryable error (daemon still down) raises SigmaError."""
+        spool = spool or self._spool
+        sent, failed = 0, []
+        for share in (spool.pending(self.job, self.tap, self.rank) if spool else []):
+            try:
+                self._ingest(read_messages(share.path, self.pb2))
+            except (OSError, ValueError, SigmaError) as e:
+                if isinstance(e, SigmaError) and e.code in RETRYABLE + _NOT_THE_SHARE:
+                    raise
+                os.replace(share.path, str(share.path) + ".failed")
+                log.warning("sigma_client: spooled share %s refused: %s", share.path, e)
+                failed.append((str(share.path), str(e)))
+                continue
+            os.unlink(share.path)
+            sent += 1
+        return sent, failed
 
-    def _rows_to_send(self):
-        if self.mon.presketch:
-            if self._sketch is None or self._sketch.rows is None:
-                return None, None
-            return self._sketch.rows, self._sketch.ids
-        if not self._all_rows:
-            return None, None
-        return np.concatenate(self._all_rows), np.concatenate(self._all_ids)
-
-    def finish(self) -> Optional[GenerationReport]:
-        """Sends this rank's share (retried on UNAVAILABLE/DEADLINE_EXCEEDED). Returns the
-        report when this rank's EndOfShare sealed the snapshot, else None."""
-        if self.finished:
-            return self._report
-        if self.m is None:
-            # No send() at all: the dtype of the other ranks is unknown and the daemon wants
-            # the same one from every rank. Try each (sending an empty [0, m] array of the
-            # right dtype avoids this).
-            kinds = ("fp32", "bf16", "fp16", "fp64")
-            if self.mon._last_kind in kinds:
-                kinds = (self.mon._last_kind,) + tuple(k for k in kinds if k != self.mon._last_kind)
-            for kind in kinds:
-                self.m, self.kind, self._dtype_guess = None, None, kind
-                try:
-                    resp = self.mon._send_share(self)
-                    break
-                except SigmaError as e:
-                    if e.code != grpc.StatusCode.INVALID_ARGUMENT or "dtype" not in e.details \
-                            or kind == kinds[-1]:
-                        raise
-        else:
-            resp = self.mon._send_share(self)
-        self.finished = True
-        self.response = resp
-        if resp.sealed and resp.HasField("report"):
-            self._report = report_from_proto(resp.report)
-        return self._report
-
-    @property
-    def sealed(self) -> bool:
-        return self._report is not None
-
-    @property
-    def report(self) -> Optional[GenerationReport]:
-        """The sealed report: the one this rank's share sealed, else looked up in the
-        daemon's history; None while other ranks are still missing."""
-        if self._report is None and self.finished:
-            self._report = self.mon.get_report(self.k)
-        return self._report
-
-    def wait(self, timeout: float = 60.0, poll: float = 0.05,
-             resend_every: Optional[float] = None) -> GenerationReport:
-        """Blocks until the snapshot has sealed (all ranks finished, or closed) and returns it.
-
-        resend_every: re-send this rank's share every so many seconds while waiting (the
-        daemon counts a (rank, seq) once). A daemon restarted after this rank finished has
-        lost the open snapshot with this share, which then never seals; each re-send costs
-        the share's bytes again, so it is off by default."""
-        if not self.finished:
-            self.finish()
-        deadline = time.monotonic() + timeout
-        next_resend = time.monotonic() + resend_every if resend_every else math.inf
-        while True:
-            r = self.report
-            if r is not None:
-                return r
-            if time.monotonic() >= next_resend:
-                resp = self.mon._send_share(self)
-                if resp.sealed and resp.HasField("report"):
-                    self._report = report_from_proto(resp.report)
-                    return self._report
-                next_resend = time.monotonic() + resend_every
-            if time.monotonic() > deadline:
-                raise SigmaError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 f"generation {self.k} of {self.mon.job}/{self.mon.tap} did not "
-                                 f"seal within {timeout} s", rpc="GetHistory", target=self.mon.target)
-            time.sleep(poll)
-            poll = min(poll * 1.5, 1.0)
-
-    def seal(self) -> GenerationReport:
-        """Explicit close: seals the generation with whatever ranks have sent."""
-        if not self.finished:
-            self.finish()
-        self._report = self.mon.close_generation(self.k)
-        return self._report

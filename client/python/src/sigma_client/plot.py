@@ -67,75 +67,108 @@ def format_table(series: Mapping[str, Sequence[GenerationReport]], with_info: bo
 def plot_reports(series: Mapping[str, Sequence[GenerationReport]], out: str,
                  thresholds: Optional[Mapping[str, Mapping[str, float]]] = None,
                  title: Optional[str] = None) -> str:
-    """Draws, per series side by side, Track I and Track II drift per dimension with the
-    95 % band of the drift, the two-sided thresholds and alert markers (top), and the
-    divergence with its early-warning threshold (bottom). Writes `out` (PNG)."""
+    """Writes draw_reports(...) to `out` (PNG) and returns `out`."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_reports(series, thresholds, title)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def draw_reports(series: Mapping[str, Sequence[GenerationReport]],
+                 thresholds: Optional[Mapping[str, Mapping[str, float]]] = None,
+                 title: Optional[str] = None):
+    """The figure: per series (one column, its own y-scale), Track I and Track II drift per
+    dimension with the 95 % band of the drift (shaded and as error bars, so that a thin band
+    shows), the two-sided thresholds of the job's configuration (the report does not record
+    the thresholds of its seal: a later `configure` moves the lines) and alert markers
+    (top); the divergence with its early-warning threshold (bottom). Integer generation
+    ticks; markers are never clipped (the y-range includes them)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = list(series) or ["(no data)"]
     ncol = len(names)
     fig, axes = plt.subplots(2, ncol, figsize=(5.2 * ncol + 0.6, 7.5), squeeze=False,
-                             sharey="row", gridspec_kw={"height_ratios": [3, 2]})
+                             gridspec_kw={"height_ratios": [3, 2]})
     for c, name in enumerate(names):
         reports = sorted(series.get(name, []), key=lambda r: r.generation)
         th = effective_thresholds((thresholds or {}).get(name))
-        ax, axd = axes[0][c], axes[1][c]
-        g = [r.generation for r in reports]
-        t1 = [r.per_dim.track1_drift for r in reports]
-        t2 = [r.per_dim.track2_drift for r in reports]
-        hw = [r.per_dim.drift_halfwidth for r in reports]
-        dv = [r.per_dim.divergence for r in reports]
-        for sign in (1, -1):
-            ax.axhline(sign * th["drift_warning"], color="orange", ls="--", lw=1,
-                       label="warning ±%.2g/dim" % th["drift_warning"] if sign > 0 else None)
-            ax.axhline(sign * th["drift_critical"], color="red", ls="--", lw=1,
-                       label="critical ±%.2g/dim" % th["drift_critical"] if sign > 0 else None)
-            axd.axhline(sign * th["divergence_warning"], color="orange", ls="--", lw=1,
-                        label="early warning ±%.2g/dim" % th["divergence_warning"] if sign > 0 else None)
-        ax.axhline(0, color="black", lw=0.6)
-        axd.axhline(0, color="black", lw=0.6)
-        if reports:
-            ax.fill_between(g, [a - b for a, b in zip(t2, hw)], [a + b for a, b in zip(t2, hw)],
-                            color="tab:blue", alpha=0.2, label="Track II 95 % band")
-            ax.plot(g, t2, "o-", color="tab:blue", label="Track II drift (estimate)")
-            ax.plot(g, t1, "s-", color="tab:gray", label="Track I drift (envelope)")
-            axd.plot(g, dv, "o-", color="tab:purple", label="divergence = T1 - T2 drift")
-            first = {"critical": True, "warning": True}
-            for r, y, yd in zip(reports, t2, dv):
-                for level, color, marker in (("critical", "red", "X"), ("warning", "orange", "^")):
-                    drift_rules = {a.rule for a in r.alerts if a.severity == level and
-                                   a.rule.startswith("collapse_")}
-                    if drift_rules:
-                        ax.plot([r.generation], [y], marker=marker, color=color, ms=12, ls="none",
-                                label=f"{level} alert" if first[level] else None)
-                        first[level] = False
-                        break
-                if any(a.rule == "early_warning_divergence" for a in r.alerts):
-                    axd.plot([r.generation], [yd], marker="^", color="orange", ms=11, ls="none",
-                             label="early-warning alert" if first.pop("early", True) else None)
-                    first["early"] = False
-                if r.flags.cholesky_failed:
-                    ax.annotate("failed", (r.generation, y), color="red", fontsize=8)
-            lo = min(min(t1), min(a - b for a, b in zip(t2, hw)), -th["drift_critical"])
-            hi = max(max(t1), max(a + b for a, b in zip(t2, hw)), th["drift_critical"])
-            pad = 0.08 * (hi - lo if math.isfinite(hi - lo) and hi > lo else 1.0)
-            ax.set_ylim(lo - pad, hi + pad)
-            m = reports[-1].m
-            ax.set_title(f"{name}  (m = {m}, n_A = {reports[-1].n_a})", fontsize=10)
-        else:
-            ax.set_title(f"{name}  (no sealed generations)", fontsize=10)
-        ax.set_ylabel("drift per dimension (nats / m)")
-        axd.set_ylabel("divergence per dimension")
-        axd.set_xlabel("generation")
-        ax.grid(alpha=0.3)
-        axd.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-        axd.legend(fontsize=7, loc="upper left")
+        _draw_column(axes[0][c], axes[1][c], name, reports, th)
+        for a in (axes[0][c], axes[1][c]):
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or "SIGMA: log-det drift against the baseline generation", fontsize=12)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
+
+
+def _draw_column(ax, axd, name, reports, th) -> None:
+    g = [r.generation for r in reports]
+    t1 = [r.per_dim.track1_drift for r in reports]
+    t2 = [r.per_dim.track2_drift for r in reports]
+    hw = [r.per_dim.drift_halfwidth for r in reports]
+    dv = [r.per_dim.divergence for r in reports]
+    for sign in (1, -1):
+        ax.axhline(sign * th["drift_warning"], color="orange", ls="--", lw=1,
+                   label="warning ±%.2g/dim (job config)" % th["drift_warning"] if sign > 0 else None)
+        ax.axhline(sign * th["drift_critical"], color="red", ls="--", lw=1,
+                   label="critical ±%.2g/dim (job config)" % th["drift_critical"] if sign > 0 else None)
+        axd.axhline(sign * th["divergence_warning"], color="orange", ls="--", lw=1,
+                    label="early warning ±%.2g/dim" % th["divergence_warning"] if sign > 0 else None)
+    ax.axhline(0, color="black", lw=0.6)
+    axd.axhline(0, color="black", lw=0.6)
+    if reports:
+        lo_band = [a - b for a, b in zip(t2, hw)]
+        hi_band = [a + b for a, b in zip(t2, hw)]
+        ax.fill_between(g, lo_band, hi_band, color="tab:blue", alpha=0.25, lw=0,
+                        label="Track II 95 % band")
+        ax.errorbar(g, t2, yerr=hw, fmt="none", ecolor="tab:blue", elinewidth=1, capsize=4)
+        # Track I under Track II: hollow, larger, dashed, so that equal values stay visible.
+        ax.plot(g, t1, "s--", color="tab:gray", mfc="none", ms=10, lw=1.2, zorder=2,
+                label="Track I drift (envelope)")
+        ax.plot(g, t2, "o-", color="tab:blue", ms=5, zorder=3, label="Track II drift (estimate)")
+        axd.plot(g, dv, "o-", color="tab:purple", label="divergence = T1 - T2 drift")
+        _markers(ax, axd, reports, t2, dv)
+        lo = min(min(t1), min(lo_band), -th["drift_critical"])
+        hi = max(max(t1), max(hi_band), th["drift_critical"])
+        pad = 0.1 * (hi - lo if math.isfinite(hi - lo) and hi > lo else 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+        dlo = min(min(dv), -th["divergence_warning"])
+        dhi = max(max(dv), th["divergence_warning"])
+        dpad = 0.1 * (dhi - dlo if math.isfinite(dhi - dlo) and dhi > dlo else 1.0)
+        axd.set_ylim(dlo - dpad, dhi + dpad)
+        span = max(g) - min(g)
+        for a in (ax, axd):
+            a.set_xlim(min(g) - 0.5 - 0.05 * span, max(g) + 0.5 + 0.05 * span)
+        ax.set_title(f"{name}  (m = {reports[-1].m}, n_A = {reports[-1].n_a})", fontsize=10)
+    else:
+        ax.set_title(f"{name}  (no sealed generations)", fontsize=10)
+    ax.set_ylabel("drift per dimension (nats / m)")
+    axd.set_ylabel("divergence per dimension")
+    axd.set_xlabel("generation")
+    ax.grid(alpha=0.3)
+    axd.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    axd.legend(fontsize=7, loc="upper left")
+
+
+def _markers(ax, axd, reports, t2, dv) -> None:
+    """Alert markers (clip_on=False: a marker at the edge is drawn whole)."""
+    first = {"critical": True, "warning": True, "early": True}
+    for r, y, yd in zip(reports, t2, dv):
+        for level, color, marker in (("critical", "red", "X"), ("warning", "orange", "^")):
+            if any(a.severity == level and a.rule.startswith("collapse_") for a in r.alerts):
+                ax.plot([r.generation], [y], marker=marker, color=color, ms=12, ls="none",
+                        clip_on=False, zorder=4, label=f"{level} alert" if first[level] else None)
+                first[level] = False
+                break
+        if any(a.rule == "early_warning_divergence" for a in r.alerts):
+            axd.plot([r.generation], [yd], marker="^", color="orange", ms=11, ls="none",
+                     clip_on=False, zorder=4, label="early-warning alert" if first["early"] else None)
+            first["early"] = False
+        if r.flags.cholesky_failed:
+            ax.annotate("failed", (r.generation, y), color="red", fontsize=8)
