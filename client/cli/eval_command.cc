@@ -237,6 +237,11 @@ int RunEval(const Args& args, std::ostream& out, std::ostream& err) {
 
   // Energies of every row (spec §3: rho applies to all streamed columns).
   const RowBlock all{data->bytes.data(), data->dtype, data->rows, data->m};
+  // The rows sigmad would refuse (zero or unrepresentable norms) are refused here too.
+  if (absl::Status s = CheckRowNorms(all, data->preprocessing); !s.ok()) {
+    err << "sigmactl eval: " << s.message() << "\n";
+    return 1;
+  }
   EnergyStats energy;
   {
     std::vector<double> converted(static_cast<size_t>(data->rows * data->m));

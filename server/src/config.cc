@@ -150,9 +150,10 @@ absl::Status LoadConfigText(const std::string& text, const std::string& path, Da
 }
 
 std::string UsageText() {
-  return R"(usage: sigmad [flags]
+  return R"(usage: sigmad [flags]    (sigmad --version prints the version and exits)
   --listen HOST:PORT            gRPC address (default 127.0.0.1:50051; port 0 = any free port)
-  --metrics-listen HOST:PORT    Prometheus /metrics address (default 127.0.0.1:9464)
+  --metrics-listen HOST:PORT    HTTP address of /metrics, /healthz, /readyz and / (default
+                                127.0.0.1:9464)
   --db FILE                     SQLite history (default ./var/sigma.db; parent dir created)
   --backend auto|cpu|cuda       numeric backend (default auto: CUDA when available)
   --gpu-min-m N                 backend auto: snapshots with m < N are sealed on the CPU, the

@@ -146,6 +146,15 @@ TEST(EvalCommandTest, BadInputGivesAClearMessageAndNonZeroExit) {
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.out.find("row 1, column 1"), std::string::npos) << run.out;
 
+  // A zero row cannot be l2-normalised: refused as sigmad refuses it.
+  NpyArray zero_row{DType::kFloat32, 2, 2, std::vector<unsigned char>(16, 0)};
+  const float one = 1.0f;
+  std::memcpy(zero_row.data.data(), &one, 4);
+  ASSERT_TRUE(WriteNpy((dir / "zero_row.npy").string(), zero_row).ok());
+  run = RunSigmactl((dir / "zero_row.npy").string());
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.out.find("row 1 has norm 0"), std::string::npos) << run.out;
+
   run = RunSigmactl(std::string(SIGMA_SHARED_DIR) + "/testvectors/small_full.json --bogus");
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_NE(run.out.find("unknown flag --bogus"), std::string::npos) << run.out;

@@ -353,6 +353,21 @@ def test_nan_is_refused_before_sending(server, job):
     assert not g.finished
 
 
+@pytest.mark.parametrize("prep,scale,what", [("l2", 0.0, "has norm 0"),
+                                             ("l2", 1e306, "norm above the float64 range"),
+                                             ("none", 1e160, "squared norm above the float64 range")])
+def test_rows_sigmad_would_refuse_are_refused_naming_their_share_row(server, job, prep, scale, what):
+    first, second = rows(2, 10, 4), rows(3, 10, 4)
+    second[7] *= scale
+    mon = Monitor(server.target, job=job, rank=0, world_size=1, n_a=64, preprocessing=prep)
+    with pytest.raises(SigmaError) as e:
+        with mon.generation(0) as g:
+            g.send(first)
+            g.send(second)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "row 17 " in e.value.details and what in e.value.details, e.value.details
+
+
 def test_close_unknown_generation_is_not_found(server, job):
     mon = Monitor(server.target, job=job, rank=0, world_size=1)
     with pytest.raises(SigmaError) as e:

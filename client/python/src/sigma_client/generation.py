@@ -20,13 +20,11 @@ import numpy as np
 from .errors import SigmaError, invalid
 from .report import GenerationReport, report_from_proto
 from .sketch import BottomK, as_ids
-from .tensors import row_energies, to_float, to_wire
+from .tensors import row_energies, row_refusal, to_float, to_wire
 
 if TYPE_CHECKING:
     from .monitor import Monitor, SketchParams
 
-# As sigmad's RhoLimit: an l2 row counts as over rho only beyond 8 ulps of rounding.
-L2_RHO_SLACK = 1.0 + 8 * float(np.finfo(np.float64).eps)
 _DTYPES = ("fp32", "bf16", "fp16", "fp64")
 
 
@@ -113,12 +111,15 @@ class Generation:
         vals = to_float(arr, self.kind)
         if not np.isfinite(vals).all():
             bad = int(np.flatnonzero(~np.isfinite(vals).all(axis=1))[0])
-            raise invalid(f"row {bad} holds NaN or Inf")
+            raise invalid(f"row {self.rows_seen + bad} holds NaN or Inf")
         e = row_energies(vals, self.params.preprocessing)
+        refusal = row_refusal(vals, e, self.params.preprocessing, first_row=self.rows_seen)
+        if refusal:
+            raise invalid(refusal)
         self.energy_sum += float(e.sum())
         self.max_energy = max(self.max_energy, float(e.max()))
-        limit = self.params.rho * (L2_RHO_SLACK if self.params.preprocessing == "l2" else 1.0)
-        self.rho_violations += int((e > limit).sum())
+        # sigmad's rule (ingest_rules.h ExceedsBudget): a row violates rho when its energy exceeds it.
+        self.rho_violations += int((e > self.params.rho).sum())
         self.rows_seen += arr.shape[0]
         if self.mon.presketch:
             self._sketch.add(arr, ids)

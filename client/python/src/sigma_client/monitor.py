@@ -16,7 +16,7 @@ import grpc
 from . import _pb
 from .asyncq import AsyncSender
 from .errors import SigmaError, invalid
-from .generation import Generation, L2_RHO_SLACK, NotSealedError  # noqa: F401 (re-exported)
+from .generation import Generation, NotSealedError  # noqa: F401 (re-exported)
 from .report import (GenerationReport, JobInfo, job_info_from_proto, report_from_proto)
 from .sketch import parse_targets, pick_target
 from .spool import DEFAULT_MAX_BYTES, Spool, default_spool_dir, read_messages

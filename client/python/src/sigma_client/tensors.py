@@ -74,3 +74,27 @@ def row_energies(values: np.ndarray, preprocessing: str) -> np.ndarray:
         return (ssq > 0).astype(np.float64)
     with np.errstate(over="ignore"):
         return np.ldexp(ssq, 2 * exp)
+
+
+def row_refusal(values: np.ndarray, energies: np.ndarray, preprocessing: str, first_row: int = 0) -> str:
+    """sigmad's refusal of a row (ingest_rules.h RowRefusal), or "" when every row passes.
+
+    l2: an all-zero row cannot be normalised, and a norm beyond float64 cannot be
+    represented; none: a squared norm beyond float64. `energies` from row_energies;
+    rows are numbered from `first_row` (their position in the share)."""
+    if preprocessing == "l2":
+        ssq, exp = row_squares(values)
+        zero = np.flatnonzero(ssq == 0)
+        if zero.size:
+            return f"row {first_row + int(zero[0])} has norm 0: an all-zero row cannot be l2-normalised"
+        with np.errstate(over="ignore"):
+            big = np.flatnonzero(~np.isfinite(np.ldexp(np.sqrt(ssq), exp)))
+        if big.size:
+            return (f"row {first_row + int(big[0])} has a norm above the float64 range (1.8e308): "
+                    "scale the embeddings down")
+        return ""
+    big = np.flatnonzero(~np.isfinite(energies))
+    if big.size:
+        return (f"row {first_row + int(big[0])} has a squared norm above the float64 range (1.8e308; "
+                "preprocessing none uses ||x||^2): scale the embeddings down")
+    return ""
