@@ -103,7 +103,8 @@ absl::StatusOr<BoundPorts> Daemon::Start(const DaemonOptions& options) {
   client_limits.bytes_per_second = options.rate_limit_bytes_per_second;
   client_limits.burst_bytes = options.rate_limit_burst_bytes;
   service_ = std::make_unique<MonitorService>(engine_.get(), auth_.get(), metrics_.get(), client_limits,
-                                              options.stream_idle_timeout_s);
+                                              options.stream_idle_timeout_s, std::chrono::steady_clock::now,
+                                              true, options.limiter_clock);
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert.empty()) {
     auto read = [](const std::string& flag, const std::string& path, std::string* out) -> absl::Status {
