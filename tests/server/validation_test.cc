@@ -365,6 +365,10 @@ TEST(SealMemoryTest, DimensionBeyondTheBudgetIsRefusedAtOpen) {
                              v1::DTYPE_FP32, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(s.error_message().find("--max-memory-bytes"), std::string::npos) << s.error_message();
+  // The message names the working set (32 m^2 + 8 n_a m) with one row and with the job's n_a.
+  EXPECT_NE(s.error_message().find("m = 256 needs at least 2099200 bytes"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("10485760 with n_a = 4096"), std::string::npos) << s.error_message();
+  EXPECT_EQ(MetricValue(Scrape(d->ports.metrics_port), "sigma_open_snapshots", {}).value_or(-1), 0);
   v1::JobConfig cfg;
   cfg.set_n_a(512);
   const Rows ok = GaussianRows(600, 128, 2);
@@ -373,26 +377,6 @@ TEST(SealMemoryTest, DimensionBeyondTheBudgetIsRefusedAtOpen) {
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_TRUE(resp.sealed());
   EXPECT_EQ(resp.report().m(), 128);
-}
-
-// The refusal of a seal that can never fit names m, the bytes with one row
-// and with the job's n_a, and the flag.
-TEST(SealMemoryTest, RefusalNamesTheWorkingSet) {
-  TempDir dir;
-  DaemonOptions o = TestOptions(dir.path());
-  o.max_memory_bytes = 1 << 20;
-  auto d = StartDaemon(o);
-  ASSERT_NE(d, nullptr);
-  v1::JobConfig cfg;
-  cfg.set_n_a(1000);
-  v1::IngestResponse resp;
-  const Rows rows = GaussianRows(4, 200, 1);
-  grpc::Status s = SendShare(d->stub.get(), MakeOpen("wide_na", 0, 0, 1, 200, v1::DTYPE_FP32, std::nullopt, &cfg),
-                             rows, 0, 4, 4, v1::DTYPE_FP32, &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(s.error_message().find("m = 200 needs at least 1281600 bytes"), std::string::npos) << s.error_message();
-  EXPECT_NE(s.error_message().find("2880000 with n_a = 1000"), std::string::npos) << s.error_message();
-  EXPECT_EQ(MetricValue(Scrape(d->ports.metrics_port), "sigma_open_snapshots", {}).value_or(-1), 0);
 }
 
 // The seqs a rank has sent are kept as runs, each charged against
