@@ -32,6 +32,13 @@ from sigma_client import _pb  # noqa: E402
 from sigma_client.daemon import start_sigmad  # noqa: E402
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def share(pb2, job: str, m: int, data: np.ndarray, batch_rows: int, n_a: int):
     yield pb2.IngestRequest(open=pb2.OpenSnapshot(job=job, generation=0, rank=0, world_size=1, m=m,
                                                   dtype=pb2.DTYPE_FP32, config=pb2.JobConfig(n_a=n_a)))
@@ -78,15 +85,19 @@ def run(sigmad: str, lane_split: int, a) -> dict[str, float]:
             assert r.sealed
             done.set()
 
+        rss_before = rss_bytes(d.proc.pid)
         t = threading.Thread(target=large)
         t.start()
         time.sleep(a.lead_seconds)  # the large share is uploaded and its seal is running
         loaded = small_seals(stub, pb2, "loaded", a.count, rng, stop=done)
         t.join()
+        time.sleep(0.5)
+        rss_after = rss_bytes(d.proc.pid)
     finally:
         d.stop() if hasattr(d, "stop") else d.proc.terminate()
     return {"idle_median_s": statistics.median(idle), "loaded_median_s": statistics.median(loaded) if loaded else float("nan"),
-            "loaded_samples": len(loaded), "large_seal_s": big_seconds[0]}
+            "loaded_samples": len(loaded), "large_seal_s": big_seconds[0],
+            "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20}
 
 
 def main() -> int:
@@ -94,7 +105,7 @@ def main() -> int:
     ap.add_argument("--sigmad", default=str(REPO / "build" / "server" / "sigmad"))
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--large-m", type=int, default=4096)
-    ap.add_argument("--large-rows", type=int, default=8192)
+    ap.add_argument("--large-rows", type=int, default=4096)
     ap.add_argument("--lead-seconds", type=float, default=3.0)
     a = ap.parse_args()
     for name, split in (("lanes", 1024), ("one lane", 1 << 20)):
@@ -102,7 +113,8 @@ def main() -> int:
         ratio = r["loaded_median_s"] / r["idle_median_s"]
         print(f"{name:9s}: m=64 seal idle {r['idle_median_s'] * 1e3:.1f} ms, during an m={a.large_m} seal "
               f"{r['loaded_median_s'] * 1e3:.1f} ms ({r['loaded_samples']} samples), ratio {ratio:.1f}; "
-              f"large share + seal {r['large_seal_s']:.1f} s")
+              f"large share + seal {r['large_seal_s']:.1f} s; sigmad RSS {r['rss_before_mb']:.0f} MiB before "
+              f"the large share, {r['rss_after_mb']:.0f} MiB after its seal")
     return 0
 
 

@@ -174,10 +174,12 @@ std::string UsageText() {
   --max-jobs N                  cap on jobs (metric cardinality), default 256
   --max-taps-per-job N          cap on taps per job, default 64
   --max-open-snapshots N        default 256
-  --max-memory-bytes N          bytes held by open snapshots (rows, sketch, seqs), default 8 GiB
+  --max-memory-bytes N          bytes held by open snapshots (rows, sketch, seqs) and running seals
+                                (32 m^2 + 8 n_a m each), default 8 GiB
   --max-message-bytes N         largest Batch payload, default 64 MiB
   --max-rows-per-batch N        rows in one Batch, default 65536
-  --max-m N                     largest embedding dimension, default 16384
+  --max-m N                     largest embedding dimension, default 6144 (its seal with the
+                                default n_a = 16 m takes 6 GB of the default 8 GiB budget)
   --max-streams-per-client N    concurrent Ingest streams of one client (a token; the peer
                                 IP without --tokens), default 64
   --rate-limit-bytes-per-second N  Batch payload rate of one client, default 0 (off);

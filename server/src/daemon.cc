@@ -154,7 +154,8 @@ absl::Status Daemon::StartGrpc(const std::string& listen) {
   client_limits.bytes_per_second = options_.rate_limit_bytes_per_second;
   client_limits.burst_bytes = options_.rate_limit_burst_bytes;
   service_ = std::make_unique<MonitorService>(engine_.get(), auth_.get(), metrics_.get(), client_limits,
-                                              options_.stream_idle_timeout_s);
+                                              options_.stream_idle_timeout_s, std::chrono::steady_clock::now,
+                                              true, options_.limiter_clock);
   grpc::ServerBuilder builder;
   int selected = 0;
   builder.AddListeningPort(listen, credentials_, &selected);

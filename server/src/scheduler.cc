@@ -138,6 +138,15 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
                              IngestSession* session) {
   absl::StatusOr<v1::JobConfig> effective = registry_.AdmitOpen(key.job, key.tap, open.m(), open.config());
   if (!effective.ok()) return effective.status();
+  // A snapshot whose seal can never fit in the memory budget (even with one
+  // row) is refused before rows are taken; a running seal charges its whole
+  // working set (sealer.cc).
+  if (const int64_t seal = SealWorkingSetBytes(open.m(), 1); seal > options_.max_memory_bytes)
+    return Refusal(StatusCode::kResourceExhausted, "memory_exhausted",
+                   absl::StrFormat("m = %d needs at least %d bytes to seal (32 m^2 + 8 n_a m with n_a >= 1: Gram, "
+                                   "factors, conversion; %d with n_a = %d) > --max-memory-bytes = %d",
+                                   open.m(), seal, SealWorkingSetBytes(open.m(), effective->n_a()), effective->n_a(),
+                                   options_.max_memory_bytes));
   if (static_cast<int64_t>(open_.size()) >= options_.max_open_snapshots)
     return Refusal(StatusCode::kResourceExhausted, "too_many_open_snapshots",
                    absl::StrFormat("too many open snapshots: %d (--max-open-snapshots)", options_.max_open_snapshots));

@@ -2,6 +2,7 @@
 // bucket and stream counting in isolation (fake clock), then every limit
 // against a real in-process daemon over loopback: RESOURCE_EXHAUSTED with a
 // message, the snapshot left as it was, and another client still served.
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <set>
@@ -193,6 +194,8 @@ class LimitsTest : public ::testing::Test {
   // streams, no rate limit). Rows per batch <= 100, m <= 64.
   void SetUp() override {
     DaemonOptions o = TestOptions(dir_.path());
+    // The rate limiter's clock: real time plus what the test skips ahead.
+    o.limiter_clock = [this] { return absl::Now() + absl::Milliseconds(skipped_ms_.load()); };
     o.max_rows_per_batch = 100;
     o.max_m = 64;
     o.max_streams_per_client = 4;
@@ -226,6 +229,7 @@ class LimitsTest : public ::testing::Test {
     EXPECT_TRUE(resp.sealed());
   }
 
+  std::atomic<int64_t> skipped_ms_{0};  // declared before d_: outlives the daemon
   TempDir dir_;
   std::unique_ptr<TestDaemon> d_;
   Rows rows_;
@@ -319,7 +323,7 @@ TEST_F(LimitsTest, RateLimitRefusesWithRetryAfterAndResendsAreFree) {
   OtherClientIsServed("b.z");
   // After the hint, a resend of everything costs only the new batch: the two
   // duplicates are not charged, so it passes with the bucket just refilled.
-  std::this_thread::sleep_for(std::chrono::milliseconds(std::stoi(retry_after) + 20));
+  skipped_ms_ += std::stoi(retry_after) + 20;  // the limiter's clock, not the test, waits
   ASSERT_TRUE(Send(d_->stub.get(), kTokenA,
                    {Open("a.rate"), MakeBatch(rows_, 0, 60, 0, v1::DTYPE_FP32),
                     MakeBatch(rows_, 60, 120, 1, v1::DTYPE_FP32), MakeBatch(rows_, 120, 180, 2, v1::DTYPE_FP32),

@@ -365,6 +365,10 @@ TEST(SealMemoryTest, DimensionBeyondTheBudgetIsRefusedAtOpen) {
                              v1::DTYPE_FP32, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(s.error_message().find("--max-memory-bytes"), std::string::npos) << s.error_message();
+  // The message names the working set (32 m^2 + 8 n_a m) with one row and with the job's n_a.
+  EXPECT_NE(s.error_message().find("m = 256 needs at least 2099200 bytes"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("10485760 with n_a = 4096"), std::string::npos) << s.error_message();
+  EXPECT_EQ(MetricValue(Scrape(d->ports.metrics_port), "sigma_open_snapshots", {}).value_or(-1), 0);
   v1::JobConfig cfg;
   cfg.set_n_a(512);
   const Rows ok = GaussianRows(600, 128, 2);

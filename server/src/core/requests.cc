@@ -71,14 +71,6 @@ absl::StatusOr<sigma::DType> ValidateOpen(const v1::OpenSnapshot& open, const Da
   if (open.m() > options.max_m)
     return Refusal(StatusCode::kResourceExhausted, "m_too_large",
                    absl::StrFormat("m = %d exceeds --max-m = %d", open.m(), options.max_m));
-  // The seal works on m x m float64 matrices (the Gram matrix and its shifted
-  // factors, about 4 of them): a dimension whose seal could never fit in the
-  // memory budget is refused here, before rows are taken.
-  if (const int64_t seal_bytes = int64_t{32} * open.m() * open.m(); seal_bytes > options.max_memory_bytes)
-    return Refusal(StatusCode::kResourceExhausted, "memory_exhausted",
-                   absl::StrFormat("m = %d needs about %d bytes to seal (4 m x m float64 matrices) > "
-                                   "--max-memory-bytes = %d",
-                                   open.m(), seal_bytes, options.max_memory_bytes));
   const std::optional<sigma::DType> dtype = MapDType(open.dtype());
   if (!dtype)
     return Refusal(StatusCode::kInvalidArgument, "invalid_dtype",

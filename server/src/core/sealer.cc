@@ -3,6 +3,8 @@
 // -> compute (one SealBatch call) -> build (pure reports against the staged
 // history) -> commit (SQLite, durable before anyone hears) -> publish
 // (history, gauges, table, waiters).
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -28,6 +30,9 @@ struct Engine::SealWork {
 
 namespace {
 
+// Seals whose working set reaches this trim the heap afterwards.
+constexpr int64_t kTrimAboveBytes = int64_t{64} << 20;
+
 int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -49,7 +54,19 @@ void Engine::ProcessSeals(SealQueue::Batch batch) {
   }
   // Reports are built in key order: a batch's generations of one tap see each other.
   std::sort(works.begin(), works.end(), [](const SealWork& a, const SealWork& b) { return a.snap->key() < b.snap->key(); });
-  Compute(works);
+  {
+    // The seal's working set counts against --max-memory-bytes while it runs
+    // (the gathered rows' charge was returned by Gather).
+    MemoryBudget::Charge working(&memory_);
+    int64_t bytes = 0;
+    for (const SealWork& w : works) bytes += SealWorkingSetBytes(w.snap->params().m, w.job.input.rows.num_rows);
+    working.Force(bytes);
+    Compute(works);
+    for (SealWork& w : works) std::vector<uint8_t>().swap(w.job.rows);
+    // Large scratch goes back to the system, not only to malloc's free lists
+    // (RSS returns near its level before the seal).
+    if (bytes >= kTrimAboveBytes) malloc_trim(0);
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (SealWork& w : works) w.compute_seconds = seconds;
   BuildReports(works);

@@ -47,6 +47,12 @@ bool MemoryBudget::Charge::Grow(int64_t delta, int64_t* would_hold) {
   return true;
 }
 
+void MemoryBudget::Charge::Force(int64_t bytes) {
+  budget_->used_.fetch_add(bytes);
+  bytes_ += bytes;
+  if (budget_->on_change_) budget_->on_change_(budget_->used_.load());
+}
+
 void MemoryBudget::Charge::Release() {
   if (budget_ && bytes_ != 0) budget_->Add(-bytes_, nullptr);
   bytes_ = 0;

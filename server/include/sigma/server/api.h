@@ -22,14 +22,16 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
   // does not override them.
   // `stream_idle_timeout_s` (0: never), `clock` and `watchdog_thread`: the
   // idle-stream watchdog (tests pass their clock and call watchdog()->Check()).
+  // `limiter_clock`: the rate limiter's clock (tests).
   explicit MonitorService(Engine* engine, const Authorizer* auth = nullptr, Metrics* metrics = nullptr,
                           ClientLimits client_limits = {}, int64_t stream_idle_timeout_s = 0,
                           std::function<SteadyTime()> clock = std::chrono::steady_clock::now,
-                          bool watchdog_thread = true)
+                          bool watchdog_thread = true, std::function<absl::Time()> limiter_clock = absl::Now)
       : engine_(engine),
         auth_(auth),
         metrics_(metrics),
         client_limits_(client_limits),
+        limiter_(std::move(limiter_clock)),
         watchdog_(std::chrono::seconds(stream_idle_timeout_s), std::move(clock), watchdog_thread) {}
   StreamWatchdog* watchdog() { return &watchdog_; }
 

@@ -4,11 +4,14 @@
 #define SIGMA_SERVER_CONFIG_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "sigma/kernels/routed_backend.h"
 #include "sigma/v1/sigma.pb.h"
 
@@ -33,7 +36,9 @@ struct DaemonOptions {
   int64_t max_memory_bytes = int64_t{8} << 30;     // rows held by open snapshots
   int64_t max_message_bytes = int64_t{64} << 20;   // one Batch's payload
   int64_t max_rows_per_batch = 65536;              // rows in one Batch
-  int64_t max_m = 16384;                           // embedding dimension of a snapshot
+  // Embedding dimension of a snapshot: the largest whose seal with the default
+  // n_a (16 m) fits the default budget (SealWorkingSetBytes: 160 m^2 = 6 GB).
+  int64_t max_m = 6144;
   // Per client (a token, or the peer IP without --tokens; limits.h); the
   // tokens file may override them per token. 0 disables the rate limit.
   int64_t max_streams_per_client = 64;             // concurrent Ingest streams
@@ -48,6 +53,8 @@ struct DaemonOptions {
   int64_t stream_idle_timeout_s = 600;             // Ingest streams without a message this long are cancelled; 0: never
   std::string log_format = "text";                 // text | json (log.h)
   std::string log_level = "info";                  // debug | info | warning | error
+  // Test hook, no flag: the clock of the per-client rate limiter (limits.h).
+  std::function<absl::Time()> limiter_clock = absl::Now;
   // Defaults for every job's unset JobConfig fields (YAML `defaults:`).
   sigma::v1::JobConfig job_defaults;
   // Per-job configuration applied when the job is created (YAML `jobs:`).

@@ -53,6 +53,11 @@ struct SnapshotKey {
 // "job 'J' tap 'T' generation G", for messages.
 std::string KeyString(const SnapshotKey& key);
 
+// The CPU working set of sealing m columns with n_a sampled rows: the Gram
+// matrix, three shifted factors and q (4 x 8 m^2 bytes) plus the float64
+// conversion of the rows (8 n_a m bytes) (issue 14 item 3).
+inline int64_t SealWorkingSetBytes(int64_t m, int64_t n_a) { return 32 * m * m + 8 * n_a * m; }
+
 // A byte budget shared by every charge (--max-memory-bytes). Thread-safe.
 class MemoryBudget {
  public:
@@ -72,6 +77,9 @@ class MemoryBudget {
     // when a positive delta would bring the budget over its limit; *would_hold
     // is then the total it would have reached.
     bool Grow(int64_t delta, int64_t* would_hold = nullptr);
+    // Adds `bytes` even beyond the limit (a seal in progress: new rows are
+    // refused meanwhile, the seal itself is never stopped half-way).
+    void Force(int64_t bytes);
     void Release();
     int64_t bytes() const { return bytes_; }
     int64_t limit() const { return budget_ ? budget_->limit() : 0; }
