@@ -134,8 +134,33 @@ __device__ __forceinline__ void NoteNonFinite(unsigned long long* first_bad, uns
   atomicMax(first_bad, ~index);
 }
 
+// RowSquares' scaled path (ingest_rules.h), for the warp's row `in` of m
+// elements: called when the plain sum of squares `plain` is not trusted
+// (PlainSquaresTrusted: non-finite or below kMinTrustedSquares). A warp-wide
+// max-abs reduction, then the squares of x * 2^-exp with 2^exp the power of two
+// that brings max|x_c| into [0.5, 1) (exact scaling), so the result is in
+// [0.25, m] and ||x||^2 = result * 4^exp. Returns `plain` with *exp = 0 when
+// the row is zero or not finite (the latter is refused through first_bad).
+// Every lane gets the same result; registers only.
+template <int kDType>
+__device__ __forceinline__ double ScaledRowSquares(const typename Elem<kDType>::T* in, int64_t m, int lane,
+                                                   double plain, int* exp) {
+  *exp = 0;
+  double amax = 0.0;
+  for (int64_t c = lane; c < m; c += kWarp) amax = fmax(amax, fabs(Elem<kDType>::Load(in, c)));
+  amax = WarpReduce<MaxOp>(amax);
+  if (!(amax > 0.0 && amax <= DBL_MAX)) return plain;
+  *exp = ilogb(amax) + 1;
+  CompensatedSum acc;
+  for (int64_t c = lane; c < m; c += kWarp) acc.AddSquare(ldexp(Elem<kDType>::Load(in, c), -*exp));
+  return acc.WarpTotal();
+}
+
 // One warp per row: one read of the raw row for its energy (and a finiteness
-// check), then (l2) a second, cached read to scale and store.
+// check), then (l2) a second, cached read to scale and store. The energy rule
+// is ingest_rules.h's (RowSquares, EnergyOfRow, NormaliseRow): the plain sum of
+// squares when trusted, else ScaledRowSquares (a row scaled by 1e155 or 1e-170
+// gives the unscaled row's result; rows only, never a spill: see CMakeLists).
 template <int kDType>
 __global__ void __launch_bounds__(kRowThreads) ConvertRowsKernel(const typename Elem<kDType>::T* __restrict__ raw, int64_t num_rows,
                                   int64_t m, bool l2, double* __restrict__ x,
@@ -154,16 +179,22 @@ __global__ void __launch_bounds__(kRowThreads) ConvertRowsKernel(const typename 
     if (!l2) out[c] = v;
     acc.AddSquare(v);
   }
-  double energy = acc.WarpTotal();
+  double energy = acc.WarpTotal();  // ||x||^2 = energy * 4^exp
+  int exp = 0;
+  if (!(energy >= kMinTrustedSquares && energy <= DBL_MAX))  // PlainSquaresTrusted
+    energy = ScaledRowSquares<kDType>(in, m, lane, energy, &exp);
   if (l2) {
     if (energy > 0.0) {
-      const double inv = 1.0 / sqrt(energy);  // as preprocess.cc
-      for (int64_t c = lane; c < m; c += kWarp) out[c] = __dmul_rn(Elem<kDType>::Load(in, c), inv);
-      // A normalised row has unit energy by definition (spec §2; preprocess.cc).
+      const double inv = 1.0 / sqrt(energy);  // as NormaliseRow
+      for (int64_t c = lane; c < m; c += kWarp)
+        out[c] = __dmul_rn(exp == 0 ? Elem<kDType>::Load(in, c) : ldexp(Elem<kDType>::Load(in, c), -exp), inv);
+      // A normalised row has unit energy by definition (spec §2; EnergyOfRow).
       energy = 1.0;
     } else {
       for (int64_t c = lane; c < m; c += kWarp) out[c] = 0.0;
     }
+  } else if (exp != 0) {
+    energy = ldexp(energy, 2 * exp);  // EnergyOfRow: may round to 0 or overflow to +Inf, the honest value
   }
   if (lane == 0) row_energy[row] = energy;
 }
