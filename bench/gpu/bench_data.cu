@@ -18,6 +18,12 @@
 namespace sigma::bench {
 namespace {
 
+// splitmix64 on the device. ingest_rules.h's sigma::SplitMix64 is the one
+// definition, but this file goes through nvcc as C++17 (kernels/cuda's
+// CMakeLists: CMake 3.25 gives nvcc no C++20 flag) and that header needs
+// C++20 (<bit>) and its functions are host-only, so this device copy stays:
+// keep it equal to sigma::SplitMix64 (torch_seal.py replicates it too). The
+// host side (seed_mix) uses the header (sigma_gpu_bench.cc).
 __device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
   uint64_t z = x + 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -45,22 +51,17 @@ __global__ void FillF64(double* out, uint64_t count, uint64_t seed_mix) {
   }
 }
 
-uint64_t HostSplitMix64(uint64_t x) {
-  uint64_t z = x + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 }  // namespace
 
-cudaError_t FillBenchBf16(uint16_t* device_out, uint64_t count, uint64_t seed, cudaStream_t stream) {
-  SIGMA_LAUNCH_KERNEL(FillBf16, 4096, 256, stream)(device_out, count, HostSplitMix64(seed));
+// seed_mix = splitmix64(seed), computed on the host by the caller
+// (sigma::SplitMix64, ingest_rules.h).
+cudaError_t FillBenchBf16(uint16_t* device_out, uint64_t count, uint64_t seed_mix, cudaStream_t stream) {
+  SIGMA_LAUNCH_KERNEL(FillBf16, 4096, 256, stream)(device_out, count, seed_mix);
   return cudaGetLastError();
 }
 
-cudaError_t FillBenchF64(double* device_out, uint64_t count, uint64_t seed, cudaStream_t stream) {
-  SIGMA_LAUNCH_KERNEL(FillF64, 4096, 256, stream)(device_out, count, HostSplitMix64(seed));
+cudaError_t FillBenchF64(double* device_out, uint64_t count, uint64_t seed_mix, cudaStream_t stream) {
+  SIGMA_LAUNCH_KERNEL(FillF64, 4096, 256, stream)(device_out, count, seed_mix);
   return cudaGetLastError();
 }
 

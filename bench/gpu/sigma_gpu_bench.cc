@@ -35,10 +35,12 @@
 #include "cuda_backend.h"
 #include "sigma/kernels/backend.h"
 #include "sigma/kernels/backend_factory.h"
+#include "sigma/kernels/ingest_rules.h"  // SplitMix64
 
 namespace sigma::bench {
-cudaError_t FillBenchBf16(uint16_t* device_out, uint64_t count, uint64_t seed, cudaStream_t stream);
-cudaError_t FillBenchF64(double* device_out, uint64_t count, uint64_t seed, cudaStream_t stream);
+// seed_mix = SplitMix64(seed) (bench_data.cu).
+cudaError_t FillBenchBf16(uint16_t* device_out, uint64_t count, uint64_t seed_mix, cudaStream_t stream);
+cudaError_t FillBenchF64(double* device_out, uint64_t count, uint64_t seed_mix, cudaStream_t stream);
 }  // namespace sigma::bench
 
 namespace {
@@ -74,6 +76,8 @@ double Median(std::vector<double> v) {
 }
 
 uint64_t SeedFor(int64_t m, int64_t n_a) { return static_cast<uint64_t>(m) * 1000003ull + static_cast<uint64_t>(n_a); }
+// The generator's seed_mix (bench_data.cu): splitmix64 of the seed.
+uint64_t SeedMixFor(int64_t m, int64_t n_a) { return sigma::SplitMix64(SeedFor(m, n_a)); }
 
 // Host bf16 rows [n_a, m] made on the device.
 std::vector<uint16_t> MakeHostRows(int64_t m, int64_t n_a, cudaStream_t stream) {
@@ -81,7 +85,7 @@ std::vector<uint16_t> MakeHostRows(int64_t m, int64_t n_a, cudaStream_t stream) 
   std::vector<uint16_t> host(count);
   uint16_t* dev = nullptr;
   CHECK_CUDA(cudaMalloc(&dev, count * sizeof(uint16_t)));
-  CHECK_CUDA(sigma::bench::FillBenchBf16(dev, count, SeedFor(m, n_a), stream));
+  CHECK_CUDA(sigma::bench::FillBenchBf16(dev, count, SeedMixFor(m, n_a), stream));
   CHECK_CUDA(cudaMemcpyAsync(host.data(), dev, count * sizeof(uint16_t), cudaMemcpyDeviceToHost, stream));
   CHECK_CUDA(cudaStreamSynchronize(stream));
   CHECK_CUDA(cudaFree(dev));
@@ -106,7 +110,7 @@ double RawDgemmMs(cublasHandle_t h, cudaStream_t stream, int64_t m, int64_t n_a,
   double *x = nullptr, *g = nullptr;
   CHECK_CUDA(cudaMalloc(&x, count * sizeof(double)));
   CHECK_CUDA(cudaMalloc(&g, static_cast<size_t>(m) * m * sizeof(double)));
-  CHECK_CUDA(sigma::bench::FillBenchF64(x, count, SeedFor(m, n_a), stream));
+  CHECK_CUDA(sigma::bench::FillBenchF64(x, count, SeedMixFor(m, n_a), stream));
   cudaEvent_t a, b;
   CHECK_CUDA(cudaEventCreate(&a));
   CHECK_CUDA(cudaEventCreate(&b));

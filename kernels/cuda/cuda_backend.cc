@@ -44,6 +44,7 @@
 #include "absl/strings/str_format.h"
 #include "cuda_device.h"
 #include "device_kernels.h"
+#include "sigma/kernels/ingest_rules.h"
 #include "sigma/kernels/routed_backend.h"
 
 namespace sigma::cuda {
@@ -52,6 +53,9 @@ static_assert(kDefaultBatchedPotrfMaxM >= kDefaultGpuMinM,
               "under --backend auto the batched potrf path must cover some m the device gets");
 
 namespace {
+
+// One energy rule on the CPU and the device (device_kernels.h).
+static_assert(kernels::kMinTrustedSquares == kMinTrustedSumOfSquares);
 
 using kernels::CholDev;
 using kernels::ShiftTargets;

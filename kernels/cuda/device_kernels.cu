@@ -134,8 +134,35 @@ __device__ __forceinline__ void NoteNonFinite(unsigned long long* first_bad, uns
   atomicMax(first_bad, ~index);
 }
 
+// RowSquares' scaled path (ingest_rules.h), for the warp's row `in` of m
+// elements: called when the plain sum of squares `plain` is not trusted
+// (PlainSquaresTrusted: non-finite or below kMinTrustedSquares). A warp-wide
+// max-abs reduction, then the squares of x * 2^-e, e = *scale_exp, the power
+// of two that brings max|x_c| into [0.5, 1) (exact scaling), so the result is
+// in [0.25, m] and ||x||^2 = result * 4^e. Returns `plain` with e = 0 when the
+// row is zero or not finite (the latter is refused through first_bad). The
+// whole warp calls it (the condition is warp-uniform); every lane gets the
+// same result.
+template <int kDType>
+__device__ __forceinline__ double ScaledRowSquares(const typename Elem<kDType>::T* in, int64_t m, int lane,
+                                                   double plain, int* scale_exp) {
+  *scale_exp = 0;
+  double amax = 0.0;
+  for (int64_t c = lane; c < m; c += kWarp) amax = fmax(amax, fabs(Elem<kDType>::Load(in, c)));
+  amax = WarpReduce<MaxOp>(amax);
+  if (!(amax > 0.0 && amax <= DBL_MAX)) return plain;
+  *scale_exp = ilogb(amax) + 1;
+  CompensatedSum acc;
+  for (int64_t c = lane; c < m; c += kWarp) acc.AddSquare(ldexp(Elem<kDType>::Load(in, c), -*scale_exp));
+  return acc.WarpTotal();
+}
+
 // One warp per row: one read of the raw row for its energy (and a finiteness
-// check), then (l2) a second, cached read to scale and store.
+// check), then (l2) a second, cached read to scale and store. The energy rule
+// is ingest_rules.h's (RowSquares, EnergyOfRow, NormaliseRow): the plain sum of
+// squares when trusted, else ScaledRowSquares (a row scaled by 1e155 or 1e-170
+// gives the unscaled row's result). Registers only: ptxas refuses local memory
+// and spills (kernels/cuda/CMakeLists.txt); 40 registers on sm_80/sm_90.
 template <int kDType>
 __global__ void __launch_bounds__(kRowThreads) ConvertRowsKernel(const typename Elem<kDType>::T* __restrict__ raw, int64_t num_rows,
                                   int64_t m, bool l2, double* __restrict__ x,
@@ -154,16 +181,23 @@ __global__ void __launch_bounds__(kRowThreads) ConvertRowsKernel(const typename 
     if (!l2) out[c] = v;
     acc.AddSquare(v);
   }
-  double energy = acc.WarpTotal();
+  double energy = acc.WarpTotal();  // ||x||^2 = energy * 4^scale_exp; warp-uniform
+  int scale_exp = 0;
+  if (!(energy >= kMinTrustedSquares && energy <= DBL_MAX))  // PlainSquaresTrusted
+    energy = ScaledRowSquares<kDType>(in, m, lane, energy, &scale_exp);
   if (l2) {
     if (energy > 0.0) {
-      const double inv = 1.0 / sqrt(energy);  // as preprocess.cc
-      for (int64_t c = lane; c < m; c += kWarp) out[c] = __dmul_rn(Elem<kDType>::Load(in, c), inv);
-      // A normalised row has unit energy by definition (spec §2; preprocess.cc).
+      const double inv = 1.0 / sqrt(energy);  // as NormaliseRow
+      for (int64_t c = lane; c < m; c += kWarp)
+        out[c] = __dmul_rn(scale_exp == 0 ? Elem<kDType>::Load(in, c) : ldexp(Elem<kDType>::Load(in, c), -scale_exp),
+                           inv);
+      // A normalised row has unit energy by definition (spec §2; EnergyOfRow).
       energy = 1.0;
     } else {
       for (int64_t c = lane; c < m; c += kWarp) out[c] = 0.0;
     }
+  } else if (scale_exp != 0) {
+    energy = ldexp(energy, 2 * scale_exp);  // EnergyOfRow: may round to 0 or overflow to +Inf, the honest value
   }
   if (lane == 0) row_energy[row] = energy;
 }

@@ -50,12 +50,20 @@ struct SnapshotDev {
   int pad;
 };
 
+// The smallest plain float64 sum of squares ConvertRows trusts: below it (or
+// when it is not finite) a row's norm is recomputed scaled by a power of two.
+// Equal to sigma::kMinTrustedSumOfSquares (ingest_rules.h, which nvcc's C++17
+// cannot include: <bit>); cuda_backend.cc static_asserts the two agree.
+inline constexpr double kMinTrustedSquares = 0x1p-900;
+
 // dtype codes: the values of sigma::DType (0 fp32, 1 fp16, 2 bf16, 3 fp64).
 // raw [num_rows, m] of that dtype -> x [num_rows, m] float64, with l2
 // normalisation when `l2` (zero rows stay zero) and row_energy[r] = the row's
-// energy after preprocessing, by kernels/src/preprocess.cc's rule: ||x_r||^2
-// for raw rows, exactly 1 for normalised rows (0 for zero rows). One warp per
-// row, one pass over the input (spec §2). Non-finite elements: *first_bad
+// energy after preprocessing, by ingest_rules.h's rule (as PreprocessRows):
+// ||x_r||^2 for raw rows, exactly 1 for normalised rows (0 for zero rows),
+// norms without overflow or underflow (RowSquares: a plain sum of squares when
+// trusted, else rescaled by a power of two). One warp per row, one pass over
+// the input for ordinary rows, two more for rescaled ones (spec §2). Non-finite elements: *first_bad
 // (initialise to 0) becomes max(*first_bad, ~i) for their linear indices
 // i = (first_row + r) * m + c, so ~*first_bad is the first one when non-zero.
 cudaError_t LaunchConvertRows(int dtype, const void* raw, int64_t num_rows, int64_t m, bool l2,

@@ -25,7 +25,8 @@ absl::Status ValidateSealShape(const SealInput& input) {
 
 absl::Status ValidateSealInput(const SealInput& input) {
   if (absl::Status s = ValidateSealShape(input); !s.ok()) return s;
-  return CheckFinite(input.rows);
+  if (absl::Status s = CheckFinite(input.rows); !s.ok()) return s;
+  return CheckRowNorms(input.rows, input.preprocessing);
 }
 
 std::vector<ShiftedMatrix> TrackShifts(int64_t n_a, double corpus_size, double delta, double rho) {

@@ -32,6 +32,7 @@
 #include "sigma/kernels/backend_factory.h"
 #include "sigma/kernels/dtype.h"
 #include "sigma/kernels/estimator.h"
+#include "sigma/kernels/ingest_rules.h"  // SplitMix64
 #if SIGMA_HAVE_CPU_BLAS
 #include "sigma/kernels/cpu_backend.h"
 #endif
@@ -153,13 +154,6 @@ void ExpectNoNaN(const SealMoments& mo) {
 }
 
 // ---- deterministic data ------------------------------------------------------
-
-uint64_t SplitMix64(uint64_t x) {
-  uint64_t z = x + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // Owns the bytes of a RowBlock.
 struct HostRows {
@@ -533,6 +527,35 @@ TEST(CudaSeal, OverflowingDataFailsTheSnapshotWithoutNaN) {
     absl::StatusOr<SealMoments> again = Seal(*b, MakeInput(ok_rows, Preprocessing::kL2));
     ASSERT_TRUE(again.ok()) << again.status();
     EXPECT_TRUE(again->cholesky[2].ok);
+  }
+}
+
+// Rows scaled by 1e155 (squares overflow) or 1e-170 (squares underflow) are
+// l2-normalised like the unscaled rows (ConvertRowsKernel rescales their
+// norms by a power of two, as ingest_rules.h RowSquares), in every dtype
+// path's float64 case and both Cholesky paths; without the rescaling they
+// normalise to zero or NaN rows and track2 is far off (issue 14 item 6).
+TEST(CudaSeal, ScaledRowsNormaliseLikeUnscaledRows) {
+  SIGMA_REQUIRE_CUDA();
+  for (const Variant& variant : {Variant{"batched", Batched()}, Variant{"per_matrix", PerMatrix()}}) {
+    SCOPED_TRACE(variant.name);
+    std::unique_ptr<Backend> b = MakeCuda(variant.options);
+    ASSERT_NE(b, nullptr);
+    const HostRows plain = MakeRows(DType::kFloat64, 500, 16, 14);
+    absl::StatusOr<SealMoments> want = Seal(*b, MakeInput(plain, Preprocessing::kL2));
+    ASSERT_TRUE(want.ok()) << want.status();
+    for (double scale : {1e155, 1e-170}) {
+      SCOPED_TRACE(scale);
+      const HostRows scaled = MakeRows(DType::kFloat64, 500, 16, 14, scale);
+      absl::StatusOr<SealMoments> got = Seal(*b, MakeInput(scaled, Preprocessing::kL2));
+      ASSERT_TRUE(got.ok()) << got.status();
+      ExpectMomentsClose(*got, *want, 1e-10);
+      // Under none the scaled path reports the honest squared norm.
+      absl::StatusOr<SealMoments> raw = Seal(*b, MakeInput(scaled, Preprocessing::kNone, 4.0, 1e-6, 1e300));
+      ASSERT_TRUE(raw.ok()) << raw.status();
+      if (scale > 1) EXPECT_TRUE(std::isinf(raw->energy.max_energy)) << raw->energy.max_energy;
+      if (scale < 1) EXPECT_EQ(raw->energy.max_energy, 0.0);  // ~1e-338: below the subnormals
+    }
   }
 }
 

@@ -161,6 +161,66 @@ TEST_P(ConformanceTest, BatchOfSnapshotsEqualsOneByOne) {
   }
 }
 
+// Finite float64 rows scaled by 1e155 (their squares overflow) or 1e-170
+// (their squares underflow) give the unscaled rows' tracks under l2: every
+// backend computes norms scaled (ingest_rules.h RowSquares; issue 14 item 6).
+TEST_P(ConformanceTest, ScaledRowsGiveTheUnscaledTracks) {
+  std::mt19937_64 rng(14);
+  const int64_t m = 16, n_a = 500;  // m >= 10: the routed cases use a device child
+  const std::vector<double> rows = testing::AnisotropicRows(rng, n_a, m, 0.7, false);
+  auto tracks = [&](double scale) {
+    std::vector<double> scaled(rows);
+    for (double& v : scaled) v *= scale;
+    const SealInput input{{scaled.data(), DType::kFloat64, n_a, m}, Preprocessing::kL2, 5000.0, 1e-6, 1.0};
+    return EvaluateSnapshot(*backend_, input);
+  };
+  const absl::StatusOr<TrackValues> want = tracks(1.0);
+  ASSERT_TRUE(want.ok()) << want.status();
+  for (double scale : {1e155, 1e-170}) {
+    const absl::StatusOr<TrackValues> got = tracks(scale);
+    ASSERT_TRUE(got.ok()) << scale << ": " << got.status();
+    EXPECT_FALSE(got->flags.cholesky_failed) << scale;
+    EXPECT_PRED3(CloseRel, got->track1_lower, want->track1_lower, 1e-10) << scale;
+    EXPECT_PRED3(CloseRel, got->track1_upper, want->track1_upper, 1e-10) << scale;
+    EXPECT_PRED3(CloseRel, got->track2, want->track2, 1e-10) << scale;
+    EXPECT_PRED3(CloseRel, got->track2_raw, want->track2_raw, 1e-10) << scale;
+    EXPECT_PRED3(CloseRel, got->track2_bias, want->track2_bias, 1e-10) << scale;
+    EXPECT_PRED3(CloseRel, got->track2_ci_halfwidth, want->track2_ci_halfwidth, 1e-10) << scale;
+    EXPECT_EQ(got->max_energy, 1.0) << scale;
+  }
+}
+
+// ValidateSealInput (the CPU backend's SealBatch, sigmad's sealer, `sigmactl
+// eval`) refuses rows whose norm the preprocessing cannot use, naming the row.
+TEST(ValidateSealInput, RefusesZeroAndUnrepresentableNorms) {
+  const int64_t m = 16, n_a = 8;
+  auto check = [&](Preprocessing p, int64_t bad_row, double value) {
+    std::vector<double> rows(n_a * m, 0.5);
+    for (int64_t c = 0; c < m; ++c) rows[bad_row * m + c] = value;
+    return ValidateSealInput({{rows.data(), DType::kFloat64, n_a, m}, p, 100.0, 1e-6, 1.0});
+  };
+  struct Case {
+    Preprocessing p;
+    int64_t row;
+    double value;
+    std::string want;  // "" = accepted
+  };
+  for (const Case& c : {Case{Preprocessing::kL2, 3, 0.0, "row 3 has norm 0"},
+                        Case{Preprocessing::kL2, 5, 1e308, "row 5 has a norm above the float64 range"},
+                        Case{Preprocessing::kNone, 2, 1e160, "row 2 has a squared norm above"},
+                        Case{Preprocessing::kNone, 3, 0.0, ""}, Case{Preprocessing::kL2, 1, 1e155, ""},
+                        Case{Preprocessing::kL2, 1, 1e-170, ""}, Case{Preprocessing::kL2, 1, 1e300, ""}}) {
+    const absl::Status s = check(c.p, c.row, c.value);
+    SCOPED_TRACE(::testing::Message() << PreprocessingName(c.p) << " row " << c.row << " = " << c.value);
+    if (c.want.empty()) {
+      EXPECT_TRUE(s.ok()) << s;
+    } else {
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+      EXPECT_NE(s.message().find(c.want), std::string::npos) << s;
+    }
+  }
+}
+
 #if SIGMA_HAVE_CPU_BLAS
 // The CPU backend's primitives (public on CpuBackend only).
 class CpuPrimitives : public ::testing::Test {

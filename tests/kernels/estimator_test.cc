@@ -123,8 +123,10 @@ TEST(EstimatorTest, FailedCholeskyGivesAReasonAndNoValues) {
 
 TEST(EstimatorTest, OverflowingDataFailsCleanlyWithoutNaN) {
   auto backend = AnyBackend();
-  std::vector<double> rows(8 * 4, 1e160);  // squares overflow to Inf in the Gram
-  for (size_t i = 0; i < rows.size(); i += 3) rows[i] = -1e160;
+  // Every row's ||x||^2 = 4 * 3.6e307 is within float64 (ValidateSealInput
+  // accepts it), but the Gram's diagonal, a sum of 8 such squares, overflows.
+  std::vector<double> rows(8 * 4, 6e153);
+  for (size_t i = 0; i < rows.size(); i += 3) rows[i] = -6e153;
   const SealInput input{{rows.data(), DType::kFloat64, 8, 4}, Preprocessing::kNone, 8.0, 1e-6,
                         1e300};
   absl::StatusOr<TrackValues> v = EvaluateSnapshot(*backend, input);

@@ -58,9 +58,12 @@ inline float __uint_as_float(unsigned int bits) {
   return f;
 }
 
+using std::fabs;
 using std::fma;
 using std::fmax;
+using std::ilogb;
 using std::isfinite;
+using std::ldexp;
 using std::log;
 using std::sqrt;
 

@@ -109,7 +109,11 @@ class Backend {
 // message). Device backends use it and check finiteness on the device.
 absl::Status ValidateSealShape(const SealInput& input);
 
-// ValidateSealShape plus a host scan refusing NaN/Inf (CheckFinite), O(n_A m).
+// ValidateSealShape plus host scans, O(n_A m): NaN/Inf (CheckFinite, naming row
+// and column), then rows whose norm the preprocessing refuses (CheckRowNorms:
+// an all-zero row under l2, a norm or squared norm beyond float64), each an
+// INVALID_ARGUMENT naming the row. The CPU backend's SealBatch, sigmad's sealer
+// and `sigmactl eval` call it.
 absl::Status ValidateSealInput(const SealInput& input);
 
 // The three shifts of spec §3 for a snapshot with the given parameters, in the
