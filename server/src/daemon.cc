@@ -89,6 +89,8 @@ absl::Status Daemon::StartEngine() {
   bo.kind = *sigma::ParseBackendKind(options_.backend);
   bo.gpu_min_m = options_.gpu_min_m;
   bo.max_devices = static_cast<int>(options_.max_gpus);
+  scratch_budget_ = std::make_unique<BackendScratchBudget>();
+  bo.memory_budget = scratch_budget_.get();
   std::string fallback;
   auto backend = sigma::MakeBackend(bo, &fallback);
   if (!backend.ok()) return backend.status();
@@ -107,6 +109,7 @@ absl::Status Daemon::StartEngine() {
       .Add({{"version", sigma::kSigmaVersion}, {"revision", sigma::kSigmaRevision}})
       .Set(1);
   engine_ = std::make_unique<Engine>(options_, std::move(*store), std::move(*backend), metrics_.get());
+  scratch_budget_->Bind(engine_->memory_budget());
   if (auto s = engine_->Restore(); !s.ok()) return s;
   engine_->StartWorker();
   return absl::OkStatus();
@@ -222,6 +225,7 @@ void Daemon::StopParts(double grace_seconds) {
   StopGrpc(grace_seconds);
   if (engine_) engine_->StopWorker();
   metrics_http_.reset();
+  if (scratch_budget_) scratch_budget_->Unbind();  // before the engine's budget goes
   engine_.reset();
   metrics_.reset();
   metrics_auth_.reset();

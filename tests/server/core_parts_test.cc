@@ -75,6 +75,31 @@ TEST(MemoryBudgetTest, ChargesAreBoundedAndReturnedOnDestruction) {
   EXPECT_EQ(budget.used(), 0);
 }
 
+// The CUDA backend's kept scratch counts against --max-memory-bytes through
+// BackendScratchBudget: charged, refused beyond the limit, carried across Bind,
+// returned by Unbind.
+TEST(MemoryBudgetTest, BackendScratchCountsAgainstTheDaemonsBudget) {
+  MemoryBudget budget(1000);
+  BackendScratchBudget scratch;
+  EXPECT_TRUE(scratch.TryCharge(300));  // before Bind: refused nothing, remembered
+  scratch.Bind(&budget);
+  EXPECT_EQ(budget.used(), 300);
+  EXPECT_TRUE(scratch.TryCharge(600));
+  EXPECT_EQ(budget.used(), 900);
+  EXPECT_FALSE(scratch.TryCharge(200));  // over the limit: nothing reserved
+  EXPECT_EQ(budget.used(), 900);
+  MemoryBudget::Charge rows(&budget);
+  EXPECT_FALSE(rows.Grow(200));  // the scratch leaves no room for snapshot rows
+  scratch.Release(600);
+  EXPECT_TRUE(rows.Grow(200));
+  EXPECT_EQ(scratch.held(), 300);
+  scratch.Unbind();
+  EXPECT_EQ(budget.used(), 200);
+  scratch.Release(300);  // after Unbind (the backend's destructor): the budget is not touched
+  EXPECT_EQ(budget.used(), 200);
+  EXPECT_EQ(scratch.held(), 0);
+}
+
 TEST(SnapshotTest, LastEndOfShareRequestsTheSealAndSettleAnswersEveryWaiter) {
   MemoryBudget budget(1 << 20);
   auto snap = NewSnapshot(&budget, /*world_size=*/2);

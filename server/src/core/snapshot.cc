@@ -40,6 +40,45 @@ MemoryBudget::Charge& MemoryBudget::Charge::operator=(Charge&& other) noexcept {
   return *this;
 }
 
+void BackendScratchBudget::Bind(server::MemoryBudget* budget) {
+  std::lock_guard<std::mutex> lock(mu_);
+  charge_ = server::MemoryBudget::Charge(budget);
+  charge_.Force(unbound_);  // what the backends already hold counts from now on
+  unbound_ = 0;
+  bound_ = true;
+}
+
+void BackendScratchBudget::Unbind() {
+  std::lock_guard<std::mutex> lock(mu_);
+  unbound_ += charge_.bytes();
+  charge_.Release();
+  charge_ = server::MemoryBudget::Charge();
+  bound_ = false;
+}
+
+bool BackendScratchBudget::TryCharge(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!bound_) {
+    unbound_ += bytes;
+    return true;
+  }
+  return charge_.Grow(bytes);
+}
+
+void BackendScratchBudget::Release(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!bound_) {
+    unbound_ -= bytes;
+    return;
+  }
+  charge_.Grow(-bytes);
+}
+
+int64_t BackendScratchBudget::held() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return charge_.bytes() + unbound_;
+}
+
 bool MemoryBudget::Charge::Grow(int64_t delta, int64_t* would_hold) {
   if (delta == 0) return true;
   if (!budget_->Add(delta, would_hold)) return false;

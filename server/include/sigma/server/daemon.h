@@ -25,6 +25,7 @@ namespace sigma::server {
 
 class Authorizer;
 class BasicAuth;
+class BackendScratchBudget;
 class Engine;
 class HttpServer;
 class Metrics;
@@ -86,6 +87,7 @@ class Daemon {
   std::unique_ptr<Authorizer> auth_;
   std::unique_ptr<BasicAuth> metrics_auth_;
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<BackendScratchBudget> scratch_budget_;  // outlives engine_ (and its backend)
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<MonitorService> service_;
   std::shared_ptr<grpc::ServerCredentials> credentials_;

@@ -105,6 +105,9 @@ class Engine {
   // OK unless the latest store commit failed (and none succeeded since) or
   // the backend failed every seal of its latest call.
   absl::Status Readiness() const;
+  // --max-memory-bytes as the engine accounts it (open snapshots and seals);
+  // the daemon binds the backend's scratch budget to it.
+  MemoryBudget* memory_budget() { return &memory_; }
 
   absl::Status Open(const sigma::v1::OpenSnapshot& open, IngestSession* session);
   absl::Status Batch(IngestSession* session, const sigma::v1::Batch& batch);

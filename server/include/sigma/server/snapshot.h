@@ -99,6 +99,29 @@ class MemoryBudget {
   std::atomic<int64_t> used_{0};
 };
 
+// The kernels' view of the daemon's --max-memory-bytes budget: the CUDA
+// backend charges the device workspace and pinned staging it keeps between
+// seals here (sigma::MemoryBudget), so they count like the CPU scratch.
+// Created before the engine (the backend needs it at construction) and bound
+// to the engine's MemoryBudget once that exists; unbound, it refuses nothing.
+// Unbind before that MemoryBudget goes (the backend releases its scratch in
+// its destructor, after the engine's budget is gone).
+// Thread-safe (each device's backend charges from its own thread).
+class BackendScratchBudget : public sigma::MemoryBudget {
+ public:
+  void Bind(server::MemoryBudget* budget);
+  void Unbind();
+  bool TryCharge(int64_t bytes) override;
+  void Release(int64_t bytes) override;
+  int64_t held() const;
+
+ private:
+  mutable std::mutex mu_;
+  server::MemoryBudget::Charge charge_;  // bytes the backends hold now
+  bool bound_ = false;
+  int64_t unbound_ = 0;          // bytes charged while unbound
+};
+
 // The batch seqs one rank has sent, as disjoint runs [first, last] (a client
 // numbering 0, 1, 2, ... holds one run whatever the batch count). Each run is
 // charged kBytesPerRun, so sparse seqs cannot grow the daemon without bound.
