@@ -31,6 +31,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -119,6 +120,10 @@ class Engine {
   void Compute(std::vector<SealWork>& works);
   void BuildReports(std::vector<SealWork>& works);
   void CommitReports(std::vector<SealWork>& works);
+  // Shared store: the registry's configuration of `names` replaced by what any
+  // replica committed last (no-op otherwise). Store I/O outside mu_.
+  void RefreshJobs(const std::set<std::string>& names);
+  void AdoptStoredReports(std::vector<SealWork>& works, const std::vector<StoredJob>& job_rows);
   void Publish(std::vector<SealWork>& works);
   void FailSeals(const SealQueue::Batch& batch, const absl::Status& error);
 
