@@ -94,6 +94,32 @@ TEST(SharedStoreTest, ReplicasSwitchingBetweenGenerationsMatchOneDaemon) {
   }
 }
 
+// The same generation sealed on both replicas (a retry that failed over after
+// A committed): B answers with A's stored report, one report is stored; the
+// same generation from different data is refused ALREADY_EXISTS.
+TEST(SharedStoreTest, SameGenerationOnTwoReplicasEndsWithOneReport) {
+  SIGMA_PG_OR_SKIP(pg);
+  TempDir dir_a, dir_b;
+  DaemonOptions a_opts = TestOptions(dir_a.path()), b_opts = TestOptions(dir_b.path());
+  a_opts.db = b_opts.db = pg->NewDatabase();
+  auto a = StartDaemon(a_opts);
+  auto b = StartDaemon(b_opts);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  const v1::GenerationReport first = Seal(a.get(), "twice", 0);
+  const v1::GenerationReport second = Seal(b.get(), "twice", 0);
+  EXPECT_EQ(second.SerializeAsString(), first.SerializeAsString());
+  Seal(a.get(), "twice", 1);
+  v1::JobConfig cfg;
+  cfg.set_n_a(64);
+  v1::IngestResponse resp;
+  const grpc::Status s = SendShare(b->stub.get(), MakeOpen("twice", 1, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg),
+                                   GenerationRows(7), 0, 200, 50, v1::DTYPE_FP32, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
+  EXPECT_NE(s.error_message().find("different data"), std::string::npos) << s.error_message();
+  EXPECT_EQ(History(b.get(), "twice").size(), 2u);
+}
+
 // ConfigureJob on replica A reaches replica B (read through before B's next
 // seal and before a ConfigureJob on B), B's seals do not undo it, and a
 // replica started later loads it.
