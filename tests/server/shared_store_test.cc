@@ -2,13 +2,18 @@
 // the reason when PostgreSQL is not installed): history across a restart, and
 // replicas on one database with the client switching replicas between
 // generations (after a membership change), compared with one daemon on SQLite.
+#include <chrono>
 #include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "pg_test_util.h"
 #include "server_test_util.h"
+#include "sigma/kernels/backend_factory.h"
+#include "sigma/server/metrics.h"
+#include "sigma/server/scheduler.h"
 
 namespace sigma::server::testing {
 namespace {
@@ -39,6 +44,21 @@ std::vector<v1::GenerationReport> History(TestDaemon* d, const std::string& job)
   return {resp.reports().begin(), resp.reports().end()};
 }
 
+// Replicas A and B: in-process daemons on one new database of `pg`.
+struct Replicas {
+  TempDir dir_a, dir_b;
+  std::string db;
+  std::unique_ptr<TestDaemon> a, b;
+};
+std::unique_ptr<Replicas> StartReplicas(PgServer* pg) {
+  auto r = std::make_unique<Replicas>();
+  DaemonOptions a_opts = TestOptions(r->dir_a.path()), b_opts = TestOptions(r->dir_b.path());
+  a_opts.db = b_opts.db = r->db = pg->NewDatabase();
+  r->a = StartDaemon(a_opts);
+  r->b = StartDaemon(b_opts);
+  return r->a && r->b ? std::move(r) : nullptr;
+}
+
 TEST(SharedStoreTest, DaemonOnPostgresKeepsHistoryAcrossRestart) {
   SIGMA_PG_OR_SKIP(pg);
   TempDir dir;
@@ -65,19 +85,17 @@ TEST(SharedStoreTest, DaemonOnPostgresKeepsHistoryAcrossRestart) {
 // replicas serve the whole history.
 TEST(SharedStoreTest, ReplicasSwitchingBetweenGenerationsMatchOneDaemon) {
   SIGMA_PG_OR_SKIP(pg);
-  TempDir dir_a, dir_b, dir_ref;
-  DaemonOptions a_opts = TestOptions(dir_a.path()), b_opts = TestOptions(dir_b.path());
-  a_opts.db = b_opts.db = pg->NewDatabase();
-  auto a = StartDaemon(a_opts);
-  auto b = StartDaemon(b_opts);
+  TempDir dir_ref;
+  auto r = StartReplicas(pg);
+  ASSERT_NE(r, nullptr);
+  TestDaemon* a = r->a.get();
+  TestDaemon* b = r->b.get();
   auto ref = StartDaemon(TestOptions(dir_ref.path()));
-  ASSERT_NE(a, nullptr);
-  ASSERT_NE(b, nullptr);
   ASSERT_NE(ref, nullptr);
   constexpr int kGenerations = 6;
   std::vector<v1::GenerationReport> seen;
   for (int g = 0; g < kGenerations; ++g) {
-    const v1::GenerationReport got = Seal(g % 2 ? b.get() : a.get(), "r", g);
+    const v1::GenerationReport got = Seal(g % 2 ? b : a, "r", g);
     const v1::GenerationReport want = Seal(ref.get(), "r", g);
     ExpectSameValues(got, want);
     EXPECT_EQ(got.baseline_generation(), want.baseline_generation()) << g;
@@ -86,7 +104,7 @@ TEST(SharedStoreTest, ReplicasSwitchingBetweenGenerationsMatchOneDaemon) {
       EXPECT_EQ(got.generations_to_critical(), want.generations_to_critical()) << g;
     seen.push_back(got);
   }
-  for (TestDaemon* d : {a.get(), b.get()}) {
+  for (TestDaemon* d : {a, b}) {
     const std::vector<v1::GenerationReport> history = History(d, "r");
     ASSERT_EQ(history.size(), seen.size());
     for (size_t g = 0; g < seen.size(); ++g)
@@ -99,17 +117,14 @@ TEST(SharedStoreTest, ReplicasSwitchingBetweenGenerationsMatchOneDaemon) {
 // same generation from different data is refused ALREADY_EXISTS.
 TEST(SharedStoreTest, SameGenerationOnTwoReplicasEndsWithOneReport) {
   SIGMA_PG_OR_SKIP(pg);
-  TempDir dir_a, dir_b;
-  DaemonOptions a_opts = TestOptions(dir_a.path()), b_opts = TestOptions(dir_b.path());
-  a_opts.db = b_opts.db = pg->NewDatabase();
-  auto a = StartDaemon(a_opts);
-  auto b = StartDaemon(b_opts);
-  ASSERT_NE(a, nullptr);
-  ASSERT_NE(b, nullptr);
-  const v1::GenerationReport first = Seal(a.get(), "twice", 0);
-  const v1::GenerationReport second = Seal(b.get(), "twice", 0);
+  auto r = StartReplicas(pg);
+  ASSERT_NE(r, nullptr);
+  TestDaemon* a = r->a.get();
+  TestDaemon* b = r->b.get();
+  const v1::GenerationReport first = Seal(a, "twice", 0);
+  const v1::GenerationReport second = Seal(b, "twice", 0);
   EXPECT_EQ(second.SerializeAsString(), first.SerializeAsString());
-  Seal(a.get(), "twice", 1);
+  Seal(a, "twice", 1);
   v1::JobConfig cfg;
   cfg.set_n_a(64);
   v1::IngestResponse resp;
@@ -117,7 +132,7 @@ TEST(SharedStoreTest, SameGenerationOnTwoReplicasEndsWithOneReport) {
                                    GenerationRows(7), 0, 200, 50, v1::DTYPE_FP32, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
   EXPECT_NE(s.error_message().find("different data"), std::string::npos) << s.error_message();
-  EXPECT_EQ(History(b.get(), "twice").size(), 2u);
+  EXPECT_EQ(History(b, "twice").size(), 2u);
 }
 
 // ConfigureJob on replica A reaches replica B (read through before B's next
@@ -125,15 +140,13 @@ TEST(SharedStoreTest, SameGenerationOnTwoReplicasEndsWithOneReport) {
 // replica started later loads it.
 TEST(SharedStoreTest, ConfigurationChangesReachTheOtherReplicas) {
   SIGMA_PG_OR_SKIP(pg);
-  TempDir dir_a, dir_b, dir_c;
-  DaemonOptions a_opts = TestOptions(dir_a.path()), b_opts = TestOptions(dir_b.path());
-  a_opts.db = b_opts.db = pg->NewDatabase();
-  auto a = StartDaemon(a_opts);
-  auto b = StartDaemon(b_opts);
-  ASSERT_NE(a, nullptr);
-  ASSERT_NE(b, nullptr);
-  Seal(a.get(), "c", 0);
-  Seal(b.get(), "c", 1);  // B learns the job
+  TempDir dir_c;
+  auto r = StartReplicas(pg);
+  ASSERT_NE(r, nullptr);
+  TestDaemon* a = r->a.get();
+  TestDaemon* b = r->b.get();
+  Seal(a, "c", 0);
+  Seal(b, "c", 1);  // B learns the job
   v1::ConfigureJobRequest req;
   req.set_job("c");
   req.mutable_config()->mutable_thresholds()->set_divergence_warning(0.375);
@@ -142,7 +155,7 @@ TEST(SharedStoreTest, ConfigurationChangesReachTheOtherReplicas) {
     grpc::ClientContext ctx;
     ASSERT_TRUE(a->stub->ConfigureJob(&ctx, req, &info).ok());
   }
-  Seal(b.get(), "c", 2);
+  Seal(b, "c", 2);
   auto warning_on = [](TestDaemon* d) {
     v1::ListJobsRequest lreq;
     v1::ListJobsResponse jobs;
@@ -152,9 +165,9 @@ TEST(SharedStoreTest, ConfigurationChangesReachTheOtherReplicas) {
       if (j.job() == "c") return j.config().thresholds().divergence_warning();
     return -1.0;
   };
-  EXPECT_EQ(warning_on(b.get()), 0.375);
+  EXPECT_EQ(warning_on(b), 0.375);
   DaemonOptions c_opts = TestOptions(dir_c.path());
-  c_opts.db = a_opts.db;
+  c_opts.db = r->db;
   auto c = StartDaemon(c_opts);
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(warning_on(c.get()), 0.375);
@@ -191,6 +204,40 @@ TEST(SharedStoreTest, DatabaseDownRefusesSealsAndTheDaemonRecovers) {
   EXPECT_EQ(again.generation(), 1);
   EXPECT_EQ(again.baseline_generation(), 0);
   EXPECT_EQ(History(d.get(), "down").size(), 2u);
+}
+
+// Readiness (/readyz) follows the database: not ready while it is down, ready
+// again once it is back, without a commit and without a restart. Polled: the
+// store probes at most once a second.
+TEST(SharedStoreTest, ReadinessFollowsTheDatabase) {
+  SIGMA_PG_OR_SKIP(pg);
+  TempDir dir;
+  DaemonOptions options = TestOptions(dir.path());
+  options.db = pg->NewDatabase();
+  auto store = Store::Open(options.db);
+  ASSERT_TRUE(store.ok()) << store.status();
+  sigma::BackendOptions bo;
+  bo.kind = sigma::BackendKind::kCpu;
+  auto backend = sigma::MakeBackend(bo);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  Metrics metrics;
+  Engine engine(options, std::move(*store), std::move(*backend), &metrics);
+  ASSERT_TRUE(engine.Restore().ok());
+  EXPECT_TRUE(engine.Readiness().ok()) << engine.Readiness();
+  auto poll = [&](bool want_ok) {
+    for (int i = 0; i < 200; ++i) {
+      if (engine.Readiness().ok() == want_ok) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  ASSERT_TRUE(pg->Stop().ok());
+  const bool went_down = poll(false);
+  const absl::Status down = engine.Readiness();
+  ASSERT_TRUE(pg->Start().ok());
+  EXPECT_TRUE(went_down);
+  EXPECT_NE(down.message().find("store: postgresql"), std::string::npos) << down;
+  EXPECT_TRUE(poll(true)) << engine.Readiness();
 }
 
 }  // namespace

@@ -91,8 +91,9 @@ class Engine {
   void StartWorker();
   // Runs every queued seal and task, then stops the lanes.
   void StopWorker();
-  // OK unless the latest store commit failed (and none succeeded since) or
-  // the backend failed every seal of its latest call.
+  // OK unless the store's Health() fails (PostgreSQL unreachable), the latest
+  // store commit failed and none succeeded since (SQLite; a shared store says
+  // itself when it is back), or the backend failed every seal of its latest call.
   absl::Status Readiness() const;
 
   absl::Status Open(const sigma::v1::OpenSnapshot& open, IngestSession* session);
