@@ -103,7 +103,7 @@ class Connection {
     std::string msg = conn_ ? PQerrorMessage(conn_) : "out of memory";
     while (!msg.empty() && msg.back() == '\n') msg.pop_back();
     Drop();
-    return absl::UnavailableError(absl::StrCat("postgresql: cannot connect to ", RedactDb(url_), ": ", msg));
+    return absl::UnavailableError(absl::StrCat("postgresql: cannot connect: ", msg));
   }
 
   // Runs `sql` ($1.. bound to `params`); results in binary format. Errors:
@@ -149,7 +149,6 @@ class Connection {
     if (conn_) PQfinish(conn_);
     conn_ = nullptr;
   }
-  const std::string& url() const { return url_; }
 
  private:
   std::string url_;
@@ -490,7 +489,7 @@ absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url)
 absl::StatusOr<std::unique_ptr<HistoryReader>> OpenPostgresHistoryReader(const std::string& url) {
   auto reader = std::make_unique<PgHistoryReader>(url);
   if (auto s = reader->conn_.Connect(); !s.ok())
-    return absl::Status(s.code(), absl::StrCat("--db: ", s.message()));
+    return absl::Status(s.code(), absl::StrCat("--db: ", RedactDb(url), ": ", s.message()));
   return std::unique_ptr<HistoryReader>(std::move(reader));
 }
 
