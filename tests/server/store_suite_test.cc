@@ -231,6 +231,48 @@ TEST(PostgresStoreTest, UnreachableServerIsRefusedAtOpenWithoutThePassword) {
   EXPECT_EQ(store.status().message().find("hunter2"), std::string::npos) << store.status();
 }
 
+// A version-1 PostgreSQL schema (the DDL storage_postgres.cc creates before
+// its migrations) with stored reports is migrated at Open: the version-2
+// columns back-filled from the reports, which are intact.
+TEST(PostgresStoreTest, VersionOneIsMigratedWithReportsIntact) {
+  SIGMA_PG_OR_SKIP(pg);
+  const std::string db = pg->NewDatabase();
+  const v1::GenerationReport old = Report("old", "default", 1, -1.5);  // severity critical
+  std::string hex;
+  for (unsigned char c : old.SerializeAsString()) hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
+  ASSERT_TRUE(pg->Query(db,
+                        "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                        "CREATE TABLE jobs (name TEXT PRIMARY KEY, config BYTEA NOT NULL, m INTEGER NOT NULL DEFAULT 0,"
+                        " created_unix_ms BIGINT NOT NULL, updated_unix_ms BIGINT NOT NULL);"
+                        "CREATE TABLE configs (id BIGSERIAL PRIMARY KEY, job TEXT NOT NULL REFERENCES jobs(name),"
+                        " config BYTEA NOT NULL, set_unix_ms BIGINT NOT NULL);"
+                        "CREATE TABLE reports (id BIGSERIAL PRIMARY KEY, job TEXT NOT NULL REFERENCES jobs(name),"
+                        " tap TEXT NOT NULL, generation BIGINT NOT NULL, m INTEGER NOT NULL, n DOUBLE PRECISION NOT NULL,"
+                        " n_a BIGINT NOT NULL, backend TEXT NOT NULL, track1_lower DOUBLE PRECISION,"
+                        " track1_upper DOUBLE PRECISION, track2 DOUBLE PRECISION, track2_ci_halfwidth DOUBLE PRECISION,"
+                        " track1_drift DOUBLE PRECISION, track2_drift DOUBLE PRECISION, divergence DOUBLE PRECISION,"
+                        " drift_halfwidth DOUBLE PRECISION, baseline_job TEXT, baseline_generation BIGINT,"
+                        " failed INTEGER NOT NULL, sealed_unix_ms BIGINT NOT NULL, report BYTEA NOT NULL,"
+                        " UNIQUE (job, tap, generation));"
+                        "CREATE INDEX reports_by_job ON reports (job, tap, generation);"
+                        "INSERT INTO schema_version (version) VALUES (1);"
+                        "INSERT INTO jobs VALUES ('old', '', 8, 1, 1);"
+                        "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, failed, sealed_unix_ms, report)"
+                        " VALUES ('old', 'default', 1, 8, 100, 64, 'cpu', 0, 1, '\\x" + hex + "');")
+                  .ok());
+  auto store = Store::Open(db);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->schema_version(), 2);
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].SerializeAsString(), old.SerializeAsString());
+  EXPECT_EQ(*pg->Query(db, "SELECT severity || ' ' || compute_seconds FROM reports"),
+            std::vector<std::string>{"critical 0.125"});
+  EXPECT_EQ(*pg->Query(db, "SELECT version FROM schema_version"), std::vector<std::string>{"2"});
+}
+
 // Two replicas' Stores on one database: each sees the other's commits; the
 // same report sealed by both is stored once, a different one is refused.
 // A seal's commit from a replica with a stale view does not undo a
