@@ -12,6 +12,11 @@ echo "== seal vs raw BLAS/LAPACK calls, and dsyrk vs dgemm (Google Benchmark)"
 echo "== seal vs the numpy pipeline, same data"
 "$python" bench/numpy_reference.py --sigmactl "$build/client/cli/sigmactl"
 
+if [ -x "$build/bench/store/sigma_store_bench" ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== seal commit latency, SQLite vs PostgreSQL"
+  bench/store/run_store_bench.sh "$build"
+fi
+
 if [ -x "$build/server/bench_ingest/sigma_ingest_bench" ]; then
   echo "== sigmad ingest vs a do-nothing gRPC sink"
   "$build/server/bench_ingest/sigma_ingest_bench"

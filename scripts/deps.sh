@@ -34,6 +34,7 @@ DEBIAN_PACKAGES=(
   prometheus-cpp-dev libopenblas-dev liblapacke-dev libsqlite3-dev
   libabsl-dev libbenchmark-dev libgtest-dev libgmock-dev
   libyaml-cpp-dev nlohmann-json3-dev
+  postgresql libpq-dev
   clang libclang-rt-14-dev
   prometheus prometheus-alertmanager
 )

@@ -154,7 +154,8 @@ std::string UsageText() {
   --listen HOST:PORT            gRPC address (default 127.0.0.1:50051; port 0 = any free port)
   --metrics-listen HOST:PORT    HTTP address of /metrics, /healthz, /readyz and / (default
                                 127.0.0.1:9464)
-  --db FILE                     SQLite history (default ./var/sigma.db; parent dir created)
+  --db FILE|URL                 history store: an SQLite file (default ./var/sigma.db; parent dir
+                                created) or postgresql://user@host:port/dbname?... (shared by replicas)
   --backend auto|cpu|cuda       numeric backend (default auto: CUDA when available)
   --gpu-min-m N                 backend auto: snapshots with m < N are sealed on the CPU, the
                                 rest on the GPUs; default 256 (not yet measured on a GPU),

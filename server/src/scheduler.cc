@@ -67,7 +67,10 @@ void Engine::ReaperLoop() {
 }
 
 absl::Status Engine::Readiness() const {
-  if (!store_ok_.load()) return absl::UnavailableError("the latest store commit failed");
+  // A store that probes itself (PostgreSQL) says when it is back; SQLite
+  // only recovers with the next successful commit.
+  if (absl::Status h = store_->Health(); !h.ok()) return absl::UnavailableError(absl::StrCat("store: ", h.message()));
+  if (!store_ok_.load() && !store_->shared()) return absl::UnavailableError("the latest store commit failed");
   if (!backend_ok_.load()) return absl::UnavailableError(absl::StrCat("backend ", backend_name_, " failed its latest seals"));
   return absl::OkStatus();
 }
@@ -389,6 +392,20 @@ absl::Status Engine::ListJobs(v1::ListJobsResponse* response) {
   return absl::OkStatus();
 }
 
+void Engine::RefreshJobs(const std::set<std::string>& names) {
+  if (!store_->shared()) return;
+  std::vector<StoredJob> stored;
+  for (const std::string& name : names) {
+    absl::StatusOr<StoredJob> j = store_->LoadJob(name);
+    if (j.ok()) stored.push_back(*std::move(j));  // NOT_FOUND: new; UNAVAILABLE: the commit will say so
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const StoredJob& j : stored) {
+    const JobState* known = registry_.Find(j.name);
+    registry_.Restore(StoredJob{j.name, j.config, known && known->m ? known->m : j.m});
+  }
+}
+
 void Engine::Configure(const v1::ConfigureJobRequest& request,
                        std::function<void(const absl::Status&, const v1::JobInfo&)> done) {
   if (absl::Status s = ValidateConfigure(request); !s.ok()) return done(s, {});
@@ -404,6 +421,7 @@ void Engine::Configure(const v1::ConfigureJobRequest& request,
 void Engine::RunConfigure(const v1::ConfigureJobRequest& request,
                           const std::function<void(const absl::Status&, const v1::JobInfo&)>& done) {
   absl::StatusOr<StoredJob> updated;
+  RefreshJobs({request.job()});  // a partial update applies to what another replica committed
   {
     std::lock_guard<std::mutex> lock(mu_);
     updated = registry_.PrepareConfigure(request.job(), request.config());

@@ -1,3 +1,4 @@
+// The SQLite Store and HistoryReader (storage.h), and the --db dispatch.
 #include "sigma/server/storage.h"
 
 #include <fcntl.h>
@@ -12,9 +13,12 @@
 #include <chrono>
 #include <utility>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "storage_backends.h"
 
 namespace sigma::server {
 namespace {
@@ -54,9 +58,79 @@ class Stmt {
   int rc_;
 };
 
+// SQLite: one connection, one mutex (mu_) around LoadAll and Commit.
+class SqliteStore final : public Store {
+ public:
+  SqliteStore(sqlite3* db, int lock_fd) : db_(db), lock_fd_(lock_fd) {}
+  ~SqliteStore() override;
+  absl::Status LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) override;
+  absl::Status Commit(const std::vector<StoredJob>& jobs,
+                      const std::vector<sigma::v1::GenerationReport>& reports) override;
+  absl::Status Health() override { return absl::OkStatus(); }
+  int schema_version() const override { return schema_version_; }
+  const char* kind() const override { return "sqlite"; }
+  absl::Status Init();
+
+ private:
+  absl::Status Exec(const char* sql);
+  absl::Status UpsertJob(const StoredJob& job);
+  absl::Status InsertReport(const sigma::v1::GenerationReport& report);
+  absl::Status MigrateTo2();
+
+  sqlite3* db_;
+  int lock_fd_ = -1;  // flock(LOCK_EX) on the database's ".lock" file, -1 for ":memory:"
+  int schema_version_ = 0;
+  std::mutex mu_;  // LoadAll, Commit
+};
+
+class SqliteHistoryReader final : public HistoryReader {
+ public:
+  explicit SqliteHistoryReader(sqlite3* db) : db_(db) {}
+  ~SqliteHistoryReader() override;
+  absl::Status Reports(const std::string& job, const std::string& tap,
+                       std::vector<sigma::v1::GenerationReport>* out) override;
+  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
+                                                     int64_t generation) override;
+
+ private:
+  sqlite3* db_;
+  std::mutex mu_;
+};
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+bool IsPostgresUrl(const std::string& db) {
+  return absl::StartsWith(db, "postgresql://") || absl::StartsWith(db, "postgres://");
+}
+
+std::string RedactDb(const std::string& db) {
+  if (!IsPostgresUrl(db)) return db;
+  // scheme://user:password@host...: the password is between the first ':'
+  // after the scheme and the last '@' of the authority.
+  const size_t start = db.find("://") + 3;
+  const size_t slash = db.find('/', start);
+  const std::string authority = db.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+  const size_t at = authority.rfind('@');
+  const size_t colon = authority.find(':');
+  std::string out = db;
+  if (at != std::string::npos && colon != std::string::npos && colon < at)
+    out.replace(start + colon + 1, at - colon - 1, "***");
+  if (const size_t pw = out.find("password="); pw != std::string::npos) {
+    const size_t end = out.find('&', pw);
+    out.replace(pw + 9, (end == std::string::npos ? out.size() : end) - pw - 9, "***");
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& db) {
+  return IsPostgresUrl(db) ? OpenPostgresStore(db) : OpenSqliteStore(db);
+}
+
+absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::string& db) {
+  return IsPostgresUrl(db) ? OpenPostgresHistoryReader(db) : OpenSqliteHistoryReader(db);
+}
+
+absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) {
   if (path != ":memory:") {
     std::error_code ec;
     const std::filesystem::path parent = std::filesystem::path(path).parent_path();
@@ -107,20 +181,20 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
     return absl::UnavailableError(
         absl::StrCat("--db: ", path, " is read-only (no write permission on the file or its directory)"));
   }
-  std::unique_ptr<Store> store(new Store(db, lock_fd));
+  auto store = std::make_unique<SqliteStore>(db, lock_fd);
   if (auto s = store->Init(); !s.ok()) {
     if (absl::StartsWith(s.message(), "--db:")) return s;
     return absl::Status(s.code(), absl::StrCat("--db: ", path, ": ", s.message()));
   }
-  return store;
+  return std::unique_ptr<Store>(std::move(store));
 }
 
-Store::~Store() {
+SqliteStore::~SqliteStore() {
   sqlite3_close(db_);
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
-absl::Status Store::Exec(const char* sql) {
+absl::Status SqliteStore::Exec(const char* sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errmsg(db_);
@@ -130,7 +204,7 @@ absl::Status Store::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
-absl::Status Store::Init() {
+absl::Status SqliteStore::Init() {
   sqlite3_busy_timeout(db_, 5000);
   if (auto s = Exec("PRAGMA journal_mode=WAL;"); !s.ok()) return s;
   if (auto s = Exec("PRAGMA synchronous=FULL;"); !s.ok()) return s;
@@ -203,7 +277,7 @@ absl::Status Store::Init() {
   return Exec("COMMIT;");
 }
 
-absl::Status Store::LoadAll(std::vector<StoredJob>* jobs,
+absl::Status SqliteStore::LoadAll(std::vector<StoredJob>* jobs,
                             std::vector<sigma::v1::GenerationReport>* reports) {
   std::lock_guard<std::mutex> lock(mu_);
   {
@@ -232,7 +306,7 @@ absl::Status Store::LoadAll(std::vector<StoredJob>* jobs,
   return absl::OkStatus();
 }
 
-absl::Status Store::UpsertJob(const StoredJob& job) {
+absl::Status SqliteStore::UpsertJob(const StoredJob& job) {
   std::string blob;
   job.config.SerializeToString(&blob);
   std::string old;
@@ -274,7 +348,7 @@ absl::Status Store::UpsertJob(const StoredJob& job) {
 // or critical) and reports.compute_seconds, for operators querying the file
 // (e.g. SELECT job, generation FROM reports WHERE severity = 'critical'),
 // back-filled from the stored reports.
-absl::Status Store::MigrateTo2() {
+absl::Status SqliteStore::MigrateTo2() {
   if (auto s = Exec("ALTER TABLE reports ADD COLUMN severity TEXT NOT NULL DEFAULT 'ok';"
                     "ALTER TABLE reports ADD COLUMN compute_seconds REAL NOT NULL DEFAULT 0;"
                     "CREATE INDEX reports_by_severity ON reports (severity, job);");
@@ -314,7 +388,7 @@ std::string ReportSeverity(const sigma::v1::GenerationReport& report) {
   return kNames[rank];
 }
 
-absl::Status Store::InsertReport(const sigma::v1::GenerationReport& r) {
+absl::Status SqliteStore::InsertReport(const sigma::v1::GenerationReport& r) {
   std::string blob;
   r.SerializeToString(&blob);
   Stmt q(db_,
@@ -350,7 +424,7 @@ absl::Status Store::InsertReport(const sigma::v1::GenerationReport& r) {
   return absl::OkStatus();
 }
 
-absl::Status Store::Commit(const std::vector<StoredJob>& jobs,
+absl::Status SqliteStore::Commit(const std::vector<StoredJob>& jobs,
                            const std::vector<sigma::v1::GenerationReport>& reports) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
@@ -369,7 +443,7 @@ absl::Status Store::Commit(const std::vector<StoredJob>& jobs,
   return Exec("COMMIT;");
 }
 
-absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<HistoryReader>> OpenSqliteHistoryReader(const std::string& path) {
   sqlite3* db = nullptr;
   const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
@@ -378,12 +452,12 @@ absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::st
     return absl::UnavailableError(absl::StrCat("--db: cannot open ", path, " for reading: ", msg));
   }
   sqlite3_busy_timeout(db, 5000);
-  return std::unique_ptr<HistoryReader>(new HistoryReader(db));
+  return std::unique_ptr<HistoryReader>(std::make_unique<SqliteHistoryReader>(db));
 }
 
-HistoryReader::~HistoryReader() { sqlite3_close(db_); }
+SqliteHistoryReader::~SqliteHistoryReader() { sqlite3_close(db_); }
 
-absl::Status HistoryReader::Reports(const std::string& job, const std::string& tap,
+absl::Status SqliteHistoryReader::Reports(const std::string& job, const std::string& tap,
                                     std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt q(db_, tap.empty() ? "SELECT report FROM reports WHERE job = ?1 ORDER BY generation, tap;"
@@ -400,7 +474,7 @@ absl::Status HistoryReader::Reports(const std::string& job, const std::string& t
   return absl::OkStatus();
 }
 
-absl::StatusOr<sigma::v1::GenerationReport> HistoryReader::Report(const std::string& job, const std::string& tap,
+absl::StatusOr<sigma::v1::GenerationReport> SqliteHistoryReader::Report(const std::string& job, const std::string& tap,
                                                                   int64_t generation) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt q(db_, "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 AND generation = ?3;");

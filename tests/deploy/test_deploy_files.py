@@ -81,6 +81,27 @@ def test_kubernetes_manifests_parse():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def test_shared_store_manifests():
+    """Replicas on PostgreSQL: no per-replica volume, the URL from a Secret,
+    readiness on /readyz (not ready while the database is down)."""
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "sigmad-postgres.yaml").read_text()))
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert "volumeClaimTemplates" not in sts["spec"]
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--db") + 1] == "$(SIGMA_DB)"
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "sigma-postgres"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    compose = yaml.safe_load((DEPLOY / "docker" / "compose-postgres.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "sigmad-0", "sigmad-1", "prometheus", "alertmanager", "grafana"} <= set(services)
+    for name in ("sigmad-0", "sigmad-1"):
+        entry = services[name]["entrypoint"]
+        assert entry[entry.index("--db") + 1].startswith("postgresql://")
+    prom = yaml.safe_load((DEPLOY / "docker" / "prometheus-compose-postgres.yml").read_text())
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["sigmad-0:9464", "sigmad-1:9464"]
+
+
 def test_dashboard_expressions_use_known_metrics():
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "sigma-monitor.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]

@@ -8,6 +8,11 @@
 // the history byte for byte, every generation a client started completed, and
 // `PRAGMA integrity_check` says ok.
 //
+// ReplicaKillOnSharedStoreLosesNoSealedReport: two sigmad replicas on one
+// PostgreSQL database; clients alternate generations between them and fail
+// over to the survivor while replica A is SIGKILLed and restarted. Every
+// report a client saw as sealed is stored byte for byte, once.
+//
 // SigtermDrainsInFlightSeals: SIGTERM while a seal waits in the compute queue:
 // the waiting client still gets its sealed report, new connections are
 // refused, and sigmad exits 0 within a bound; the report is durable.
@@ -28,6 +33,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "pg_test_util.h"
 #include "server_test_util.h"
 
 namespace sigma::server::testing {
@@ -242,6 +248,120 @@ TEST(CrashTest, KillNineLosesNoSealedReport) {
   EXPECT_EQ(WaitExit(pid, 20), 0);
   EXPECT_EQ(IntegrityCheck(dir.path() + "/sigma.db"), "ok");
   EXPECT_LT(Clock::now() - started, std::chrono::seconds(90));
+}
+
+// Replica A is killed at seeded random moments and restarted; replica B stays.
+// Even generations go to A (to B while A is down: a membership change), odd
+// ones to B; a retry of a generation A committed before dying gets the stored
+// report from B.
+TEST(CrashTest, ReplicaKillOnSharedStoreLosesNoSealedReport) {
+  SIGMA_PG_OR_SKIP(pg);
+  constexpr int kClients = 2;
+  constexpr int kKills = 8;
+  TempDir dir_a, dir_b;
+  const std::string db = pg->NewDatabase();
+  auto args = [&](const std::string& dir) {
+    return std::vector<std::string>{"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--db", db,
+                                    "--backend", "cpu", "--port-file", dir + "/ports.json",
+                                    "--seal-batch-window-ms", "1"};
+  };
+  const pid_t pid_b = Spawn(args(dir_b.path()), dir_b.path() + "/sigmad.log");
+  const int port_b = WaitPort(dir_b.path() + "/ports.json", pid_b);
+  ASSERT_NE(port_b, 0) << ReadFile(dir_b.path() + "/sigmad.log");
+  std::atomic<int> port_a{0};
+  std::atomic<bool> killing{true};
+  std::atomic<int> kills{0};
+  pid_t pid_a = -1;
+  std::thread killer([&] {
+    std::mt19937_64 rng(20261202);
+    std::uniform_int_distribution<int> uptime_ms(50, 400);
+    for (;;) {
+      std::filesystem::remove(dir_a.path() + "/ports.json");
+      pid_a = Spawn(args(dir_a.path()), dir_a.path() + "/sigmad.log");
+      port_a = WaitPort(dir_a.path() + "/ports.json", pid_a);
+      if (port_a.load() == 0 || kills.load() >= kKills) {
+        killing = false;
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(uptime_ms(rng)));
+      port_a = 0;
+      kill(pid_a, SIGKILL);
+      waitpid(pid_a, nullptr, 0);
+      ++kills;
+    }
+  });
+  std::vector<std::map<int64_t, std::string>> seen(kClients);
+  std::vector<int64_t> generations(kClients, 0), failovers(kClients, 0);
+  std::vector<std::string> errors(kClients);
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      std::map<int, std::unique_ptr<v1::SigmaMonitor::Stub>> stubs;
+      for (int64_t g = 0; killing.load(); ++g) {
+        generations[c] = g + 1;
+        for (int attempt = 0;; ++attempt) {
+          if (attempt > 2000) {
+            errors[c] = "gave up on generation " + std::to_string(g);
+            return;
+          }
+          const int pa = port_a.load();
+          const int p = g % 2 == 0 && pa != 0 ? pa : port_b;
+          if (g % 2 == 0 && p == port_b) ++failovers[c];
+          auto& stub = stubs[p];
+          if (!stub) stub = MakeStub(p);
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+          v1::IngestResponse resp;
+          auto w = stub->Ingest(&ctx, &resp);
+          for (const auto& m : Share(c, g)) {
+            if (!w->Write(m)) break;
+          }
+          w->WritesDone();
+          const grpc::Status s = w->Finish();
+          if (s.ok() && resp.sealed()) {
+            seen[c][g] = resp.report().SerializeAsString();
+            break;
+          }
+          if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+            errors[c] = "generation " + std::to_string(g) + ": " + s.error_message();
+            return;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  killer.join();
+  ASSERT_NE(port_a.load(), 0) << "replica A did not restart:\n" << ReadFile(dir_a.path() + "/sigmad.log").substr(0, 4000);
+  EXPECT_GE(kills.load(), kKills);
+  int64_t lost = 0, total = 0, failed_over = 0;
+  for (int port : {port_a.load(), port_b}) {
+    auto stub = MakeStub(port);
+    for (int c = 0; c < kClients; ++c) {
+      SCOPED_TRACE("client " + std::to_string(c) + " on port " + std::to_string(port));
+      EXPECT_EQ(errors[c], "");
+      grpc::ClientContext ctx;
+      v1::GetHistoryRequest req;
+      req.set_job("crash.c" + std::to_string(c));
+      v1::GetHistoryResponse hist;
+      ASSERT_TRUE(stub->GetHistory(&ctx, req, &hist).ok());
+      EXPECT_EQ(hist.reports_size(), static_cast<int>(seen[c].size()));  // each generation once
+      std::map<int64_t, std::string> stored;
+      for (const auto& r : hist.reports()) stored[r.generation()] = r.SerializeAsString();
+      for (const auto& [g, bytes] : seen[c]) {
+        if (stored[g] != bytes) ++lost;
+      }
+      if (port == port_b) total += static_cast<int64_t>(seen[c].size()), failed_over += failovers[c];
+    }
+  }
+  EXPECT_EQ(lost, 0);
+  std::cerr << "replica kill test: " << kills.load() << " kills of replica A, " << total
+            << " generations sealed, " << failed_over << " attempts failed over to B, " << lost << " reports lost\n";
+  kill(pid_a, SIGTERM);
+  kill(pid_b, SIGTERM);
+  EXPECT_EQ(WaitExit(pid_a, 20), 0);
+  EXPECT_EQ(WaitExit(pid_b, 20), 0);
 }
 
 TEST(CrashTest, SigtermDrainsInFlightSeals) {

@@ -77,6 +77,17 @@ std::vector<ReportPtr> ReportHistory::Replay(std::vector<v1::GenerationReport> r
   return publish;
 }
 
+void ReportHistory::CatchUp(const std::string& job, const std::string& tap) {
+  if (!reader_ || !reader_->shared()) return;
+  std::vector<v1::GenerationReport> stored;  // by generation
+  if (!reader_->Reports(job, tap, &stored).ok()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  Tap& t = taps_[{job, tap}];
+  for (v1::GenerationReport& r : stored) {
+    if (!t.reports.contains(r.generation())) AddLocked(t, std::make_shared<const v1::GenerationReport>(std::move(r)));
+  }
+}
+
 bool ReportHistory::Contains(const std::string& job, const std::string& tap, int64_t generation) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto t = taps_.find({job, tap});

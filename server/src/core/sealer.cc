@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -104,10 +106,21 @@ void Engine::Compute(std::vector<SealWork>& works) {
 // history with this batch's earlier reports staged.
 void Engine::BuildReports(std::vector<SealWork>& works) {
   {
+    std::set<std::string> names;
+    for (const SealWork& w : works) names.insert(w.snap->key().job);
+    RefreshJobs(names);  // shared store: ConfigureJob on another replica
+  }
+  {
     std::lock_guard<std::mutex> lock(mu_);
     for (SealWork& w : works) {
       if (const JobState* job = registry_.Find(w.snap->key().job)) w.config = registry_.Effective(*job, w.snap->params().m);
     }
+  }
+  // Shared store: what other replicas sealed of these taps (baselines, forecast points).
+  for (const SealWork& w : works) {
+    if (!w.error.ok()) continue;
+    history_->CatchUp(w.snap->key().job, w.snap->key().tap);
+    if (!w.config.baseline_job().empty()) history_->CatchUp(w.config.baseline_job(), w.snap->key().tap);
   }
   ReportHistory::Staging staging = history_->Stage();
   const int64_t sealed_ms = NowUnixMs();
@@ -159,14 +172,49 @@ void Engine::CommitReports(std::vector<SealWork>& works) {
   std::vector<StoredJob> job_rows;
   for (auto& [name, j] : jobs) job_rows.push_back(std::move(j));
   const absl::Status s = store_->Commit(job_rows, reports);
-  store_ok_.store(s.ok());
+  store_ok_.store(s.ok() || s.code() == absl::StatusCode::kAlreadyExists);
   if (s.ok()) return;
+  if (s.code() == absl::StatusCode::kAlreadyExists) return AdoptStoredReports(works, job_rows);
   metrics_->StoreCommitFailed();
   logger_.Log(LogLevel::kError, "store_failure", {{"what", "seal"}, {"reports", absl::StrCat(reports.size())},
                                                   {"error", std::string(s.message())}});
   for (SealWork& w : works) {
     if (!w.error.ok()) continue;
     w.error = absl::UnavailableError(absl::StrCat("store: ", s.message()));
+    w.report.reset();
+  }
+}
+
+// Shared store: another replica committed some of these generations first
+// (storage.h, Commit). Each report is committed alone; one already stored is
+// answered with the stored report when it has the same values from the same
+// data (n, m, track values: the two replicas sealed the same share), else
+// ALREADY_EXISTS naming the generation.
+void Engine::AdoptStoredReports(std::vector<SealWork>& works, const std::vector<StoredJob>& job_rows) {
+  for (SealWork& w : works) {
+    if (!w.error.ok()) continue;
+    const SnapshotKey& key = w.snap->key();
+    std::vector<StoredJob> job;
+    for (const StoredJob& j : job_rows)
+      if (j.name == key.job) job.push_back(j);
+    const absl::Status one = store_->Commit(job, {*w.report});
+    if (one.ok()) continue;
+    if (one.code() == absl::StatusCode::kAlreadyExists) {
+      history_->CatchUp(key.job, key.tap);
+      absl::StatusOr<ReportPtr> stored = history_->Read(key.job, key.tap, w.report->generation());
+      const v1::GenerationReport& mine = *w.report;
+      // Same share: equal up to the backends' rounding (a CPU and a GPU replica).
+      auto close = [](double a, double b) { return std::abs(a - b) <= 1e-6 * std::max(1.0, std::abs(a)); };
+      if (stored.ok() && (*stored)->n() == mine.n() && (*stored)->m() == mine.m() &&
+          close((*stored)->track2(), mine.track2()) && close((*stored)->track1_upper(), mine.track1_upper())) {
+        w.report = *stored;
+        continue;
+      }
+      w.error = absl::AlreadyExistsError(absl::StrCat(KeyString(key), ": ", one.message(), " from different data"));
+    } else {
+      metrics_->StoreCommitFailed();
+      w.error = absl::UnavailableError(absl::StrCat("store: ", one.message()));
+    }
     w.report.reset();
   }
 }

@@ -69,6 +69,13 @@ class ReportHistory {
   // (the gauges show it).
   bool Record(ReportPtr report);
 
+  // Shared store (HistoryReader::shared): records the reports of (job, tap)
+  // that other replicas committed and this daemon does not hold (the values
+  // baselines and forecasts need; they are not published to the gauges). One
+  // read of the tap's reports, outside mu_; a failed read changes nothing. A
+  // no-op for a store only this daemon writes.
+  void CatchUp(const std::string& job, const std::string& tap);
+
   bool Contains(const std::string& job, const std::string& tap, int64_t generation) const;
   // True when the tap has any sealed report.
   bool TapSealed(const std::string& job, const std::string& tap) const;

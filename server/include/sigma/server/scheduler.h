@@ -35,6 +35,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -102,8 +103,9 @@ class Engine {
   void StartWorker();
   // Runs every queued seal and task, then stops the lanes.
   void StopWorker();
-  // OK unless the latest store commit failed (and none succeeded since) or
-  // the backend failed every seal of its latest call.
+  // OK unless the store's Health() fails (PostgreSQL unreachable), the latest
+  // store commit failed and none succeeded since (SQLite; a shared store says
+  // itself when it is back), or the backend failed every seal of its latest call.
   absl::Status Readiness() const;
   // --max-memory-bytes as the engine accounts it (open snapshots and seals);
   // the daemon binds the backend's scratch budget to it.
@@ -142,6 +144,10 @@ class Engine {
   void Compute(std::vector<SealWork>& works);
   void BuildReports(std::vector<SealWork>& works);
   void CommitReports(std::vector<SealWork>& works);
+  // Shared store: the registry's configuration of `names` replaced by what any
+  // replica committed last (no-op otherwise). Store I/O outside mu_.
+  void RefreshJobs(const std::set<std::string>& names);
+  void AdoptStoredReports(std::vector<SealWork>& works, const std::vector<StoredJob>& job_rows);
   void Publish(std::vector<SealWork>& works);
   void FailSeals(const SealQueue::Batch& batch, const absl::Status& error);
   void LogSeal(const SealWork& w);

@@ -1,25 +1,33 @@
-// The embedded store: SQLite in WAL mode with synchronous=FULL. Tables:
-// schema_version, jobs (current config), configs (every config change),
-// reports (every sealed GenerationReport, serialized, plus indexed columns).
-// Schema history (migrations run at Open, in one transaction):
+// The history store behind sigmad: jobs (current config), configs (every
+// config change) and reports (every sealed GenerationReport, serialized, plus
+// indexed columns). Two implementations, chosen by the --db value (Open):
+//   - SQLite (default; --db FILE): an embedded file in WAL mode with
+//     synchronous=FULL, one sigmad per file (flock on FILE.lock);
+//   - PostgreSQL (--db postgresql://user@host:port/dbname?... or postgres://):
+//     a shared database that several sigmad replicas use at once
+//     (storage_postgres.cc; docs/deployment.md).
+// Schema history (the same in both; migrations run at Open in one
+// transaction, a schema newer than this sigmad is refused):
 //   1: the tables above;
 //   2: reports.severity (highest alert severity) and reports.compute_seconds.
-// Thread-safe: one mutex serializes LoadAll and Commit (sigmad commits from
-// its seal lanes and its task lane; seal_queue.h).
+// Durability: Commit returns OK only once the transaction is durable (SQLite
+// fsync; PostgreSQL COMMIT acknowledged by the server).
+// Thread-safety: every Store and HistoryReader serializes its calls with its
+// own mutex (sigmad commits from its seal lanes and its task lane;
+// seal_queue.h); a HistoryReader is a second connection, so reads never wait
+// for a commit in progress.
 #ifndef SIGMA_SERVER_STORAGE_H_
 #define SIGMA_SERVER_STORAGE_H_
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "sigma/v1/sigma.pb.h"
-
-struct sqlite3;
 
 namespace sigma::server {
 
@@ -35,67 +43,93 @@ struct StoredJob {
 // report's alerts (the reports.severity column).
 std::string ReportSeverity(const sigma::v1::GenerationReport& report);
 
+// True when `db` names a PostgreSQL database (postgresql:// or postgres://).
+bool IsPostgresUrl(const std::string& db);
+
+// `db` with any password in a PostgreSQL URL replaced by "***" (for messages
+// and logs); other values unchanged.
+std::string RedactDb(const std::string& db);
+
 class Store {
  public:
-  // Opens or creates the database at `path` (parent directory created).
-  // Refused when the file cannot be written (read-only file or directory) or
-  // when another Store (another sigmad) has it open: each Store holds an
-  // exclusive flock(2) on `path + ".lock"` (symbolic links resolved) until it
-  // is destroyed.
-  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
-  ~Store();
-  Store(const Store&) = delete;
-  Store& operator=(const Store&) = delete;
+  // Opens `db`: a PostgreSQL URL (IsPostgresUrl), or an SQLite file that is
+  // created when missing (parent directory created). SQLite: refused when the
+  // file cannot be written (read-only file or directory) or when another Store
+  // (another sigmad) has it open: each SQLite Store holds an exclusive
+  // flock(2) on `path + ".lock"` (symbolic links resolved) until destroyed.
+  // PostgreSQL: refused (UNAVAILABLE) when the server cannot be reached.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& db);
+  virtual ~Store() = default;
 
-  // Every job, and every report in the order it was sealed.
-  absl::Status LoadAll(std::vector<StoredJob>* jobs,
-                       std::vector<sigma::v1::GenerationReport>* reports);
+  // Every job, and every report in the order it was sealed (committed).
+  virtual absl::Status LoadAll(std::vector<StoredJob>* jobs,
+                               std::vector<sigma::v1::GenerationReport>* reports) = 0;
 
   // Upserts jobs (a configs row is appended when the config changed) and
-  // inserts reports, in one transaction; durable when it returns OK.
-  absl::Status Commit(const std::vector<StoredJob>& jobs,
-                      const std::vector<sigma::v1::GenerationReport>& reports);
+  // inserts reports, in one transaction; durable when it returns OK. A report
+  // whose (job, tap, generation) is already stored: PostgreSQL (replicas
+  // share the database) treats a byte-identical row as committed and refuses
+  // a different one with ALREADY_EXISTS (nothing of the transaction is
+  // stored); SQLite (one writer) refuses it as before (INTERNAL, UNIQUE).
+  // UNAVAILABLE when the database cannot be reached (the connection is
+  // re-established by the next call).
+  virtual absl::Status Commit(const std::vector<StoredJob>& jobs,
+                              const std::vector<sigma::v1::GenerationReport>& reports) = 0;
 
-  int schema_version() const { return schema_version_; }
+  // OK when the store can take commits now; UNAVAILABLE with the reason
+  // otherwise (PostgreSQL: the server is unreachable; a reconnection is tried,
+  // at most once a second). Never waits for a commit in progress: while one
+  // runs, the latest known state is returned. For /readyz.
+  virtual absl::Status Health() = 0;
 
- private:
-  Store(sqlite3* db, int lock_fd) : db_(db), lock_fd_(lock_fd) {}
-  absl::Status Exec(const char* sql);
-  absl::Status Init();
-  absl::Status UpsertJob(const StoredJob& job);
-  absl::Status InsertReport(const sigma::v1::GenerationReport& report);
-  absl::Status MigrateTo2();
+  // True when several sigmad replicas write the database (PostgreSQL). Then:
+  // Health() notices by itself that the store is back after a failure (a
+  // failed commit need not keep the daemon unready until the next one
+  // succeeds); a commit with reports never changes an existing job's
+  // configuration (only commits without reports, ConfigureJob's, do; a
+  // replica's view may be stale); LoadJob reads what any replica committed.
+  virtual bool shared() const { return false; }
+  // One job's row (NOT_FOUND when none). Shared stores only (UNIMPLEMENTED
+  // otherwise: the daemon's memory is the truth).
+  virtual absl::StatusOr<StoredJob> LoadJob(const std::string& name) {
+    return absl::UnimplementedError(absl::StrCat("LoadJob(", name, "): not a shared store"));
+  }
 
-  sqlite3* db_;
-  int lock_fd_ = -1;  // flock(LOCK_EX) on the database's ".lock" file, -1 for ":memory:"
-  int schema_version_ = 0;
-  std::mutex mu_;  // LoadAll, Commit
+  virtual int schema_version() const = 0;
+  // "sqlite" or "postgresql".
+  virtual const char* kind() const = 0;
+
+ protected:
+  Store() = default;
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
 };
 
 // Read-only access to the reports for GetHistory and for retries of snapshots
-// whose report is no longer held in memory: a second SQLite connection
-// (read-only; WAL lets it read while the Store writes, and it sees every
-// committed report). Thread-safe (one mutex); point reads use the
-// (job, tap, generation) index.
+// whose report is no longer held in memory: a second connection that sees
+// every committed report (SQLite: read-only, WAL lets it read while the Store
+// writes; PostgreSQL: also the reports other replicas committed). Point reads
+// use the (job, tap, generation) index.
 class HistoryReader {
  public:
-  // `path` must have been created by Store::Open.
-  static absl::StatusOr<std::unique_ptr<HistoryReader>> Open(const std::string& path);
-  ~HistoryReader();
-  HistoryReader(const HistoryReader&) = delete;
-  HistoryReader& operator=(const HistoryReader&) = delete;
+  // `db` must have been opened by Store::Open before.
+  static absl::StatusOr<std::unique_ptr<HistoryReader>> Open(const std::string& db);
+  virtual ~HistoryReader() = default;
 
   // Every report of `job` (of `tap` only, when not empty), by generation then tap.
-  absl::Status Reports(const std::string& job, const std::string& tap,
-                       std::vector<sigma::v1::GenerationReport>* out);
+  virtual absl::Status Reports(const std::string& job, const std::string& tap,
+                               std::vector<sigma::v1::GenerationReport>* out) = 0;
   // One report, NOT_FOUND when there is none.
-  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
-                                                     int64_t generation);
+  virtual absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
+                                                             int64_t generation) = 0;
+  // True when other sigmad replicas write the same database (PostgreSQL):
+  // reports this daemon did not seal may appear at any time (ReportHistory::CatchUp).
+  virtual bool shared() const { return false; }
 
- private:
-  explicit HistoryReader(sqlite3* db) : db_(db) {}
-  sqlite3* db_;
-  std::mutex mu_;
+ protected:
+  HistoryReader() = default;
+  HistoryReader(const HistoryReader&) = delete;
+  HistoryReader& operator=(const HistoryReader&) = delete;
 };
 
 }  // namespace sigma::server

@@ -1,0 +1,496 @@
+// The PostgreSQL Store and HistoryReader (storage.h), over libpq: the shared
+// store for several sigmad replicas (docs/deployment.md).
+//
+// Same tables, columns and schema versions as the SQLite store (storage.cc),
+// with PostgreSQL types (BYTEA, BIGINT, DOUBLE PRECISION, BIGSERIAL). Open
+// creates or migrates the schema in one transaction under a transaction-level
+// advisory lock, so replicas starting together migrate once.
+//
+// Connections: one per Store and one per HistoryReader, each used under its
+// object's mutex. A broken connection is re-established by the next call; a
+// call that failed on a broken connection is retried once on the new one
+// (Commit is idempotent: a report already stored byte for byte counts as
+// committed, so a retry after a lost COMMIT acknowledgement is safe).
+#include <arpa/inet.h>
+#include <libpq-fe.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "sigma/server/storage.h"
+#include "storage_backends.h"
+
+namespace sigma::server {
+namespace {
+
+// Any fixed key: the advisory lock that serializes schema set-up across replicas.
+constexpr int64_t kSchemaLockKey = 0x5349474d41;  // "SIGMA"
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+struct ResultDeleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using Result = std::unique_ptr<PGresult, ResultDeleter>;
+
+// One query parameter: text, or binary (BYTEA), or NULL.
+struct Param {
+  std::string value;
+  bool binary = false;
+};
+Param Text(std::string s) { return Param{std::move(s), false}; }
+Param Bytes(std::string s) { return Param{std::move(s), true}; }
+Param Int(int64_t v) { return Param{std::to_string(v), false}; }
+Param Real(double v) {
+  if (std::isnan(v)) return Param{"NaN", false};
+  if (std::isinf(v)) return Param{v > 0 ? "Infinity" : "-Infinity", false};
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return Param{buf, false};
+}
+
+// Binary-format result columns: TEXT and BYTEA are raw bytes, INTEGER is
+// 4 bytes and BIGINT 8 bytes in network order.
+std::string GetBytes(const PGresult* r, int row, int col) {
+  return std::string(PQgetvalue(r, row, col), static_cast<size_t>(PQgetlength(r, row, col)));
+}
+int64_t GetInt(const PGresult* r, int row, int col) {
+  const char* p = PQgetvalue(r, row, col);
+  if (PQgetlength(r, row, col) == 4) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return static_cast<int32_t>(ntohl(v));
+  }
+  uint32_t hi, lo;
+  std::memcpy(&hi, p, 4);
+  std::memcpy(&lo, p + 4, 4);
+  return static_cast<int64_t>((static_cast<uint64_t>(ntohl(hi)) << 32) | ntohl(lo));
+}
+
+// One libpq connection to `url`, (re)connected on demand. Not thread-safe:
+// each owner calls it under its own mutex.
+class Connection {
+ public:
+  explicit Connection(std::string url) : url_(std::move(url)) {}
+  ~Connection() { Drop(); }
+
+  // Connects unless already connected and healthy.
+  absl::Status Connect() {
+    if (conn_ && PQstatus(conn_) == CONNECTION_OK) return absl::OkStatus();
+    Drop();
+    // connect_timeout first: a value in the URL overrides it (expand_dbname).
+    const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
+    const char* values[] = {"5", "sigmad", url_.c_str(), nullptr};
+    conn_ = PQconnectdbParams(keys, values, 1);
+    if (conn_ && PQstatus(conn_) == CONNECTION_OK) {
+      PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);  // NOTICEs are not errors
+      return absl::OkStatus();
+    }
+    std::string msg = conn_ ? PQerrorMessage(conn_) : "out of memory";
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    Drop();
+    return absl::UnavailableError(absl::StrCat("postgresql: cannot connect: ", msg));
+  }
+
+  // Runs `sql` ($1.. bound to `params`); results in binary format. Errors:
+  // UNAVAILABLE (connection lost; the connection is dropped, the next call
+  // reconnects), ALREADY_EXISTS (unique violation), ABORTED (serialization
+  // failure or deadlock), INTERNAL otherwise; the message names the statement.
+  absl::StatusOr<Result> Exec(const char* sql, const std::vector<Param>& params = {}) {
+    if (auto s = Connect(); !s.ok()) return s;
+    std::vector<const char*> values;
+    std::vector<int> lengths, formats;
+    for (const Param& p : params) {
+      values.push_back(p.value.data());
+      lengths.push_back(static_cast<int>(p.value.size()));
+      formats.push_back(p.binary ? 1 : 0);
+    }
+    Result r(params.empty() && std::strchr(sql, ';') != nullptr
+                 ? PQexec(conn_, sql)  // several statements (DDL), text results
+                 : PQexecParams(conn_, sql, static_cast<int>(params.size()), nullptr, values.data(),
+                                lengths.data(), formats.data(), 1));
+    const ExecStatusType st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return r;
+    std::string msg = r ? PQresultErrorMessage(r.get()) : PQerrorMessage(conn_);
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    const char* state = r ? PQresultErrorField(r.get(), PG_DIAG_SQLSTATE) : nullptr;
+    const std::string text = absl::StrCat("postgresql: ", msg, " (in: ", std::string(sql).substr(0, 60), ")");
+    if (PQstatus(conn_) != CONNECTION_OK || state == nullptr || std::strncmp(state, "08", 2) == 0 ||
+        std::strncmp(state, "57P", 3) == 0) {
+      Drop();
+      return absl::UnavailableError(text);
+    }
+    if (std::strcmp(state, "23505") == 0) return absl::AlreadyExistsError(text);
+    if (std::strcmp(state, "40001") == 0 || std::strcmp(state, "40P01") == 0) return absl::AbortedError(text);
+    return absl::InternalError(text);
+  }
+
+  // Exec for statements whose rows are not needed.
+  absl::Status Run(const char* sql, const std::vector<Param>& params = {}) { return Exec(sql, params).status(); }
+
+  void Rollback() {
+    if (conn_ && PQstatus(conn_) == CONNECTION_OK) Run("ROLLBACK").IgnoreError();
+  }
+  void Drop() {
+    if (conn_) PQfinish(conn_);
+    conn_ = nullptr;
+  }
+
+ private:
+  std::string url_;
+  PGconn* conn_ = nullptr;
+};
+
+// Runs `fn` (a whole transaction or a read), and once more on a fresh
+// connection when it failed because the connection was lost.
+const absl::Status& StatusOf(const absl::Status& s) { return s; }
+template <typename T>
+const absl::Status& StatusOf(const absl::StatusOr<T>& s) { return s.status(); }
+
+template <typename Fn>
+auto WithRetry(Fn fn) -> decltype(fn()) {
+  auto r = fn();
+  if (StatusOf(r).code() == absl::StatusCode::kUnavailable) r = fn();
+  return r;
+}
+
+class PgStore final : public Store {
+ public:
+  explicit PgStore(std::string url) : conn_(std::move(url)) {}
+  absl::Status Init();
+  absl::Status LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) override;
+  absl::Status Commit(const std::vector<StoredJob>& jobs,
+                      const std::vector<sigma::v1::GenerationReport>& reports) override;
+  absl::Status Health() override;
+  bool shared() const override { return true; }
+  absl::StatusOr<StoredJob> LoadJob(const std::string& name) override;
+  int schema_version() const override { return schema_version_; }
+  const char* kind() const override { return "postgresql"; }
+
+ private:
+  absl::Status InitLocked();
+  absl::Status MigrateTo2();
+  absl::Status CommitOnce(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports);
+  absl::Status UpsertJob(const StoredJob& job, int64_t now);
+  absl::Status EnsureJob(const StoredJob& job, int64_t now);
+  absl::Status InsertReport(const sigma::v1::GenerationReport& r, int64_t now);
+  void Remember(const absl::Status& s);
+
+  Connection conn_;
+  int schema_version_ = 0;
+  std::mutex mu_;  // conn_, every call
+  std::mutex health_mu_;  // health_, last_probe_ms_
+  absl::Status health_;
+  int64_t last_probe_ms_ = 0;
+};
+
+absl::Status PgStore::Init() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto s = conn_.Connect(); !s.ok()) return s;
+  if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
+  absl::Status s = InitLocked();
+  if (!s.ok()) {
+    conn_.Rollback();
+    return s;
+  }
+  return conn_.Run("COMMIT");
+}
+
+absl::Status PgStore::InitLocked() {
+  if (auto s = conn_.Run("SELECT pg_advisory_xact_lock($1)", {Int(kSchemaLockKey)}); !s.ok()) return s;
+  if (auto s = conn_.Run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"); !s.ok()) return s;
+  {
+    auto r = conn_.Exec("SELECT version FROM schema_version LIMIT 1");
+    if (!r.ok()) return r.status();
+    if (PQntuples(r->get()) == 1) schema_version_ = static_cast<int>(GetInt(r->get(), 0, 0));
+  }
+  if (schema_version_ > kSchemaVersion)
+    return absl::FailedPreconditionError(absl::StrCat("--db: schema version ", schema_version_,
+                                                      " is newer than this sigmad (", kSchemaVersion, ")"));
+  if (schema_version_ == 0) {
+    const char* ddl =
+        "CREATE TABLE jobs ("
+        "  name TEXT PRIMARY KEY,"
+        "  config BYTEA NOT NULL,"
+        "  m INTEGER NOT NULL DEFAULT 0,"
+        "  created_unix_ms BIGINT NOT NULL,"
+        "  updated_unix_ms BIGINT NOT NULL);"
+        "CREATE TABLE configs ("
+        "  id BIGSERIAL PRIMARY KEY,"
+        "  job TEXT NOT NULL REFERENCES jobs(name),"
+        "  config BYTEA NOT NULL,"
+        "  set_unix_ms BIGINT NOT NULL);"
+        "CREATE TABLE reports ("
+        "  id BIGSERIAL PRIMARY KEY,"
+        "  job TEXT NOT NULL REFERENCES jobs(name),"
+        "  tap TEXT NOT NULL,"
+        "  generation BIGINT NOT NULL,"
+        "  m INTEGER NOT NULL,"
+        "  n DOUBLE PRECISION NOT NULL,"
+        "  n_a BIGINT NOT NULL,"
+        "  backend TEXT NOT NULL,"
+        "  track1_lower DOUBLE PRECISION, track1_upper DOUBLE PRECISION, track2 DOUBLE PRECISION,"
+        "  track2_ci_halfwidth DOUBLE PRECISION, track1_drift DOUBLE PRECISION, track2_drift DOUBLE PRECISION,"
+        "  divergence DOUBLE PRECISION, drift_halfwidth DOUBLE PRECISION,"
+        "  baseline_job TEXT, baseline_generation BIGINT,"
+        "  failed INTEGER NOT NULL,"
+        "  sealed_unix_ms BIGINT NOT NULL,"
+        "  report BYTEA NOT NULL,"
+        "  UNIQUE (job, tap, generation));"
+        "CREATE INDEX reports_by_job ON reports (job, tap, generation);"
+        "INSERT INTO schema_version (version) VALUES (1);";
+    if (auto s = conn_.Run(ddl); !s.ok()) return s;
+    schema_version_ = 1;
+  }
+  // Migrations v-1 -> v, in order, inside this transaction (storage.h).
+  while (schema_version_ < kSchemaVersion) {
+    const int next = schema_version_ + 1;
+    absl::Status s = next == 2 ? MigrateTo2() : absl::InternalError(absl::StrCat("no migration to ", next));
+    if (s.ok()) s = conn_.Run("UPDATE schema_version SET version = $1", {Int(next)});
+    if (!s.ok())
+      return absl::Status(s.code(), absl::StrCat("--db: migrating the schema to version ", next, ": ", s.message()));
+    schema_version_ = next;
+  }
+  return absl::OkStatus();
+}
+
+// Version 2 (as in storage.cc): reports.severity and reports.compute_seconds,
+// back-filled from the stored reports.
+absl::Status PgStore::MigrateTo2() {
+  if (auto s = conn_.Run("ALTER TABLE reports ADD COLUMN severity TEXT NOT NULL DEFAULT 'ok';"
+                         "ALTER TABLE reports ADD COLUMN compute_seconds DOUBLE PRECISION NOT NULL DEFAULT 0;"
+                         "CREATE INDEX reports_by_severity ON reports (severity, job);");
+      !s.ok())
+    return s;
+  auto rows = conn_.Exec("SELECT id, report FROM reports");
+  if (!rows.ok()) return rows.status();
+  for (int i = 0; i < PQntuples(rows->get()); ++i) {
+    sigma::v1::GenerationReport r;
+    const int64_t id = GetInt(rows->get(), i, 0);
+    if (!r.ParseFromString(GetBytes(rows->get(), i, 1)))
+      return absl::DataLossError(absl::StrCat("reports row ", id, " holds an unreadable report"));
+    if (auto s = conn_.Run("UPDATE reports SET severity = $1, compute_seconds = $2 WHERE id = $3",
+                           {Text(ReportSeverity(r)), Real(r.compute_seconds()), Int(id)});
+        !s.ok())
+      return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PgStore::LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m FROM jobs ORDER BY name"); });
+  if (!j.ok()) return j.status();
+  for (int i = 0; i < PQntuples(j->get()); ++i) {
+    StoredJob job;
+    job.name = GetBytes(j->get(), i, 0);
+    if (!job.config.ParseFromString(GetBytes(j->get(), i, 1)))
+      return absl::DataLossError(absl::StrCat("--db: job ", job.name, ": unreadable config"));
+    job.m = static_cast<int32_t>(GetInt(j->get(), i, 2));
+    jobs->push_back(std::move(job));
+  }
+  auto r = WithRetry([&] { return conn_.Exec("SELECT report FROM reports ORDER BY id"); });
+  if (!r.ok()) return r.status();
+  for (int i = 0; i < PQntuples(r->get()); ++i) {
+    if (!reports->emplace_back().ParseFromString(GetBytes(r->get(), i, 0)))
+      return absl::DataLossError("--db: unreadable report");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PgStore::UpsertJob(const StoredJob& job, int64_t now) {
+  std::string blob;
+  job.config.SerializeToString(&blob);
+  auto old = conn_.Exec("SELECT config FROM jobs WHERE name = $1 FOR UPDATE", {Text(job.name)});
+  if (!old.ok()) return old.status();
+  const bool changed = PQntuples(old->get()) == 0 || GetBytes(old->get(), 0, 0) != blob;
+  if (auto s = conn_.Run("INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms)"
+                         " VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config,"
+                         " m = EXCLUDED.m, updated_unix_ms = EXCLUDED.updated_unix_ms",
+                         {Text(job.name), Bytes(blob), Int(job.m), Int(now)});
+      !s.ok())
+    return s;
+  if (!changed) return absl::OkStatus();
+  return conn_.Run("INSERT INTO configs (job, config, set_unix_ms) VALUES ($1, $2, $3)",
+                   {Text(job.name), Bytes(blob), Int(now)});
+}
+
+// A seal's job row: created with this replica's configuration when new; an
+// existing row keeps its configuration (ConfigureJob on any replica owns it)
+// and only gets its m when it had none.
+absl::Status PgStore::EnsureJob(const StoredJob& job, int64_t now) {
+  std::string blob;
+  job.config.SerializeToString(&blob);
+  auto r = conn_.Exec("INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms)"
+                      " VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET m = EXCLUDED.m,"
+                      " updated_unix_ms = EXCLUDED.updated_unix_ms WHERE jobs.m = 0 RETURNING (xmax = 0)",
+                      {Text(job.name), Bytes(blob), Int(job.m), Int(now)});
+  if (!r.ok()) return r.status();
+  const bool inserted = PQntuples(r->get()) == 1 && PQgetvalue(r->get(), 0, 0)[0] == 1;
+  if (!inserted) return absl::OkStatus();
+  return conn_.Run("INSERT INTO configs (job, config, set_unix_ms) VALUES ($1, $2, $3)",
+                   {Text(job.name), Bytes(blob), Int(now)});
+}
+
+absl::StatusOr<StoredJob> PgStore::LoadJob(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = WithRetry([&] { return conn_.Exec("SELECT config, m FROM jobs WHERE name = $1", {Text(name)}); });
+  if (!r.ok()) return r.status();
+  if (PQntuples(r->get()) == 0) return absl::NotFoundError(absl::StrCat("no stored job ", name));
+  StoredJob job;
+  job.name = name;
+  if (!job.config.ParseFromString(GetBytes(r->get(), 0, 0)))
+    return absl::DataLossError(absl::StrCat("--db: job ", name, ": unreadable config"));
+  job.m = static_cast<int32_t>(GetInt(r->get(), 0, 1));
+  return job;
+}
+
+// Inserts the report unless its (job, tap, generation) is stored: a stored
+// byte-identical report is this one (a retry), a different one ALREADY_EXISTS.
+absl::Status PgStore::InsertReport(const sigma::v1::GenerationReport& r, int64_t) {
+  std::string blob;
+  r.SerializeToString(&blob);
+  auto ins = conn_.Exec(
+      "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track1_lower, track1_upper,"
+      " track2, track2_ci_halfwidth, track1_drift, track2_drift, divergence, drift_halfwidth,"
+      " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds)"
+      " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,"
+      " $21, $22) ON CONFLICT (job, tap, generation) DO NOTHING RETURNING id",
+      {Text(r.job()), Text(r.tap()), Int(r.generation()), Int(r.m()), Real(r.n()), Int(r.n_a()), Text(r.backend()),
+       Real(r.track1_lower()), Real(r.track1_upper()), Real(r.track2()), Real(r.track2_ci_halfwidth()),
+       Real(r.track1_drift()), Real(r.track2_drift()), Real(r.divergence()), Real(r.drift_halfwidth()),
+       Text(r.baseline_job()), Int(r.baseline_generation()), Int(r.flags().cholesky_failed() ? 1 : 0),
+       Int(r.sealed_unix_ms()), Bytes(blob), Text(ReportSeverity(r)), Real(r.compute_seconds())});
+  if (!ins.ok()) return ins.status();
+  if (PQntuples(ins->get()) == 1) return absl::OkStatus();
+  auto stored = conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3",
+                           {Text(r.job()), Text(r.tap()), Int(r.generation())});
+  if (!stored.ok()) return stored.status();
+  if (PQntuples(stored->get()) == 1 && GetBytes(stored->get(), 0, 0) == blob) return absl::OkStatus();
+  return absl::AlreadyExistsError(absl::StrCat("a different report of ", r.job(), "/", r.tap(), " generation ",
+                                               r.generation(), " is already stored (sealed by another replica)"));
+}
+
+absl::Status PgStore::CommitOnce(const std::vector<StoredJob>& jobs,
+                                 const std::vector<sigma::v1::GenerationReport>& reports) {
+  if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
+  const int64_t now = NowMs();
+  absl::Status s;
+  for (const StoredJob& j : jobs) {
+    if (s.ok()) s = reports.empty() ? UpsertJob(j, now) : EnsureJob(j, now);
+  }
+  for (const auto& r : reports) {
+    if (s.ok()) s = InsertReport(r, now);
+  }
+  if (!s.ok()) {
+    conn_.Rollback();
+    return s;
+  }
+  return conn_.Run("COMMIT");
+}
+
+absl::Status PgStore::Commit(const std::vector<StoredJob>& jobs,
+                             const std::vector<sigma::v1::GenerationReport>& reports) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const absl::Status s = WithRetry([&] { return CommitOnce(jobs, reports); });
+  Remember(s);
+  return s;
+}
+
+void PgStore::Remember(const absl::Status& s) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  if (s.ok() || s.code() == absl::StatusCode::kUnavailable) health_ = s;
+  last_probe_ms_ = NowMs();
+}
+
+absl::Status PgStore::Health() {
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  {
+    std::lock_guard<std::mutex> h(health_mu_);
+    // A commit in progress, or a probe less than a second ago: the latest state.
+    if (!lock.owns_lock() || NowMs() - last_probe_ms_ < 1000) return health_;
+  }
+  Remember(conn_.Run("SELECT 1"));
+  std::lock_guard<std::mutex> h(health_mu_);
+  return health_;
+}
+
+class PgHistoryReader final : public HistoryReader {
+ public:
+  explicit PgHistoryReader(std::string url) : conn_(std::move(url)) {}
+  absl::Status Reports(const std::string& job, const std::string& tap,
+                       std::vector<sigma::v1::GenerationReport>* out) override;
+  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
+                                                     int64_t generation) override;
+  bool shared() const override { return true; }
+
+  Connection conn_;
+  std::mutex mu_;  // conn_
+};
+
+absl::Status PgHistoryReader::Reports(const std::string& job, const std::string& tap,
+                                      std::vector<sigma::v1::GenerationReport>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = WithRetry([&] {
+    return tap.empty() ? conn_.Exec("SELECT report FROM reports WHERE job = $1 ORDER BY generation, tap", {Text(job)})
+                       : conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 ORDER BY generation",
+                                    {Text(job), Text(tap)});
+  });
+  if (!r.ok()) return absl::UnavailableError(r.status().message());
+  for (int i = 0; i < PQntuples(r->get()); ++i) {
+    if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 0)))
+      return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::string& job, const std::string& tap,
+                                                                    int64_t generation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = WithRetry([&] {
+    return conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3",
+                      {Text(job), Text(tap), Int(generation)});
+  });
+  if (!r.ok()) return absl::UnavailableError(r.status().message());
+  if (PQntuples(r->get()) == 0)
+    return absl::NotFoundError(absl::StrCat("no stored report for ", job, "/", tap, " generation ", generation));
+  sigma::v1::GenerationReport out;
+  if (!out.ParseFromString(GetBytes(r->get(), 0, 0)))
+    return absl::DataLossError(absl::StrCat("the stored report of ", job, "/", tap, " generation ", generation,
+                                            " is unreadable"));
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url) {
+  auto store = std::make_unique<PgStore>(url);
+  if (auto s = store->Init(); !s.ok()) {
+    if (s.message().rfind("--db:", 0) == 0) return s;
+    return absl::Status(s.code(), absl::StrCat("--db: ", RedactDb(url), ": ", s.message()));
+  }
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+absl::StatusOr<std::unique_ptr<HistoryReader>> OpenPostgresHistoryReader(const std::string& url) {
+  auto reader = std::make_unique<PgHistoryReader>(url);
+  if (auto s = reader->conn_.Connect(); !s.ok())
+    return absl::Status(s.code(), absl::StrCat("--db: ", RedactDb(url), ": ", s.message()));
+  return std::unique_ptr<HistoryReader>(std::move(reader));
+}
+
+}  // namespace sigma::server

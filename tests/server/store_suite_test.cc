@@ -1,0 +1,341 @@
+// The Store contract (storage.h) run against both implementations: SQLite
+// (a file in a temporary directory) and PostgreSQL (a real server,
+// pg_test_util.h; skipped with the reason when PostgreSQL is not installed).
+// Then what only the shared store does: two Stores on one database, the
+// server unreachable at Open, stopped and restarted under a live Store.
+#include <sqlite3.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "pg_test_util.h"
+#include "server_test_util.h"
+#include "sigma/server/storage.h"
+#include "sigma/server/store_migrate.h"
+
+namespace sigma::server::testing {
+namespace {
+
+v1::GenerationReport Report(const std::string& job, const std::string& tap, int64_t generation, double track2) {
+  v1::GenerationReport r;
+  r.set_job(job);
+  r.set_tap(tap);
+  r.set_generation(generation);
+  r.set_m(8);
+  r.set_n(100);
+  r.set_n_a(64);
+  r.set_backend("cpu");
+  r.set_track2(track2);
+  r.set_compute_seconds(0.125);
+  r.set_sealed_unix_ms(1700000000000 + generation);
+  v1::Alert* a = r.add_alerts();
+  a->set_rule("collapse_contraction");
+  a->set_severity(generation % 2 ? "critical" : "warning");
+  return r;
+}
+
+StoredJob Job(const std::string& name, int64_t n_a) {
+  StoredJob j{name, {}, 8};
+  j.config.set_n_a(n_a);
+  return j;
+}
+
+// One implementation: a fresh database and a way to query it behind the Store.
+class StoreSuite : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "postgresql") {
+      std::string why;
+      pg_ = PgServer::Get(&why);
+      if (pg_ == nullptr) GTEST_SKIP() << "PostgreSQL: " << why;
+      db_ = pg_->NewDatabase();
+    } else {
+      db_ = dir_.path() + "/store.db";
+    }
+  }
+  // First column of every row of `sql`, as text.
+  std::vector<std::string> Column(const std::string& sql) {
+    if (pg_) {
+      auto r = pg_->Query(db_, sql);
+      EXPECT_TRUE(r.ok()) << r.status();
+      return r.ok() ? *r : std::vector<std::string>{};
+    }
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open(db_.c_str(), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    std::vector<std::string> out;
+    sqlite3_stmt* st = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+      const unsigned char* t = sqlite3_column_text(st, 0);
+      out.emplace_back(t ? reinterpret_cast<const char*>(t) : "");
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return out;
+  }
+
+  TempDir dir_;
+  PgServer* pg_ = nullptr;
+  std::string db_;
+};
+
+TEST_P(StoreSuite, FreshStoreRoundTripsJobsAndReportsInSealOrder) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->schema_version(), kSchemaVersion);
+  EXPECT_EQ(std::string((*store)->kind()), GetParam());
+  EXPECT_TRUE((*store)->Health().ok());
+  const std::vector<v1::GenerationReport> written = {Report("b", "default", 0, -1.0), Report("a", "x", 0, -2.5),
+                                                     Report("b", "default", 1, -3.25)};
+  ASSERT_TRUE((*store)->Commit({Job("b", 64)}, {written[0]}).ok());
+  ASSERT_TRUE((*store)->Commit({Job("a", 32)}, {written[1]}).ok());
+  ASSERT_TRUE((*store)->Commit({Job("b", 128)}, {}).ok());  // ConfigureJob
+  ASSERT_TRUE((*store)->Commit({Job("b", 128)}, {written[2]}).ok());
+  ASSERT_TRUE((*store)->Commit({Job("b", 128)}, {}).ok());  // unchanged: no configs row
+  store->reset();
+
+  auto again = Store::Open(db_);  // reopening is a no-op
+  ASSERT_TRUE(again.ok()) << again.status();
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*again)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].name, "a");
+  EXPECT_EQ(jobs[1].name, "b");
+  EXPECT_EQ(jobs[1].config.n_a(), 128);
+  EXPECT_EQ(jobs[1].m, 8);
+  ASSERT_EQ(reports.size(), written.size());
+  for (size_t i = 0; i < written.size(); ++i)
+    EXPECT_EQ(reports[i].SerializeAsString(), written[i].SerializeAsString()) << i;
+  EXPECT_EQ(Column("SELECT job FROM configs ORDER BY id"), (std::vector<std::string>{"b", "a", "b"}));
+  EXPECT_EQ(Column("SELECT severity FROM reports ORDER BY id"),
+            (std::vector<std::string>{"warning", "warning", "critical"}));
+  EXPECT_EQ(Column("SELECT version FROM schema_version"), std::vector<std::string>{"2"});
+}
+
+TEST_P(StoreSuite, HistoryReaderSeesCommittedReports) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto reader = HistoryReader::Open(db_);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE((*store)->Commit({Job("h", 64)}, {Report("h", "t2", 0, -1), Report("h", "t1", 0, -2)}).ok());
+  ASSERT_TRUE((*store)->Commit({}, {Report("h", "t1", 1, -3)}).ok());
+  std::vector<v1::GenerationReport> all, t1;
+  ASSERT_TRUE((*reader)->Reports("h", "", &all).ok());
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0].tap(), "t1");  // by generation, then tap
+  EXPECT_EQ(all[1].tap(), "t2");
+  EXPECT_EQ(all[2].generation(), 1);
+  ASSERT_TRUE((*reader)->Reports("h", "t1", &t1).ok());
+  EXPECT_EQ(t1.size(), 2u);
+  auto one = (*reader)->Report("h", "t1", 1);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->SerializeAsString(), Report("h", "t1", 1, -3).SerializeAsString());
+  EXPECT_EQ((*reader)->Report("h", "t1", 7).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A failed transaction stores nothing of itself: the job's config change is
+// rolled back with the refused report.
+TEST_P(StoreSuite, DuplicateReportIsRefusedAndTheTransactionRolledBack) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->Commit({Job("d", 64)}, {Report("d", "default", 0, -1)}).ok());
+  const absl::Status s = (*store)->Commit({Job("d", 999)}, {Report("d", "default", 0, -9)});
+  ASSERT_FALSE(s.ok());
+  if (GetParam() == "postgresql") {
+    EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+    // The same report again (a retry after a lost acknowledgement) is committed.
+    EXPECT_TRUE((*store)->Commit({Job("d", 64)}, {Report("d", "default", 0, -1)}).ok());
+  }
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].config.n_a(), 64);
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].track2(), -1);
+}
+
+TEST_P(StoreSuite, NewerSchemaIsRefusedAndLeftAlone) {
+  { ASSERT_TRUE(Store::Open(db_).ok()); }
+  Column("UPDATE schema_version SET version = 99");
+  auto store = Store::Open(db_);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(store.status().message().find("schema version 99 is newer"), std::string::npos) << store.status();
+  EXPECT_EQ(Column("SELECT version FROM schema_version"), std::vector<std::string>{"99"});
+}
+
+// An SQLite history copied into this store (sigmad-migrate): the same jobs
+// and reports in the same order, in several transactions; on PostgreSQL a
+// second run (after an interruption) copies nothing twice.
+TEST_P(StoreSuite, SqliteHistoryMigratesIntoThisStore) {
+  const std::string source = dir_.path() + "/source.db";
+  std::vector<v1::GenerationReport> written;
+  {
+    auto src = Store::Open(source);
+    ASSERT_TRUE(src.ok()) << src.status();
+    ASSERT_TRUE((*src)->Commit({Job("m1", 64), Job("m2", 32)}, {}).ok());
+    for (int g = 0; g < 5; ++g) {
+      written.push_back(Report(g % 2 ? "m2" : "m1", "default", g, -1.0 * g));
+      ASSERT_TRUE((*src)->Commit({}, {written.back()}).ok());
+    }
+  }
+  absl::StatusOr<MigrateCounts> n = MigrateStore(source, db_, /*batch=*/2);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(n->jobs, 2);
+  EXPECT_EQ(n->reports, 5);
+  auto dst = Store::Open(db_);
+  ASSERT_TRUE(dst.ok()) << dst.status();
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*dst)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[1].config.n_a(), 32);
+  ASSERT_EQ(reports.size(), written.size());
+  for (size_t i = 0; i < written.size(); ++i)
+    EXPECT_EQ(reports[i].SerializeAsString(), written[i].SerializeAsString()) << i;
+  dst->reset();
+  absl::StatusOr<MigrateCounts> again = MigrateStore(source, db_, 2);
+  if (GetParam() == "postgresql") {
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(Column("SELECT count(*) FROM reports"), std::vector<std::string>{"5"});
+  } else {
+    EXPECT_FALSE(again.ok());  // one writer: a second copy is a UNIQUE violation
+  }
+  EXPECT_EQ(MigrateStore(source, source).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, StoreSuite, ::testing::Values("sqlite", "postgresql"),
+                         [](const auto& info) { return info.param; });
+
+TEST(StoreUrlTest, PostgresUrlsAreRecognizedAndPasswordsRedacted) {
+  EXPECT_TRUE(IsPostgresUrl("postgresql://u@h/db"));
+  EXPECT_TRUE(IsPostgresUrl("postgres://u@h/db"));
+  EXPECT_FALSE(IsPostgresUrl("./var/postgresql.db"));
+  EXPECT_EQ(RedactDb("postgresql://u:secret@h:5432/db"), "postgresql://u:***@h:5432/db");
+  EXPECT_EQ(RedactDb("postgresql://u@h/db?password=secret&sslmode=require"),
+            "postgresql://u@h/db?password=***&sslmode=require");
+  EXPECT_EQ(RedactDb("var/sigma.db"), "var/sigma.db");
+}
+
+TEST(PostgresStoreTest, UnreachableServerIsRefusedAtOpenWithoutThePassword) {
+  const std::string url = "postgresql://sigma:hunter2@127.0.0.1:1/none?connect_timeout=2";
+  auto store = Store::Open(url);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable) << store.status();
+  EXPECT_NE(store.status().message().find("--db: "), std::string::npos) << store.status();
+  EXPECT_EQ(store.status().message().find("hunter2"), std::string::npos) << store.status();
+}
+
+// A version-1 PostgreSQL schema (the DDL storage_postgres.cc creates before
+// its migrations) with stored reports is migrated at Open: the version-2
+// columns back-filled from the reports, which are intact.
+TEST(PostgresStoreTest, VersionOneIsMigratedWithReportsIntact) {
+  SIGMA_PG_OR_SKIP(pg);
+  const std::string db = pg->NewDatabase();
+  const v1::GenerationReport old = Report("old", "default", 1, -1.5);  // severity critical
+  std::string hex;
+  for (unsigned char c : old.SerializeAsString()) hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
+  ASSERT_TRUE(pg->Query(db,
+                        "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                        "CREATE TABLE jobs (name TEXT PRIMARY KEY, config BYTEA NOT NULL, m INTEGER NOT NULL DEFAULT 0,"
+                        " created_unix_ms BIGINT NOT NULL, updated_unix_ms BIGINT NOT NULL);"
+                        "CREATE TABLE configs (id BIGSERIAL PRIMARY KEY, job TEXT NOT NULL REFERENCES jobs(name),"
+                        " config BYTEA NOT NULL, set_unix_ms BIGINT NOT NULL);"
+                        "CREATE TABLE reports (id BIGSERIAL PRIMARY KEY, job TEXT NOT NULL REFERENCES jobs(name),"
+                        " tap TEXT NOT NULL, generation BIGINT NOT NULL, m INTEGER NOT NULL, n DOUBLE PRECISION NOT NULL,"
+                        " n_a BIGINT NOT NULL, backend TEXT NOT NULL, track1_lower DOUBLE PRECISION,"
+                        " track1_upper DOUBLE PRECISION, track2 DOUBLE PRECISION, track2_ci_halfwidth DOUBLE PRECISION,"
+                        " track1_drift DOUBLE PRECISION, track2_drift DOUBLE PRECISION, divergence DOUBLE PRECISION,"
+                        " drift_halfwidth DOUBLE PRECISION, baseline_job TEXT, baseline_generation BIGINT,"
+                        " failed INTEGER NOT NULL, sealed_unix_ms BIGINT NOT NULL, report BYTEA NOT NULL,"
+                        " UNIQUE (job, tap, generation));"
+                        "CREATE INDEX reports_by_job ON reports (job, tap, generation);"
+                        "INSERT INTO schema_version (version) VALUES (1);"
+                        "INSERT INTO jobs VALUES ('old', '', 8, 1, 1);"
+                        "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, failed, sealed_unix_ms, report)"
+                        " VALUES ('old', 'default', 1, 8, 100, 64, 'cpu', 0, 1, '\\x" + hex + "');")
+                  .ok());
+  auto store = Store::Open(db);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->schema_version(), 2);
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].SerializeAsString(), old.SerializeAsString());
+  EXPECT_EQ(*pg->Query(db, "SELECT severity || ' ' || compute_seconds FROM reports"),
+            std::vector<std::string>{"critical 0.125"});
+  EXPECT_EQ(*pg->Query(db, "SELECT version FROM schema_version"), std::vector<std::string>{"2"});
+}
+
+// Two replicas' Stores on one database: each sees the other's commits; the
+// same report sealed by both is stored once, a different one is refused.
+// A seal's commit from a replica with a stale view does not undo a
+// configuration another replica committed (ConfigureJob owns it).
+TEST(PostgresStoreTest, SealCommitKeepsTheStoredConfiguration) {
+  SIGMA_PG_OR_SKIP(pg);
+  const std::string db = pg->NewDatabase();
+  auto a = Store::Open(db);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE((*a)->Commit({Job("k", 64)}, {}).ok());
+  ASSERT_TRUE((*a)->Commit({Job("k", 128)}, {}).ok());
+  ASSERT_TRUE((*a)->Commit({Job("k", 64)}, {Report("k", "default", 0, -1)}).ok());  // stale replica's seal
+  absl::StatusOr<StoredJob> k = (*a)->LoadJob("k");
+  ASSERT_TRUE(k.ok()) << k.status();
+  EXPECT_EQ(k->config.n_a(), 128);
+  EXPECT_EQ((*a)->LoadJob("none").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE((*a)->shared());
+}
+
+TEST(PostgresStoreTest, TwoStoresShareOneDatabase) {
+  SIGMA_PG_OR_SKIP(pg);
+  const std::string db = pg->NewDatabase();
+  auto a = Store::Open(db);
+  auto b = Store::Open(db);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto reader_b = HistoryReader::Open(db);
+  ASSERT_TRUE(reader_b.ok()) << reader_b.status();
+  ASSERT_TRUE((*a)->Commit({Job("s", 64)}, {Report("s", "default", 0, -1)}).ok());
+  auto seen = (*reader_b)->Report("s", "default", 0);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->track2(), -1);
+  EXPECT_TRUE((*b)->Commit({Job("s", 64)}, {Report("s", "default", 0, -1)}).ok());
+  EXPECT_EQ((*b)->Commit({Job("s", 64)}, {Report("s", "default", 0, -2)}).code(), absl::StatusCode::kAlreadyExists);
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*b)->LoadAll(&jobs, &reports).ok());
+  EXPECT_EQ(reports.size(), 1u);
+}
+
+// The database stopped under a live Store: commits fail UNAVAILABLE (nothing
+// is claimed stored), Health says so; once it is back, the same Store and
+// reader work again without being reopened.
+TEST(PostgresStoreTest, StoreRecoversWhenTheDatabaseReturns) {
+  SIGMA_PG_OR_SKIP(pg);
+  const std::string db = pg->NewDatabase();
+  auto store = Store::Open(db);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto reader = HistoryReader::Open(db);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE((*store)->Commit({Job("r", 64)}, {Report("r", "default", 0, -1)}).ok());
+  ASSERT_TRUE(pg->Stop().ok());
+  const absl::Status down = (*store)->Commit({}, {Report("r", "default", 1, -2)});
+  EXPECT_EQ(down.code(), absl::StatusCode::kUnavailable) << down;
+  EXPECT_EQ((*store)->Health().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*reader)->Report("r", "default", 0).status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(pg->Start().ok());
+  ASSERT_TRUE((*store)->Commit({}, {Report("r", "default", 1, -2)}).ok());
+  EXPECT_TRUE((*store)->Health().ok());
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*reader)->Reports("r", "", &reports).ok());
+  EXPECT_EQ(reports.size(), 2u);
+}
+
+}  // namespace
+}  // namespace sigma::server::testing
