@@ -373,7 +373,8 @@ std::string PreprocessingText(v1::Preprocessing p) {
 
 std::string AlertsText(const v1::GenerationReport& r) {
   std::vector<std::string> parts;
-  for (const v1::Alert& a : r.alerts()) parts.push_back(absl::StrCat(a.rule(), "(", a.severity(), ")"));
+  for (const v1::Alert& a : r.alerts())
+    parts.push_back(absl::StrCat(a.rule(), "(", a.severity(), a.direction().empty() ? "" : ", ", a.direction(), ")"));
   return parts.empty() ? "-" : absl::StrJoin(parts, ",");
 }
 

@@ -22,7 +22,8 @@ def effective_thresholds(th: Optional[Thresholds | Mapping[str, float]]) -> dict
 
 
 def _alerts(r: GenerationReport, with_info: bool = False) -> str:
-    a = [f"{x.rule}({x.severity})" for x in r.alerts if with_info or x.severity != "info"]
+    a = [f"{x.rule}({x.severity}{', ' + x.direction if x.direction else ''})"
+         for x in r.alerts if with_info or x.severity != "info"]
     return ", ".join(a) if a else "-"
 
 
