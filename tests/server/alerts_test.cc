@@ -153,6 +153,22 @@ TEST_F(AlertsTest, TrendWarningLeadsTheDriftWarningOnAContractingSequence) {
                    last.drift_zscore());
 }
 
+// The streak survives a restart: the z_drift of generations sealed before it
+// is read back from the store (the same sequence as above: the trend fires at 3).
+TEST_F(AlertsTest, TrendStreakSurvivesARestart) {
+  const int64_t m = 32, n = 4096;
+  v1::JobConfig cfg;
+  cfg.set_n_a(16 * m);
+  for (int64_t g = 0; g < 3; ++g) Seal("restart", g, Spectrum(n, m, 77 + g, 0.3 * g), cfg);
+  d_.reset();
+  d_ = StartDaemon(TestOptions(dir_.path()));
+  ASSERT_NE(d_, nullptr);
+  const v1::GenerationReport r = Seal("restart", 3, Spectrum(n, m, 80, 0.9), cfg);
+  bool trend = false;
+  for (const auto& a : r.alerts()) trend |= a.rule() == "early_warning_trend";
+  EXPECT_TRUE(trend) << r.DebugString();
+}
+
 TEST_F(AlertsTest, ZScoreGaugeIsNaNWhereNotEvaluated) {
   v1::JobConfig cfg;
   cfg.set_n_a(64);  // m = 8: 64 < 16 m, low confidence
