@@ -124,6 +124,12 @@ constexpr char kConfigureUsage[] =
     "  --divergence-warning X  |divergence| / m for the early warning (default 0.1)\n"
     "  --track1-stable X     |track1 drift| / m below which Track I counts as stable\n"
     "                        for the early warning (default 0.01)\n"
+    "significance (spec §3 \"Two kinds of uncertainty\", \"Early warning by significance\"):\n"
+    "  --probe fresh|fixed   fresh (default): each generation is a new sample (population\n"
+    "                        interval); fixed: the same inputs every generation (corpus interval)\n"
+    "  --trend-k K           early_warning_trend over the last K generations (default 2)\n"
+    "  --trend-z Z           |z_drift| >= Z in each of them, one sign (default 3)\n"
+    "  --trend-floor X       and |track2 drift| / m >= X (default 0.01)\n"
     "  --json                print the JobInfo as one JSON object\n"
     "%s";
 
@@ -381,7 +387,8 @@ std::string PreprocessingText(v1::Preprocessing p) {
 
 std::string AlertsText(const v1::GenerationReport& r) {
   std::vector<std::string> parts;
-  for (const v1::Alert& a : r.alerts()) parts.push_back(absl::StrCat(a.rule(), "(", a.severity(), ")"));
+  for (const v1::Alert& a : r.alerts())
+    parts.push_back(absl::StrCat(a.rule(), "(", a.severity(), a.direction().empty() ? "" : ", ", a.direction(), ")"));
   return parts.empty() ? "-" : absl::StrJoin(parts, ",");
 }
 
@@ -396,8 +403,9 @@ void PrintReport(const v1::GenerationReport& r, std::ostream& out) {
     out << "  FAILED: " << f.failure_reason() << "\n";
   } else {
     out << absl::StrFormat("  track1  [%.6f, %.6f]\n", r.track1_lower(), r.track1_upper());
-    out << absl::StrFormat("  track2  %.6f +- %.6f  (raw %.6f, bias %.6f)\n", r.track2(),
-                           r.track2_ci_halfwidth(), r.track2_raw(), r.track2_bias());
+    out << absl::StrFormat("  track2  %.6f +- %.6f (corpus) +- %.6f (population)  (raw %.6f, bias %.6f)\n",
+                           r.track2(), r.track2_ci_halfwidth(), r.track2_pop_halfwidth(), r.track2_raw(),
+                           r.track2_bias());
     std::string baseline = absl::StrCat("generation ", r.baseline_generation());
     if (!r.baseline_job().empty() && r.baseline_job() != r.job())
       baseline = absl::StrCat("job ", r.baseline_job(), " ", baseline);
@@ -407,6 +415,9 @@ void PrintReport(const v1::GenerationReport& r, std::ostream& out) {
     out << absl::StrFormat("  per dim:  track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n",
                            r.per_dim().track1_drift(), r.per_dim().track2_drift(),
                            r.per_dim().drift_halfwidth(), r.per_dim().divergence());
+    out << absl::StrFormat("  drift half-width: corpus %.6f  population %.6f  used %.6f  z_drift %+.3f%s\n",
+                           r.drift_halfwidth(), r.drift_halfwidth_pop(), r.drift_halfwidth_used(),
+                           r.drift_zscore(), r.trend_evaluated() ? "" : absl::StrCat("  (trend ", r.trend_note(), ")"));
   }
   std::vector<std::string> flags;
   if (f.rho_violated())
@@ -665,6 +676,25 @@ int RunJobs(const Args& args, std::ostream& out, std::ostream& err) {
   return 0;
 }
 
+// --probe, --trend-k, --trend-z, --trend-floor (spec §3); sigmad validates the ranges.
+absl::Status ParseSignificanceFlags(const Parsed& p, v1::JobConfig* config) {
+  if (std::optional<std::string> probe = p.Get("probe")) {
+    if (*probe == "fresh") config->set_probe(v1::PROBE_FRESH);
+    else if (*probe == "fixed") config->set_probe(v1::PROBE_FIXED);
+    else return absl::InvalidArgumentError(absl::StrCat("--probe: '", *probe, "' is not fresh or fixed"));
+  }
+  absl::StatusOr<std::optional<int64_t>> k = GetInt(p, "trend-k", 1);
+  if (!k.ok()) return k.status();
+  if (*k) config->set_trend_k(static_cast<int32_t>(std::min<int64_t>(**k, 1 << 30)));
+  absl::StatusOr<std::optional<double>> z = GetDouble(p, "trend-z", true);
+  if (!z.ok()) return z.status();
+  if (*z) config->set_trend_z(**z);
+  absl::StatusOr<std::optional<double>> floor = GetDouble(p, "trend-floor", false);
+  if (!floor.ok()) return floor.status();
+  if (*floor) config->set_trend_floor(**floor);
+  return absl::OkStatus();
+}
+
 int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
   const std::string usage = absl::StrFormat(kConfigureUsage, kConfigFlagsHelp, kCommonFlagsHelp);
   absl::StatusOr<Parsed> p = ParseArgs(
@@ -672,7 +702,8 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
       {{"job", true}, {"n-a", true}, {"delta", true}, {"rho", true}, {"preprocessing", true},
        {"seed", true}, {"baseline-generation", true}, {"baseline-job", true},
        {"drift-warning", true}, {"drift-critical", true}, {"divergence-warning", true},
-       {"track1-stable", true}, {"json", false}},
+       {"track1-stable", true}, {"probe", true}, {"trend-k", true}, {"trend-z", true},
+       {"trend-floor", true}, {"json", false}},
       false);
   if (!p.ok()) return UsageError(err, usage, p.status());
   if (p->help) {
@@ -703,6 +734,7 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
     if (!v.ok()) return UsageError(err, usage, v.status());
     if (*v) (config.mutable_thresholds()->*t.set)(**v);
   }
+  if (absl::Status s = ParseSignificanceFlags(*p, &config); !s.ok()) return UsageError(err, usage, s);
   absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
   if (!c.ok()) return ClientError(err, usage, c.status());
   absl::StatusOr<v1::JobInfo> info = (*c)->ConfigureJob(*job, config);
@@ -725,6 +757,9 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
       "  thresholds per dim: drift warning %g  critical %g  divergence warning %g  track1 stable "
       "%g\n",
       th.drift_warning(), th.drift_critical(), th.divergence_warning(), th.track1_stable());
+  out << absl::StrFormat("  probe %s  trend: k %d  z %g  floor %g per dim\n",
+                         cfg.probe() == v1::PROBE_FIXED ? "fixed" : "fresh", cfg.trend_k(), cfg.trend_z(),
+                         cfg.trend_floor());
   return 0;
 }
 

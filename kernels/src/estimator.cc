@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 
@@ -67,21 +68,32 @@ TrackValues EstimateTracks(const SealMoments& moments, double corpus_size, doubl
   v.track2_bias = -(moments.q_sq_mean - trace_ac2) / (2.0 * n_a);
   v.track2 = v.track2_raw - (1.0 - f) * v.track2_bias;
   v.track2_ci_halfwidth = kZ95 * moments.q_sd * std::sqrt(std::max(0.0, 1.0 - f) / n_a);
+  v.track2_pop_halfwidth = kZ95 * moments.q_sd / std::sqrt(n_a);
   (void)rho;
   return v;
 }
 
-DriftValues ComputeDrift(const TrackValues& current, const TrackValues& baseline) {
+double DriftZScore(double drift, double half_used) {
+  const double sd = half_used / kZ95;
+  if (sd > 0) return drift / sd;
+  if (drift == 0) return 0;
+  return drift > 0 ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
+}
+
+DriftValues ComputeDrift(const TrackValues& current, const TrackValues& baseline, Probe probe) {
   DriftValues d;
   d.track1_drift = current.track1_upper - baseline.track1_upper;
   d.track2_drift = current.track2 - baseline.track2;
   d.divergence = d.track1_drift - d.track2_drift;
   d.drift_halfwidth = std::hypot(current.track2_ci_halfwidth, baseline.track2_ci_halfwidth);
+  d.drift_halfwidth_pop = std::hypot(current.track2_pop_halfwidth, baseline.track2_pop_halfwidth);
+  d.drift_halfwidth_used = probe == Probe::kFixed ? d.drift_halfwidth : d.drift_halfwidth_pop;
+  d.drift_zscore = DriftZScore(d.track2_drift, d.drift_halfwidth_used);
   const double m = static_cast<double>(std::max<int64_t>(1, current.m));
   d.track1_drift_per_dim = d.track1_drift / m;
   d.track2_drift_per_dim = d.track2_drift / m;
   d.divergence_per_dim = d.divergence / m;
-  d.significant = std::fabs(d.track2_drift) > d.drift_halfwidth;
+  d.significant = std::fabs(d.track2_drift) > d.drift_halfwidth_used;
   return d;
 }
 
@@ -89,18 +101,22 @@ std::vector<Alert> EvaluateAlerts(const TrackValues& values, const std::optional
                                   const AlertThresholds& t) {
   std::vector<Alert> alerts;
   if (!values.flags.cholesky_failed && drift.has_value()) {
+    // Spec §3 "Alerts need the interval": the value must lie beyond the
+    // threshold by more than the half-width in use (all per dimension here).
+    const double m = static_cast<double>(std::max<int64_t>(1, values.m));
+    const double h = drift->drift_halfwidth_used / m;
     const double d = drift->track2_drift_per_dim;
-    if (d <= -t.drift_critical) {
+    if (-d - h >= t.drift_critical) {
       alerts.push_back({"collapse_contraction", AlertSeverity::kCritical});
-    } else if (d <= -t.drift_warning) {
+    } else if (-d - h >= t.drift_warning) {
       alerts.push_back({"collapse_contraction", AlertSeverity::kWarning});
     }
-    if (d >= t.drift_critical) {
+    if (d - h >= t.drift_critical) {
       alerts.push_back({"collapse_expansion", AlertSeverity::kCritical});
-    } else if (d >= t.drift_warning) {
+    } else if (d - h >= t.drift_warning) {
       alerts.push_back({"collapse_expansion", AlertSeverity::kWarning});
     }
-    if (std::fabs(drift->divergence_per_dim) >= t.divergence_warning &&
+    if (std::fabs(drift->divergence_per_dim) - h >= t.divergence_warning &&
         std::fabs(drift->track1_drift_per_dim) < t.track1_stable) {
       alerts.push_back({"early_warning_divergence", AlertSeverity::kWarning});
     }
@@ -116,6 +132,7 @@ std::vector<Alert> AllAlertKinds() {
           {"collapse_expansion", AlertSeverity::kWarning},
           {"collapse_expansion", AlertSeverity::kCritical},
           {"early_warning_divergence", AlertSeverity::kWarning},
+          {"early_warning_trend", AlertSeverity::kWarning},
           {"track1_invalid_rho", AlertSeverity::kWarning},
           {"low_confidence", AlertSeverity::kInfo}};
 }

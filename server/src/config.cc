@@ -33,6 +33,15 @@ absl::Status ParseJobConfigYaml(const YAML::Node& node, const std::string& where
     else if (key == "seed") out->set_seed(v.as<uint64_t>());
     else if (key == "baseline_generation") out->set_baseline_generation(v.as<int64_t>());
     else if (key == "baseline_job") out->set_baseline_job(v.as<std::string>());
+    else if (key == "trend_k") out->set_trend_k(v.as<int32_t>());
+    else if (key == "trend_z") out->set_trend_z(v.as<double>());
+    else if (key == "trend_floor") out->set_trend_floor(v.as<double>());
+    else if (key == "probe") {
+      const std::string p = v.as<std::string>();
+      if (p == "fresh") out->set_probe(sigma::v1::PROBE_FRESH);
+      else if (p == "fixed") out->set_probe(sigma::v1::PROBE_FIXED);
+      else return absl::InvalidArgumentError(absl::StrCat(where, ".probe: '", p, "' is not fresh or fixed"));
+    }
     else if (key == "preprocessing") {
       const std::string p = v.as<std::string>();
       if (p == "l2") out->set_preprocessing(sigma::v1::PREPROCESSING_L2);
@@ -328,6 +337,16 @@ absl::Status ValidateJobConfig(const sigma::v1::JobConfig& c) {
                                                       static_cast<int>(c.preprocessing())));
   if (c.has_baseline_generation() && c.baseline_generation() < 0)
     return absl::InvalidArgumentError("config.baseline_generation must be >= 0");
+  if (c.probe() != sigma::v1::PROBE_UNSPECIFIED && c.probe() != sigma::v1::PROBE_FRESH &&
+      c.probe() != sigma::v1::PROBE_FIXED)
+    return absl::InvalidArgumentError(absl::StrFormat("config.probe: unknown value %d", static_cast<int>(c.probe())));
+  if (c.has_trend_k() && !(c.trend_k() >= 1 && c.trend_k() <= 64))
+    return absl::InvalidArgumentError(absl::StrFormat("config.trend_k must be in 1..64, got %d", c.trend_k()));
+  if (c.has_trend_z() && !(c.trend_z() > 0 && std::isfinite(c.trend_z())))
+    return absl::InvalidArgumentError(absl::StrFormat("config.trend_z must be > 0 and finite, got %g", c.trend_z()));
+  if (c.has_trend_floor() && !(c.trend_floor() >= 0 && std::isfinite(c.trend_floor())))
+    return absl::InvalidArgumentError(
+        absl::StrFormat("config.trend_floor must be >= 0 and finite, got %g", c.trend_floor()));
   const auto& t = c.thresholds();
   auto check = [](const char* name, bool has, double v) -> absl::Status {
     if (has && !(v >= 0 && std::isfinite(v)))
@@ -362,6 +381,10 @@ sigma::v1::JobConfig MergeJobConfig(const sigma::v1::JobConfig& base,
   if (overlay.has_seed()) out.set_seed(overlay.seed());
   if (overlay.has_baseline_generation()) out.set_baseline_generation(overlay.baseline_generation());
   if (!overlay.baseline_job().empty()) out.set_baseline_job(overlay.baseline_job());
+  if (overlay.probe() != sigma::v1::PROBE_UNSPECIFIED) out.set_probe(overlay.probe());
+  if (overlay.has_trend_k()) out.set_trend_k(overlay.trend_k());
+  if (overlay.has_trend_z()) out.set_trend_z(overlay.trend_z());
+  if (overlay.has_trend_floor()) out.set_trend_floor(overlay.trend_floor());
   const auto& t = overlay.thresholds();
   auto* ot = out.mutable_thresholds();
   if (t.has_drift_warning()) ot->set_drift_warning(t.drift_warning());
@@ -379,6 +402,11 @@ sigma::v1::JobConfig EffectiveJobConfig(const sigma::v1::JobConfig& config, int6
   if (out.preprocessing() == sigma::v1::PREPROCESSING_UNSPECIFIED)
     out.set_preprocessing(sigma::v1::PREPROCESSING_L2);
   if (!out.has_seed()) out.set_seed(0);
+  if (out.probe() == sigma::v1::PROBE_UNSPECIFIED) out.set_probe(sigma::v1::PROBE_FRESH);
+  const sigma::TrendSettings trend;
+  if (!out.has_trend_k()) out.set_trend_k(trend.trend_k);
+  if (!out.has_trend_z()) out.set_trend_z(trend.trend_z);
+  if (!out.has_trend_floor()) out.set_trend_floor(trend.trend_floor);
   const sigma::AlertThresholds d;
   auto* t = out.mutable_thresholds();
   if (!t->has_drift_warning()) t->set_drift_warning(d.drift_warning);

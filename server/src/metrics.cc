@@ -1,5 +1,7 @@
 #include "sigma/server/metrics.h"
 
+#include <limits>
+
 #include "sigma/kernels/estimator.h"
 
 namespace sigma::server {
@@ -39,7 +41,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   f_last_seal_ = G(r, "sigma_last_seal_timestamp_seconds",
                    "Unix time at which the latest generation of the job and tap sealed");
   f_threshold_ = G(r, "sigma_alert_threshold",
-                   "The job's alert thresholds in nats per dimension (spec section 3), by threshold");
+                   "The job's current alert thresholds in nats per dimension (spec section 3), by threshold; follow ConfigureJob at once");
+  f_track2_pop_half_ = G(r, "sigma_track2_pop_halfwidth", "Population half-width z sd(q) / sqrt(n_A) of Track II (spec section 3, two kinds of uncertainty), nats");
+  f_drift_half_used_ = G(r, "sigma_drift_halfwidth_used", "The drift half-width the job's probe setting uses (population for fresh, corpus for fixed), nats");
+  f_drift_zscore_ = G(r, "sigma_drift_zscore", "z_drift = track2_drift / (drift_halfwidth_used / 1.96) of the latest sealed generation; NaN when not evaluated (low confidence, baseline, failed seal)");
+  f_job_finished_ = G(r, "sigma_job_finished", "1 once the job is finished (FinishJob), else 0; the stale-job alert ignores finished jobs");
 
   ingested_bytes_ = &C(r, "sigma_ingested_bytes_total", "Embedding data bytes of accepted batches (rows x m x width, sample ids not counted)")->Add({});
   ingested_rows_ = &C(r, "sigma_ingested_rows_total", "Rows of accepted batches")->Add({});
@@ -83,7 +89,7 @@ Metrics::TapSeries& Metrics::Series(const std::string& job, const std::string& t
   auto key = std::make_pair(job, tap);
   auto it = series_.find(key);
   if (it != series_.end()) return it->second;
-  const prometheus::Labels l{{"job", job}, {"tap", tap}};
+  const prometheus::Labels l{{"job_name", job}, {"tap", tap}};
   TapSeries s{};
   s.generation = &f_generation_->Add(l);
   s.corpus_size = &f_corpus_size_->Add(l);
@@ -95,15 +101,16 @@ Metrics::TapSeries& Metrics::Series(const std::string& job, const std::string& t
   for (const sigma::Alert& a : sigma::AllAlertKinds()) {
     const std::string sev(sigma::AlertSeverityName(a.severity));
     s.alerts.emplace_back(a.rule + "/" + sev,
-                          &f_alert_->Add({{"job", job}, {"tap", tap}, {"rule", a.rule}, {"severity", sev}}));
+                          &f_alert_->Add({{"job_name", job}, {"tap", tap}, {"rule", a.rule}, {"severity", sev}}));
   }
+  JobGauges(job);
   return series_.emplace(key, s).first->second;
 }
 
 // The track gauges of (job, tap), created by its first successful report: a
 // tap whose seals all failed exports no track values (not even 0).
 void Metrics::AddTrackSeries(const std::string& job, const std::string& tap, TapSeries& s) {
-  const prometheus::Labels l{{"job", job}, {"tap", tap}};
+  const prometheus::Labels l{{"job_name", job}, {"tap", tap}};
   s.track1_upper = &f_track1_upper_->Add(l);
   s.track1_lower = &f_track1_lower_->Add(l);
   s.track2 = &f_track2_->Add(l);
@@ -112,25 +119,49 @@ void Metrics::AddTrackSeries(const std::string& job, const std::string& tap, Tap
   s.track2_drift = &f_track2_drift_->Add(l);
   s.divergence = &f_divergence_->Add(l);
   s.drift_halfwidth = &f_drift_half_->Add(l);
+  s.track2_pop_halfwidth = &f_track2_pop_half_->Add(l);
+  s.drift_halfwidth_used = &f_drift_half_used_->Add(l);
+  s.drift_zscore = &f_drift_zscore_->Add(l);
+  s.drift_zscore->Set(std::numeric_limits<double>::quiet_NaN());
   s.track1_drift_per_dim = &f_track1_drift_pd_->Add(l);
   s.track2_drift_per_dim = &f_track2_drift_pd_->Add(l);
   s.divergence_per_dim = &f_divergence_pd_->Add(l);
+}
+
+Metrics::JobSeries& Metrics::JobGauges(const std::string& job) {
+  auto [it, inserted] = jobs_series_.try_emplace(job);
+  if (inserted) {
+    const char* names[4] = {"drift_warning", "drift_critical", "divergence_warning", "track1_stable"};
+    for (int i = 0; i < 4; ++i)
+      it->second.thresholds[i] = &f_threshold_->Add({{"job_name", job}, {"threshold", names[i]}});
+    it->second.finished = &f_job_finished_->Add({{"job_name", job}});  // 0 until FinishJob
+  }
+  return it->second;
+}
+
+void Metrics::SetThresholdsLocked(const std::string& job, const sigma::AlertThresholds& t) {
+  JobSeries& j = JobGauges(job);
+  j.thresholds[0]->Set(t.drift_warning);
+  j.thresholds[1]->Set(t.drift_critical);
+  j.thresholds[2]->Set(t.divergence_warning);
+  j.thresholds[3]->Set(t.track1_stable);
+}
+
+void Metrics::SetThresholds(const std::string& job, const sigma::AlertThresholds& t) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SetThresholdsLocked(job, t);
+}
+
+void Metrics::SetJobFinished(const std::string& job, bool finished) {
+  std::lock_guard<std::mutex> lock(mu_);
+  JobGauges(job).finished->Set(finished ? 1 : 0);
 }
 
 void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
                             const sigma::AlertThresholds& t) {
   std::lock_guard<std::mutex> lock(mu_);
   TapSeries& s = Series(r.job(), r.tap());
-  auto [it, inserted] = thresholds_.try_emplace(r.job());
-  if (inserted) {
-    const char* names[4] = {"drift_warning", "drift_critical", "divergence_warning", "track1_stable"};
-    for (int i = 0; i < 4; ++i)
-      it->second[i] = &f_threshold_->Add({{"job", r.job()}, {"threshold", names[i]}});
-  }
-  it->second[0]->Set(t.drift_warning);
-  it->second[1]->Set(t.drift_critical);
-  it->second[2]->Set(t.divergence_warning);
-  it->second[3]->Set(t.track1_stable);
+  SetThresholdsLocked(r.job(), t);
   s.last_seal_timestamp->Set(static_cast<double>(r.sealed_unix_ms()) / 1000.0);
   s.generation->Set(static_cast<double>(r.generation()));
   s.corpus_size->Set(r.n());
@@ -145,14 +176,19 @@ void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
     gauge->Set(on ? 1 : 0);
   }
   if (r.has_generations_to_critical()) {
-    if (s.forecast == nullptr) s.forecast = &f_forecast_->Add({{"job", r.job()}, {"tap", r.tap()}});
+    if (s.forecast == nullptr) s.forecast = &f_forecast_->Add({{"job_name", r.job()}, {"tap", r.tap()}});
     s.forecast->Set(r.generations_to_critical());
   } else if (s.forecast != nullptr) {
     f_forecast_->Remove(s.forecast);
     s.forecast = nullptr;
   }
-  if (r.flags().cholesky_failed()) return;  // never publish made-up track values
+  if (r.flags().cholesky_failed()) {  // never publish made-up track values
+    if (s.drift_zscore != nullptr) s.drift_zscore->Set(std::numeric_limits<double>::quiet_NaN());
+    return;
+  }
   if (s.track1_upper == nullptr) AddTrackSeries(r.job(), r.tap(), s);
+  // z_drift only where the trend warning was evaluated (spec §3: not at low confidence).
+  s.drift_zscore->Set(r.trend_evaluated() ? r.drift_zscore() : std::numeric_limits<double>::quiet_NaN());
   s.track1_upper->Set(r.track1_upper());
   s.track1_lower->Set(r.track1_lower());
   s.track2->Set(r.track2());
@@ -161,6 +197,8 @@ void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
   s.track2_drift->Set(r.track2_drift());
   s.divergence->Set(r.divergence());
   s.drift_halfwidth->Set(r.drift_halfwidth());
+  s.track2_pop_halfwidth->Set(r.track2_pop_halfwidth());
+  s.drift_halfwidth_used->Set(r.drift_halfwidth_used());
   s.track1_drift_per_dim->Set(r.per_dim().track1_drift());
   s.track2_drift_per_dim->Set(r.per_dim().track2_drift());
   s.divergence_per_dim->Set(r.per_dim().divergence());

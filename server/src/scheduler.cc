@@ -448,6 +448,7 @@ void Engine::RunConfigure(const v1::ConfigureJobRequest& request,
       int64_t last = -1;
       const int64_t generations = history_->Generations(request.job(), &last);
       info = registry_.Info(request.job(), *registry_.Find(request.job()), generations, last);
+      metrics_->SetThresholds(request.job(), Thresholds(info.config()));  // at once (issue 15 item 5)
     } else {
       status = again.status();
       if (const JobState* job = registry_.Find(request.job())) restore = StoredJob{request.job(), job->config, job->m};

@@ -535,6 +535,21 @@ TEST_F(SigmadTest, TwoGenerationsHistoryJobsAndConfigure) {
   nlohmann::json job = nlohmann::json::parse(r.out);
   EXPECT_EQ(job["config"]["thresholds"]["drift_critical"].get<double>(), 0.7);
   EXPECT_EQ(job["config"]["thresholds"]["divergence_warning"].get<double>(), 0.05);
+  // The significance settings (spec §3) through sigmactl; a bad value is refused.
+  r = Sigmactl({"configure", "--target", t, "--job", "drift", "--probe", "fixed", "--trend-k", "3",
+                "--trend-z", "2.5", "--trend-floor", "0", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  job = nlohmann::json::parse(r.out);
+  EXPECT_EQ(job["config"]["probe"], "PROBE_FIXED");
+  EXPECT_EQ(job["config"]["trend_k"], 3);
+  EXPECT_EQ(job["config"]["trend_z"].get<double>(), 2.5);
+  EXPECT_EQ(job["config"]["trend_floor"].get<double>(), 0.0);
+  r = Sigmactl({"configure", "--target", t, "--job", "drift", "--probe", "sometimes"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--probe"));
+  r = Sigmactl({"configure", "--target", t, "--job", "drift", "--trend-floor", "-1"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("trend_floor"));
   r = Sigmactl({"close", "--target", t, "--job", "drift", "--tap", "t", "--generation", "1",
                 "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

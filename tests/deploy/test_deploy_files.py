@@ -30,7 +30,7 @@ def test_promtool_checks_config_and_rules():
     out = run(need("promtool"), "check", "config", "prometheus.yml", cwd=DEPLOY / "prometheus")
     assert "SUCCESS" in out
     out = run(need("promtool"), "check", "rules", "sigma-rules.yml", cwd=DEPLOY / "prometheus")
-    assert "9 rules found" in out
+    assert "11 rules found" in out
 
 
 def test_promtool_rule_unit_tests():
@@ -55,7 +55,39 @@ def test_every_rule_is_unit_tested_and_annotated():
         for rule in group["rules"]:
             ann = rule["annotations"]
             assert {"summary", "description"} <= set(ann), rule["alert"]
-            assert "$labels.job" in ann["description"] or "{{ $labels.job }}" in ann["description"]
+            # the training job is job_name; SigmadDown names the scrape target
+            want = "$labels.instance" if rule["alert"] == "SigmadDown" else "$labels.job_name"
+            assert want in ann["description"], rule["alert"]
+
+
+def test_collapse_alerts_follow_sigma_alert_and_survive_an_outage():
+    """Issue 15 item 5: the rules fire on the daemon's sigma_alert (one source of
+    truth), hold through a scrape gap longer than SigmadDown's `for:`, and
+    Alertmanager mutes SIGMA alerts while SigmadDown fires."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "sigma-rules.yml").read_text())
+    by_name = {}
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            by_name.setdefault(rule["alert"], []).append(rule)
+    down = by_name.pop("SigmadDown")[0]
+    assert "absent(up{" in down["expr"] and "== 0" in down["expr"]
+    seconds = {"s": 1, "m": 60, "h": 3600}
+    dur = lambda d: int(d[:-1]) * seconds[d[-1]]
+    by_name.pop("SigmaStaleJob")
+    for name, rs in by_name.items():
+        for r in rs:
+            assert "sigma_alert{" in r["expr"], name
+            assert "per_dim" not in r["expr"] and "sigma_alert_threshold" not in r["expr"], name
+            assert dur(r["keep_firing_for"]) > dur(down["for"]), name
+    am = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    inhibit = [i for i in am["inhibit_rules"] if 'alertname="SigmadDown"' in i["source_matchers"]]
+    assert inhibit and inhibit[0]["equal"] == ["job"]
+    pattern = inhibit[0]["target_matchers"][0].split("=~", 1)[1].strip('"')
+    for name in list(by_name) + ["SigmaStaleJob"]:
+        assert re.fullmatch(pattern, name), name
+    assert not re.fullmatch(pattern, "SigmadDown")
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert not prom["scrape_configs"][0].get("honor_labels", False)
 
 
 def test_alertmanager_config():
@@ -107,9 +139,11 @@ def test_dashboard_expressions_use_known_metrics():
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 10
     names = {v["name"] for v in dashboard["templating"]["list"]}
-    assert names == {"job", "tap"}
+    assert names == {"job", "tap"}  # Grafana variables; $job selects the label job_name
     for expr in exprs:
         assert re.search(r"\bsigma_[a-z_]+", expr), expr
+        assert "job=~" not in expr, expr  # the training job's label is job_name
+    assert any("sigma_drift_zscore" in e for e in exprs)
 
 
 def test_deployments_probe_healthz_and_readyz_and_raise_the_fd_limit():

@@ -3,7 +3,9 @@ rules loaded) + a real Alertmanager (the shipped routes, sending to a local
 webhook receiver). A collapsing job is streamed through the Python client;
 then, through Prometheus's HTTP API: the drift series exist, the collapse alert
 fires, the webhook receives it, and every expression of the Grafana dashboard
-returns data."""
+returns data. Then sigmad stops: the collapse alert keeps firing (keep_firing_for),
+SigmadDown fires, Alertmanager shows the collapse alert inhibited by it, and the
+webhook receives no "resolved" notice for it (issue 15 item 5)."""
 import http.server
 import json
 import os
@@ -81,10 +83,11 @@ def stack(tmp_path_factory):
 
     # sigmad.
     port_file = tmp / "ports.json"
-    procs.append(subprocess.Popen(
+    sigmad_proc = subprocess.Popen(
         [sigmad, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
          "--db", str(tmp / "sigma.db"), "--backend", "cpu", "--port-file", str(port_file)],
-        stdout=open(tmp / "sigmad.log", "w"), stderr=subprocess.STDOUT))
+        stdout=open(tmp / "sigmad.log", "w"), stderr=subprocess.STDOUT)
+    procs.append(sigmad_proc)
     ports = wait_for(lambda: port_file.exists() and json.loads(port_file.read_text()), 30,
                      "sigmad's port file")
 
@@ -123,7 +126,8 @@ def stack(tmp_path_factory):
     wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{am_port}/-/ready",
                                             timeout=2).status == 200, 60, "Alertmanager ready")
     try:
-        yield {"grpc": f"127.0.0.1:{ports['grpc_port']}", "prom": prom, "tmp": tmp}
+        yield {"grpc": f"127.0.0.1:{ports['grpc_port']}", "prom": prom, "tmp": tmp,
+               "am": f"http://127.0.0.1:{am_port}", "sigmad": sigmad_proc}
     finally:
         for p in procs:
             p.terminate()
@@ -173,16 +177,17 @@ def test_collapse_reaches_prometheus_alertmanager_and_the_dashboard(stack):
             gen.send(bad)
 
     prom = stack["prom"]
-    series = wait_for(lambda: query(prom, f'sigma_track2_drift{{job="{JOB}"}}'), 30,
+    series = wait_for(lambda: query(prom, f'sigma_track2_drift{{job_name="{JOB}"}}'), 30,
                       "the drift series in Prometheus")
     assert series[0]["metric"]["tap"] == "last_hidden"
+    assert series[0]["metric"]["job"] == "sigmad"  # the scrape job keeps Prometheus' label
     value = float(series[0]["value"][1])
     assert abs(value - reports[-1].track2_drift) < 1e-6 * max(1.0, abs(value))
 
     def collapse_firing():
         alerts = http_json(prom + "/api/v1/alerts")["data"]["alerts"]
         return [a for a in alerts if a["labels"]["alertname"] == "SigmaCollapseContraction"
-                and a["labels"].get("job") == JOB and a["state"] == "firing"]
+                and a["labels"].get("job_name") == JOB and a["state"] == "firing"]
     firing = wait_for(collapse_firing, 60, "SigmaCollapseContraction firing")
     assert firing[0]["labels"]["severity"] == "critical"
 
@@ -190,7 +195,7 @@ def test_collapse_reaches_prometheus_alertmanager_and_the_dashboard(stack):
         return [body for path, body in Webhook.received
                 for a in body["alerts"]
                 if a["labels"]["alertname"] == "SigmaCollapseContraction"
-                and a["labels"]["job"] == JOB and path == "/alerts/critical"]
+                and a["labels"].get("job_name") == JOB and path == "/alerts/critical"]
     wait_for(webhook_got_it, 60, "the webhook receiving the critical collapse alert")
 
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "sigma-monitor.json").read_text())
@@ -202,3 +207,28 @@ def test_collapse_reaches_prometheus_alertmanager_and_the_dashboard(stack):
         q = variable["query"]["query"]
         inner = q[len("label_values("):-1].rsplit(",", 1)[0].replace("$job", JOB)
         assert query(prom, inner), q
+
+    # The outage: sigmad stops. Its series go stale at once; the collapse alert
+    # must keep firing (no false "resolved"), SigmadDown must fire after its 1m
+    # `for:`, and Alertmanager must hold the collapse alert as inhibited.
+    stack["sigmad"].terminate()
+    stack["sigmad"].wait(timeout=30)
+    wait_for(lambda: not query(prom, f'sigma_track2_drift{{job_name="{JOB}"}}'), 30,
+             "the drift series going stale")
+    assert collapse_firing(), "the collapse alert resolved when sigmad stopped"
+
+    def sigmad_down_firing():
+        alerts = http_json(prom + "/api/v1/alerts")["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "SigmadDown" and a["state"] == "firing"]
+    wait_for(sigmad_down_firing, 120, "SigmadDown firing")
+    assert collapse_firing(), "the collapse alert resolved during the outage"
+
+    def collapse_inhibited():
+        alerts = http_json(stack["am"] + "/api/v2/alerts")
+        return [a for a in alerts if a["labels"]["alertname"] == "SigmaCollapseContraction"
+                and a["labels"].get("job_name") == JOB and a["status"]["inhibitedBy"]]
+    wait_for(collapse_inhibited, 60, "Alertmanager inhibiting the collapse alert")
+    time.sleep(3)  # a few group_wait periods: nothing may be sent for it
+    resolved = [a for _, body in Webhook.received for a in body["alerts"]
+                if a["labels"]["alertname"] == "SigmaCollapseContraction" and a["status"] == "resolved"]
+    assert not resolved, resolved

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "reference.h"
@@ -151,27 +152,62 @@ TEST(EstimatorTest, InvalidInputsAreRefused) {
   EXPECT_EQ(EvaluateSnapshot(*backend, input).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TrackValues Values(int64_t m, double t1, double t2, double half) {
+// `half` is the corpus half-width, `pop` the population one (default: the same).
+TrackValues Values(int64_t m, double t1, double t2, double half, double pop = -1) {
   TrackValues v;
   v.m = m;
   v.track1_upper = t1;
   v.track2 = t2;
   v.track2_ci_halfwidth = half;
+  v.track2_pop_halfwidth = pop < 0 ? half : pop;
   return v;
 }
 
+TEST(EstimatorTest, PopulationHalfWidthHasNoFinitePopulationFactor) {
+  // Spec §3 "Two kinds of uncertainty": half = z sd(q) sqrt((1-f)/n_A),
+  // half_pop = z sd(q) / sqrt(n_A). n_A = 100, n = 400 (f = 1/4), sd(q) = 2.
+  SealMoments moments;
+  moments.m = 4;
+  moments.n_a = 100;
+  for (auto& c : moments.cholesky) c = {true, 0, -1.0};
+  moments.q_sd = 2.0;
+  const TrackValues v = EstimateTracks(moments, 400, 1e-6, 1.0, EnergyStats{});
+  EXPECT_DOUBLE_EQ(v.track2_ci_halfwidth, 1.959963984540054 * 2.0 * std::sqrt(0.75 / 100));
+  EXPECT_DOUBLE_EQ(v.track2_pop_halfwidth, 1.959963984540054 * 2.0 / 10.0);  // 0.39199...
+  const TrackValues full = EstimateTracks(moments, 100, 1e-6, 1.0, EnergyStats{});  // f = 1
+  EXPECT_EQ(full.track2_ci_halfwidth, 0.0);
+  EXPECT_DOUBLE_EQ(full.track2_pop_halfwidth, 1.959963984540054 * 2.0 / 10.0);
+}
+
 TEST(DriftTest, DriftAndDivergenceFollowTheSpec) {
-  const TrackValues base = Values(100, -10.0, -50.0, 3.0);
-  const TrackValues now = Values(100, -10.5, -80.0, 4.0);
-  const DriftValues d = ComputeDrift(now, base);
+  const TrackValues base = Values(100, -10.0, -50.0, 3.0, 6.0);
+  const TrackValues now = Values(100, -10.5, -80.0, 4.0, 8.0);
+  const DriftValues d = ComputeDrift(now, base, Probe::kFixed);
   EXPECT_DOUBLE_EQ(d.track1_drift, -0.5);
   EXPECT_DOUBLE_EQ(d.track2_drift, -30.0);
   EXPECT_DOUBLE_EQ(d.divergence, 29.5);
   EXPECT_DOUBLE_EQ(d.drift_halfwidth, 5.0);
+  EXPECT_DOUBLE_EQ(d.drift_halfwidth_pop, 10.0);
+  EXPECT_DOUBLE_EQ(d.drift_halfwidth_used, 5.0);  // fixed probe: the corpus interval
+  EXPECT_DOUBLE_EQ(d.drift_zscore, -30.0 / (5.0 / 1.959963984540054));
   EXPECT_DOUBLE_EQ(d.track2_drift_per_dim, -0.3);
   EXPECT_DOUBLE_EQ(d.divergence_per_dim, 0.295);
   EXPECT_TRUE(d.significant);
-  EXPECT_FALSE(ComputeDrift(Values(100, -10, -52, 3), base).significant);
+  const DriftValues fresh = ComputeDrift(now, base, Probe::kFresh);
+  EXPECT_DOUBLE_EQ(fresh.drift_halfwidth_used, 10.0);  // fresh samples: the population interval
+  EXPECT_DOUBLE_EQ(fresh.drift_zscore, -5.879891953620162);  // -30 / (10 / 1.95996...)
+  EXPECT_FALSE(ComputeDrift(Values(100, -10, -52, 3), base, Probe::kFixed).significant);
+  EXPECT_TRUE(ComputeDrift(Values(100, -10, -82, 4, 8), base, Probe::kFixed).significant);
+  // drift -7: beyond the corpus 4.24 = hypot(3, 3), within the population 8.49 = hypot(6, 6)
+  EXPECT_TRUE(ComputeDrift(Values(100, -10, -57, 3, 6), base, Probe::kFixed).significant);
+  EXPECT_FALSE(ComputeDrift(Values(100, -10, -57, 3, 6), base, Probe::kFresh).significant);
+}
+
+TEST(DriftTest, ZScoreEdgeCases) {
+  EXPECT_EQ(DriftZScore(0.0, 0.0), 0.0);
+  EXPECT_EQ(DriftZScore(1e-9, 0.0), std::numeric_limits<double>::infinity());
+  EXPECT_EQ(DriftZScore(-1e-9, 0.0), -std::numeric_limits<double>::infinity());
+  EXPECT_DOUBLE_EQ(DriftZScore(1.959963984540054, 1.959963984540054), 1.959963984540054);
 }
 
 bool Has(const std::vector<Alert>& alerts, const std::string& rule, AlertSeverity s) {
@@ -180,12 +216,40 @@ bool Has(const std::vector<Alert>& alerts, const std::string& rule, AlertSeverit
   return false;
 }
 
+TEST(AlertTest, ThresholdAlertsNeedTheInterval) {
+  // Spec §3 "Alerts need the interval": m = 10, drift -1.5 (-0.15 per dim),
+  // warning 0.1. Fresh: half_pop = hypot(0.4, 0.4) = 0.5657 -> 0.15 - 0.0566 = 0.093 < 0.1;
+  // fixed: half = hypot(0.3, 0.3) = 0.4243 -> 0.15 - 0.0424 = 0.108 >= 0.1.
+  const AlertThresholds t;
+  const TrackValues base = Values(10, 0.0, 0.0, 0.3, 0.4);
+  const TrackValues now = Values(10, 0.0, -1.5, 0.3, 0.4);
+  EXPECT_FALSE(Has(EvaluateAlerts(now, ComputeDrift(now, base, Probe::kFresh), t), "collapse_contraction",
+                   AlertSeverity::kWarning));
+  EXPECT_TRUE(Has(EvaluateAlerts(now, ComputeDrift(now, base, Probe::kFixed), t), "collapse_contraction",
+                  AlertSeverity::kWarning));
+  const TrackValues up = Values(10, 0.0, 1.5, 0.3, 0.4);
+  EXPECT_FALSE(Has(EvaluateAlerts(up, ComputeDrift(up, base, Probe::kFresh), t), "collapse_expansion",
+                   AlertSeverity::kWarning));
+  EXPECT_TRUE(Has(EvaluateAlerts(up, ComputeDrift(up, base, Probe::kFixed), t), "collapse_expansion",
+                  AlertSeverity::kWarning));
+  // Critical 0.5: drift -5.5 (-0.55 per dim) minus 0.0566 = 0.493 -> only the warning.
+  const TrackValues deep = Values(10, 0.0, -5.5, 0.3, 0.4);
+  const auto deep_alerts = EvaluateAlerts(deep, ComputeDrift(deep, base, Probe::kFresh), t);
+  EXPECT_TRUE(Has(deep_alerts, "collapse_contraction", AlertSeverity::kWarning));
+  EXPECT_FALSE(Has(deep_alerts, "collapse_contraction", AlertSeverity::kCritical));
+  // Divergence: track1 flat, |divergence| 1.5 -> 0.15 - 0.0566 < 0.1 (fresh), 0.108 (fixed).
+  EXPECT_FALSE(Has(EvaluateAlerts(now, ComputeDrift(now, base, Probe::kFresh), t), "early_warning_divergence",
+                   AlertSeverity::kWarning));
+  EXPECT_TRUE(Has(EvaluateAlerts(now, ComputeDrift(now, base, Probe::kFixed), t), "early_warning_divergence",
+                  AlertSeverity::kWarning));
+}
+
 TEST(AlertTest, TwoSidedThresholdsAndEarlyWarning) {
   const AlertThresholds t;
   const TrackValues base = Values(10, 0.0, 0.0, 0.1);
-  auto alerts_for = [&](double t1, double t2) {
+  auto alerts_for = [&](double t1, double t2) {  // half-width used: hypot(0.1, 0.1) / 10 = 0.0141 per dim
     const TrackValues now = Values(10, t1, t2, 0.1);
-    return EvaluateAlerts(now, ComputeDrift(now, base), t);
+    return EvaluateAlerts(now, ComputeDrift(now, base, Probe::kFresh), t);
   };
   EXPECT_TRUE(Has(alerts_for(0.0, -1.5), "collapse_contraction", AlertSeverity::kWarning));
   EXPECT_TRUE(Has(alerts_for(0.0, -6.0), "collapse_contraction", AlertSeverity::kCritical));

@@ -401,6 +401,32 @@ def test_configure_and_history(server, job):
     assert any(j.job == job for j in mon.list_jobs())
 
 
+def test_significance_settings_and_report_fields(server, job):
+    """Spec §3: probe/trend_* as Monitor settings (sent with the job's creation) and
+    through configure(); the report carries both half-widths, the one in use, z_drift."""
+    mon = Monitor(server.target, job=job, rank=0, world_size=1, n_a=128, probe="fixed",
+                  trend_k=3, trend_z=2.5)
+    for k in range(2):
+        with mon.generation(k) as g:
+            g.send(rows(20 + k, 400, 8))
+    cfg = mon.job_info().config
+    assert (cfg.probe, cfg.trend_k, cfg.trend_z, cfg.trend_floor) == ("fixed", 3, 2.5, 0.01)
+    r = mon.history()[-1]
+    assert r.track2_pop_halfwidth > r.track2_ci_halfwidth > 0  # f = 128/400: pop is wider
+    assert r.drift_halfwidth_used == pytest.approx(r.drift_halfwidth)  # fixed probe: corpus
+    assert r.drift_halfwidth_pop > r.drift_halfwidth
+    assert r.trend_evaluated and r.trend_note == ""  # n_A = 16 m
+    assert r.drift_zscore == pytest.approx(r.track2_drift / (r.drift_halfwidth_used / 1.959963984540054))
+    info = mon.configure(probe="fresh", trend_floor=0.02, drift_warning=0.2)
+    assert (info.config.probe, info.config.trend_floor, info.config.trend_k) == ("fresh", 0.02, 3)
+    assert info.config.thresholds.drift_warning == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        mon.configure(probe="sometimes")
+    with pytest.raises(SigmaError) as e:
+        mon.configure(trend_k=0)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_sketch_params_fixed_after_seal(server, job):
     mon = Monitor(server.target, job=job, rank=0, world_size=1, n_a=64)
     with mon.generation(0) as g:

@@ -158,15 +158,15 @@ TEST_F(IngestTest, TwoGenerationsDriftAndDivergence) {
   ASSERT_EQ(hist.reports_size(), 3);
   for (int g = 0; g < 3; ++g) EXPECT_EQ(hist.reports(g).SerializeAsString(), reports[g].SerializeAsString());
   const std::string scrape = Scrape(d_->ports.metrics_port);
-  const std::map<std::string, std::string> l{{"job", "drift"}, {"tap", "default"}};
+  const std::map<std::string, std::string> l{{"job_name", "drift"}, {"tap", "default"}};
   EXPECT_EQ(MetricValue(scrape, "sigma_generation", l), 2.0);
   ExpectMetricNear(MetricValue(scrape, "sigma_track2", l), reports[2].track2());
   ExpectMetricNear(MetricValue(scrape, "sigma_track2_drift_per_dim", l), reports[2].per_dim().track2_drift());
   EXPECT_EQ(MetricValue(scrape, "sigma_alert",
-                        {{"job", "drift"}, {"tap", "default"}, {"rule", "collapse_contraction"}, {"severity", "critical"}}),
+                        {{"job_name", "drift"}, {"tap", "default"}, {"rule", "collapse_contraction"}, {"severity", "critical"}}),
             1.0);
   EXPECT_EQ(MetricValue(scrape, "sigma_alert",
-                        {{"job", "drift"}, {"tap", "default"}, {"rule", "collapse_expansion"}, {"severity", "critical"}}),
+                        {{"job_name", "drift"}, {"tap", "default"}, {"rule", "collapse_expansion"}, {"severity", "critical"}}),
             0.0);
 }
 
@@ -208,9 +208,9 @@ TEST_F(IngestTest, FailedSealRepublishesAlertsAndRemovesTheForecast) {
   ASSERT_TRUE(rho_alert) << reports[2].DebugString();
 
   const std::string scrape = Scrape(d_->ports.metrics_port);
-  const std::map<std::string, std::string> l{{"job", "failing"}, {"tap", "default"}};
+  const std::map<std::string, std::string> l{{"job_name", "failing"}, {"tap", "default"}};
   auto alert = [&](const std::string& rule, const std::string& severity) {
-    return MetricValue(scrape, "sigma_alert", {{"job", "failing"}, {"tap", "default"}, {"rule", rule}, {"severity", severity}});
+    return MetricValue(scrape, "sigma_alert", {{"job_name", "failing"}, {"tap", "default"}, {"rule", rule}, {"severity", severity}});
   };
   EXPECT_EQ(MetricValue(scrape, "sigma_generation", l), 2.0);
   EXPECT_EQ(MetricValue(scrape, "sigma_seal_failures_total", l), 1.0);
@@ -571,7 +571,7 @@ TEST_F(IngestTest, ScrapeParsesAndPromtoolIsClean) {
   ASSERT_TRUE(resp.sealed());
   const std::string scrape = Scrape(d_->ports.metrics_port);
   ASSERT_FALSE(scrape.empty());
-  const std::map<std::string, std::string> l{{"job", "scraped"}, {"tap", "default"}};
+  const std::map<std::string, std::string> l{{"job_name", "scraped"}, {"tap", "default"}};
   for (const char* name : {"sigma_track1_upper", "sigma_track1_lower", "sigma_track2", "sigma_track2_ci_halfwidth",
                            "sigma_track1_drift", "sigma_track2_drift", "sigma_divergence", "sigma_drift_halfwidth",
                            "sigma_track1_drift_per_dim", "sigma_track2_drift_per_dim", "sigma_divergence_per_dim",
@@ -582,7 +582,7 @@ TEST_F(IngestTest, ScrapeParsesAndPromtoolIsClean) {
   EXPECT_EQ(MetricValue(scrape, "sigma_sample_size", l), 300);
   // n_A = 300 >= 16 m: not low confidence.
   EXPECT_EQ(MetricValue(scrape, "sigma_alert",
-                        {{"job", "scraped"}, {"tap", "default"}, {"rule", "low_confidence"}, {"severity", "info"}}),
+                        {{"job_name", "scraped"}, {"tap", "default"}, {"rule", "low_confidence"}, {"severity", "info"}}),
             0.0);
   EXPECT_EQ(MetricValue(scrape, "sigma_ingested_rows_total", {}), 300);
   EXPECT_EQ(MetricValue(scrape, "sigma_ingested_batches_total", {}), 3);

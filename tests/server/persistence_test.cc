@@ -33,7 +33,7 @@ TEST(PersistenceTest, RestartKeepsHistoryBaselineAndGauges) {
   ASSERT_NE(d, nullptr);
   // Gauges are re-published from the stored reports before any new data.
   const std::string scrape = Scrape(d->ports.metrics_port);
-  const std::map<std::string, std::string> l{{"job", "persist"}, {"tap", "default"}};
+  const std::map<std::string, std::string> l{{"job_name", "persist"}, {"tap", "default"}};
   EXPECT_EQ(MetricValue(scrape, "sigma_generation", l), 1.0);
   ExpectMetricNear(MetricValue(scrape, "sigma_track2", l), before[1].track2());
   ExpectMetricNear(MetricValue(scrape, "sigma_track2_drift", l), before[1].track2_drift());
@@ -92,7 +92,7 @@ TEST(PersistenceTest, RestartAfterAFailedSealRepublishesTheSameGauges) {
   v1::JobConfig cfg;
   cfg.set_preprocessing(v1::PREPROCESSING_NONE);
   cfg.set_rho(1e6);
-  const std::map<std::string, std::string> l{{"job", "failed_last"}, {"tap", "default"}};
+  const std::map<std::string, std::string> l{{"job_name", "failed_last"}, {"tap", "default"}};
   const char* kGauges[] = {"sigma_generation",   "sigma_track1_upper",         "sigma_track1_lower",
                            "sigma_track2",       "sigma_track2_ci_halfwidth",  "sigma_track1_drift",
                            "sigma_track2_drift", "sigma_track2_drift_per_dim", "sigma_divergence",
@@ -133,7 +133,7 @@ TEST(PersistenceTest, RestartAfterAFailedSealRepublishesTheSameGauges) {
   }
   ExpectMetricNear(MetricValue(scrape, "sigma_track2", l), reports[1].track2());  // not a made-up 0
   EXPECT_EQ(MetricValue(scrape, "sigma_alert",
-                        {{"job", "failed_last"}, {"tap", "default"}, {"rule", "track1_invalid_rho"},
+                        {{"job_name", "failed_last"}, {"tap", "default"}, {"rule", "track1_invalid_rho"},
                          {"severity", "warning"}}),
             1.0);
   EXPECT_FALSE(MetricValue(scrape, "sigma_generations_to_critical", l).has_value());

@@ -115,7 +115,7 @@ TEST(SigmadBinaryTest, PortFileBannerHealthIngestSigtermRestart) {
       EXPECT_EQ(hist.reports(0).SerializeAsString(), first_report.SerializeAsString());
     }
     const std::string scrape = Scrape(metrics_port);
-    ExpectMetricNear(MetricValue(scrape, "sigma_track2", {{"job", "bin"}, {"tap", "default"}}), first_report.track2());
+    ExpectMetricNear(MetricValue(scrape, "sigma_track2", {{"job_name", "bin"}, {"tap", "default"}}), first_report.track2());
     if (HavePromtool()) {
       int rc = -1;
       EXPECT_EQ(PromtoolCheck(scrape, &rc), "");

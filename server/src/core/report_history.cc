@@ -16,9 +16,21 @@ SealedEntry EntryOf(const ReportPtr& r) {
   e.track1_upper = r->track1_upper();
   e.track2 = r->track2();
   e.track2_ci_halfwidth = r->track2_ci_halfwidth();
+  e.track2_pop_halfwidth = r->track2_pop_halfwidth();
   e.per_dim_track2_drift = r->per_dim().track2_drift();
+  e.drift_zscore = r->drift_zscore();
+  e.trend_evaluated = r->trend_evaluated();
+  e.low_confidence = r->flags().low_confidence();
   return e;
 }
+
+namespace {
+// Adds an earlier generation's forecast and trend points (spec §3).
+void AddPoint(int64_t g, const SealedEntry& p, BaselineInputs* in) {
+  if (!p.failed && p.has_drift) in->drift_points[g] = p.per_dim_track2_drift;
+  in->trend_points[g] = {p.trend_evaluated && !p.failed, p.drift_zscore, p.per_dim_track2_drift};
+}
+}  // namespace
 
 ReportHistory::ReportHistory(int64_t cache_per_tap, std::unique_ptr<HistoryReader> reader)
     : cache_per_tap_(cache_per_tap), reader_(std::move(reader)) {}
@@ -170,7 +182,7 @@ BaselineInputs ReportHistory::Staging::Resolve(const SnapshotKey& key, const std
     if (auto t = history_->taps_.find({in.job, key.tap}); t != history_->taps_.end()) first = t->second.first_sealed;
     if (auto t = history_->taps_.find({key.job, key.tap}); t != history_->taps_.end()) {
       for (const auto& [g, p] : t->second.reports)
-        if (g < key.generation && !p.failed && p.has_drift) in.drift_points[g] = p.per_dim_track2_drift;
+        if (g < key.generation) AddPoint(g, p, &in);
     }
   }
   if (!first) {
@@ -179,7 +191,7 @@ BaselineInputs ReportHistory::Staging::Resolve(const SnapshotKey& key, const std
   if (!first && in.job == key.job) first = key.generation;  // this successful seal is the tap's first
   if (auto s = staged_.find({key.job, key.tap}); s != staged_.end()) {
     for (const auto& [g, p] : s->second)
-      if (g < key.generation && !p.failed && p.has_drift) in.drift_points[g] = p.per_dim_track2_drift;
+      if (g < key.generation) AddPoint(g, p, &in);
   }
   const std::optional<int64_t> bgen = pinned ? pinned : first;
   if (!bgen) return in;

@@ -48,6 +48,30 @@ class Generator:
         return (z @ self.q.T).astype(np.float32)
 
 
+def first_generation(reps, rules) -> "int | None":
+    """The first generation whose report carries one of `rules` (warning or critical)."""
+    return next((r.generation for r in reps
+                 if any(a.rule in rules and a.severity != "info" for a in r.alerts)), None)
+
+
+def lead_line(reps) -> str:
+    """The lead the significance early warning gives (spec §3 "Early warning by
+    significance"): early_warning_trend's first generation vs the first drift alert's."""
+    trend = first_generation(reps, {"early_warning_trend"})
+    drift = first_generation(reps, {"collapse_contraction", "collapse_expansion"})
+    div = first_generation(reps, {"early_warning_divergence"})
+    z = ", ".join(f"{r.drift_zscore:+.1f}" if r.trend_evaluated else "-" for r in reps)
+    if trend is None:
+        lead = "early_warning_trend did not fire"
+    elif drift is None:
+        lead = f"early_warning_trend at generation {trend}, no drift alert yet"
+    else:
+        lead = (f"early_warning_trend at generation {trend}, first drift alert at {drift}: "
+                f"lead {drift - trend} generation(s)")
+    div_text = "never" if div is None else f"at generation {div}"
+    return f"    z_drift per generation: {z}\n    {lead} (divergence warning {div_text})"
+
+
 def run_rank(target, job, speed, rank, world, gens, m, rows_per_rank, chunk, errors, dtype):
     try:
         gen_model = Generator(m, speed, seed=1)
@@ -133,9 +157,10 @@ def main(argv=None) -> int:
             critical = (f"first critical at generation {first_crit}" if first_crit is not None
                         else "never critical")
             print(f"{job}: generation {last.generation}: Track II drift {last.track2_drift:+.1f} nats "
-                  f"({last.per_dim.track2_drift:+.3f}/dim) +- {last.drift_halfwidth:.1f}, "
+                  f"({last.per_dim.track2_drift:+.3f}/dim) +- {last.drift_halfwidth_used:.1f}, "
                   f"Track I drift {last.track1_drift:+.2f}, divergence {last.divergence:+.1f}; "
                   f"{critical}; alerts: {', '.join(fired) or 'none'}")
+            print(lead_line(reps))
             if last.generations_to_critical is not None:
                 print(f"    forecast: {last.generations_to_critical:.1f} generations to the critical threshold")
         png = plot_reports(series, str(out / "report.png"), thresholds=thresholds,

@@ -66,6 +66,17 @@ def _retry_after_seconds(error):
 # Refusals that say nothing about a spooled share (a wrong token): it stays spooled.
 _NOT_THE_SHARE = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _PREP = {None: 0, "": 0, "l2": 1, "none": 2}
+_PROBE = {"fresh": 1, "fixed": 2}
+_SIGNIFICANCE_KEYS = ("probe", "trend_k", "trend_z", "trend_floor")
+
+
+def _significance(**kw) -> dict:
+    """The set significance settings (spec §3): probe "fresh"/"fixed", trend_k,
+    trend_z, trend_floor; sigmad checks the ranges."""
+    out = {k: v for k, v in kw.items() if v is not None}
+    if "probe" in out and out["probe"] not in _PROBE:
+        raise ValueError(f"probe must be 'fresh' or 'fixed', got {out['probe']!r}")
+    return out
 DEFAULT_BATCH_BYTES = 1 << 20
 # Rows per Batch at most: sigmad's default --max-rows-per-batch (more is RESOURCE_EXHAUSTED,
 # which happens with narrow rows, e.g. m = 4 fp16 fills 1 MiB with 131072 rows).
@@ -135,6 +146,8 @@ class Monitor:
                  seed: Optional[int] = None, *,
                  thresholds: Optional[Mapping[str, float]] = None,
                  baseline_generation: Optional[int] = None, baseline_job: Optional[str] = None,
+                 probe: Optional[str] = None, trend_k: Optional[int] = None,
+                 trend_z: Optional[float] = None, trend_floor: Optional[float] = None,
                  presketch: bool = True, timeout: float = 120.0, max_retries: int = 8,
                  backoff: float = 0.2, max_backoff: float = 5.0,
                  batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -166,6 +179,8 @@ class Monitor:
         self.preprocessing, self.seed = preprocessing, seed
         self.thresholds = dict(thresholds or {})
         self.baseline_generation, self.baseline_job = baseline_generation, baseline_job
+        self.significance = _significance(probe=probe, trend_k=trend_k, trend_z=trend_z,
+                                          trend_floor=trend_floor)
         self.presketch = presketch
         self.timeout = timeout
         self.max_retries = max_retries
@@ -328,8 +343,16 @@ class Monitor:
         return self._async is not None and threading.current_thread() is self._async._thread
 
     def _config_proto(self, n_a=None, delta=None, rho=None, preprocessing=None, seed=None,
-                      thresholds=None, baseline_generation=None, baseline_job=None):
+                      thresholds=None, baseline_generation=None, baseline_job=None,
+                      significance=None):
         c = self.pb2.JobConfig()
+        for k, v in (significance or {}).items():
+            if k == "probe":
+                c.probe = _PROBE[v]
+            elif k == "trend_k":
+                c.trend_k = int(v)
+            else:
+                setattr(c, k, float(v))
         if n_a is not None:
             c.n_a = int(n_a)
         if delta is not None:
@@ -356,7 +379,8 @@ class Monitor:
 
     def _own_config(self):
         return self._config_proto(self.n_a, self.delta, self.rho, self.preprocessing, self.seed,
-                                  self.thresholds, self.baseline_generation, self.baseline_job)
+                                  self.thresholds, self.baseline_generation, self.baseline_job,
+                                  self.significance)
 
     # ------------------------------------------------------------ public API
     def generation(self, k: int, corpus_size: Optional[int] = None) -> "Generation":
@@ -408,12 +432,17 @@ class Monitor:
         """Creates or updates the job's configuration (fields left None are not sent).
 
         Thresholds may be given as a mapping or as keywords (drift_warning,
-        drift_critical, divergence_warning, track1_stable). Sketch parameters are
-        fixed once a generation has sealed (SigmaError FAILED_PRECONDITION)."""
+        drift_critical, divergence_warning, track1_stable); the significance
+        settings as keywords probe ("fresh"/"fixed"), trend_k, trend_z,
+        trend_floor (spec §3). Sketch parameters are fixed once a generation has
+        sealed (SigmaError FAILED_PRECONDITION)."""
+        sig = _significance(**{k: threshold_kw.pop(k) for k in list(threshold_kw)
+                               if k in _SIGNIFICANCE_KEYS})
         th = dict(thresholds or {})
         th.update(threshold_kw)
         cfg = self._config_proto(n_a, delta, rho, preprocessing, seed, th,
-                                 baseline_generation, baseline_job)
+                                 baseline_generation, baseline_job, sig)
+        self.significance.update(sig)
         for name, val in (("n_a", n_a), ("delta", delta), ("rho", rho),
                           ("preprocessing", preprocessing), ("seed", seed),
                           ("baseline_generation", baseline_generation),

@@ -22,7 +22,8 @@ def effective_thresholds(th: Optional[Thresholds | Mapping[str, float]]) -> dict
 
 
 def _alerts(r: GenerationReport, with_info: bool = False) -> str:
-    a = [f"{x.rule}({x.severity})" for x in r.alerts if with_info or x.severity != "info"]
+    a = [f"{x.rule}({x.severity}{', ' + x.direction if x.direction else ''})"
+         for x in r.alerts if with_info or x.severity != "info"]
     return ", ".join(a) if a else "-"
 
 
@@ -53,7 +54,7 @@ def format_table(series: Mapping[str, Sequence[GenerationReport]], with_info: bo
             base = "*" if (r.generation == r.baseline_generation and not r.baseline_job) else " "
             lines.append(
                 f"{name[:24]:<24} {r.generation:>3}{base}{r.n:>9.0f} {r.n_a:>6d} "
-                f"{pd.track1_drift:>+11.4f} {pd.track2_drift:>+11.4f} {pd.drift_halfwidth:>8.4f} "
+                f"{pd.track1_drift:>+11.4f} {pd.track2_drift:>+11.4f} {pd.drift_halfwidth_used:>8.4f} "
                 f"{pd.divergence:>+9.4f} {_gens(r.generations_to_critical):>7} {flags or '-':<5} "
                 f"{_alerts(r, with_info)}")
             if r.flags.cholesky_failed:
@@ -110,7 +111,7 @@ def _draw_column(ax, axd, name, reports, th) -> None:
     g = [r.generation for r in reports]
     t1 = [r.per_dim.track1_drift for r in reports]
     t2 = [r.per_dim.track2_drift for r in reports]
-    hw = [r.per_dim.drift_halfwidth for r in reports]
+    hw = [r.per_dim.drift_halfwidth_used for r in reports]  # the probe's half-width (spec §3)
     dv = [r.per_dim.divergence for r in reports]
     for sign in (1, -1):
         ax.axhline(sign * th["drift_warning"], color="orange", ls="--", lw=1,

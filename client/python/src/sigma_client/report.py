@@ -8,8 +8,10 @@ from typing import Any, Optional
 
 @dataclass(frozen=True)
 class Alert:
-    rule: str       # collapse_contraction, collapse_expansion, early_warning_divergence, track1_invalid_rho, low_confidence
+    rule: str       # collapse_contraction, collapse_expansion, early_warning_divergence,
+                    # early_warning_trend, track1_invalid_rho, low_confidence
     severity: str   # info, warning, critical
+    direction: str = ""  # early_warning_trend: "contraction" or "expansion"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class PerDimension:
     track2_drift: float = 0.0
     divergence: float = 0.0
     drift_halfwidth: float = 0.0
+    drift_halfwidth_pop: float = 0.0
+    drift_halfwidth_used: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,13 @@ class GenerationReport:
     sealed_unix_ms: int = 0
     world_size: int = 0
     ranks_finished: int = 0
+    # spec §3 "Two kinds of uncertainty" / "Early warning by significance"
+    track2_pop_halfwidth: float = 0.0   # z sd(q) / sqrt(n_A), next to the corpus track2_ci_halfwidth
+    drift_halfwidth_pop: float = 0.0
+    drift_halfwidth_used: float = 0.0   # the job's probe: pop (fresh) or corpus (fixed)
+    drift_zscore: float = 0.0
+    trend_evaluated: bool = False
+    trend_note: str = ""                # why early_warning_trend was not evaluated
 
     @property
     def track2_ci(self) -> tuple[float, float]:
@@ -74,7 +85,8 @@ class GenerationReport:
 
     @property
     def drift_significant(self) -> bool:
-        return abs(self.track2_drift) > self.drift_halfwidth
+        """|track2_drift| beyond the half-width the job's probe setting uses."""
+        return abs(self.track2_drift) > self.drift_halfwidth_used
 
     def alert_names(self) -> list[str]:
         return [f"{a.rule}:{a.severity}" for a in self.alerts]
@@ -101,6 +113,10 @@ class JobConfig:
     baseline_generation: Optional[int] = None
     baseline_job: str = ""
     thresholds: Thresholds = field(default_factory=Thresholds)
+    probe: str = ""               # "fresh", "fixed" or "" (unspecified)
+    trend_k: Optional[int] = None
+    trend_z: Optional[float] = None
+    trend_floor: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,7 @@ class JobInfo:
 # ---------------------------------------------------------------- conversion
 
 _PREP_NAMES = {0: "", 1: "l2", 2: "none"}
+_PROBE_NAMES = {0: "", 1: "fresh", 2: "fixed"}
 
 
 def _opt(msg, name):
@@ -133,7 +150,7 @@ def report_from_proto(msg) -> GenerationReport:
             kw[name] = ReportFlags(**{g.name: getattr(msg.flags, g.name)
                                       for g in dataclasses.fields(ReportFlags)})
         elif name == "alerts":
-            kw[name] = tuple(Alert(rule=a.rule, severity=a.severity) for a in msg.alerts)
+            kw[name] = tuple(Alert(rule=a.rule, severity=a.severity, direction=a.direction) for a in msg.alerts)
         elif name == "generations_to_critical":
             kw[name] = _opt(msg, name)
         else:
@@ -151,7 +168,9 @@ def config_from_proto(msg) -> JobConfig:
         thresholds=Thresholds(drift_warning=_opt(th, "drift_warning"),
                               drift_critical=_opt(th, "drift_critical"),
                               divergence_warning=_opt(th, "divergence_warning"),
-                              track1_stable=_opt(th, "track1_stable")))
+                              track1_stable=_opt(th, "track1_stable")),
+        probe=_PROBE_NAMES.get(msg.probe, str(msg.probe)), trend_k=_opt(msg, "trend_k"),
+        trend_z=_opt(msg, "trend_z"), trend_floor=_opt(msg, "trend_floor"))
 
 
 def job_info_from_proto(msg) -> JobInfo:

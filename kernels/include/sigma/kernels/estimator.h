@@ -37,7 +37,8 @@ struct TrackValues {
   double track2 = 0;        // raw - (1 - f) bias
   double track2_raw = 0;    // log det(C_A + delta I)
   double track2_bias = 0;   // -(mean(q^2) - tr((A C_A)^2)) / (2 n_A)
-  double track2_ci_halfwidth = 0;  // z sd(q) sqrt((1-f)/n_A)
+  double track2_ci_halfwidth = 0;  // corpus interval: z sd(q) sqrt((1-f)/n_A)
+  double track2_pop_halfwidth = 0; // population interval: z sd(q) / sqrt(n_A) (spec §3 "Two kinds of uncertainty")
   double max_energy = 0;
   double mean_energy = 0;
   int64_t rho_violations = 0;
@@ -49,19 +50,31 @@ struct TrackValues {
 TrackValues EstimateTracks(const SealMoments& moments, double corpus_size, double delta,
                            double rho, const EnergyStats& energy);
 
+// Which interval a job's drift is judged by (spec §3 "Two kinds of uncertainty"):
+// kFresh (default) each generation's rows are new samples -> drift_half_pop;
+// kFixed the same inputs every generation -> the corpus drift_half.
+enum class Probe { kFresh, kFixed };
+
 // Drift of generation k against baseline b (spec §3), totals and per dimension.
 struct DriftValues {
   double track1_drift = 0;
   double track2_drift = 0;
   double divergence = 0;       // track1_drift - track2_drift
-  double drift_halfwidth = 0;  // sqrt(half_k^2 + half_b^2)
+  double drift_halfwidth = 0;  // corpus: sqrt(half_k^2 + half_b^2)
+  double drift_halfwidth_pop = 0;   // population: sqrt(half_pop_k^2 + half_pop_b^2)
+  double drift_halfwidth_used = 0;  // the probe's one of the two (drift_half_used)
+  double drift_zscore = 0;          // track2_drift / (drift_half_used / z), see DriftZScore
   double track1_drift_per_dim = 0;
   double track2_drift_per_dim = 0;
   double divergence_per_dim = 0;
-  bool significant = false;  // |track2_drift| > drift_halfwidth
+  bool significant = false;  // |track2_drift| > drift_halfwidth_used
 };
 
-DriftValues ComputeDrift(const TrackValues& current, const TrackValues& baseline);
+DriftValues ComputeDrift(const TrackValues& current, const TrackValues& baseline, Probe probe);
+
+// z_drift = drift / sd_drift with sd_drift = half_used / z95 (spec §3 "Early
+// warning by significance"): +-inf when sd_drift = 0 and drift != 0, 0 when both are 0.
+double DriftZScore(double drift, double half_used);
 
 // Thresholds in per-dimension units (spec §3: two-sided, same magnitudes).
 struct AlertThresholds {
@@ -71,16 +84,29 @@ struct AlertThresholds {
   double track1_stable = 0.01;       // ... while |track1 drift| / m < this
 };
 
+// early_warning_trend settings (spec §3 "Early warning by significance"),
+// with the spec's defaults; calibrate on a control run.
+struct TrendSettings {
+  int trend_k = 2;           // last k sealed generations, including this one
+  double trend_z = 3;        // |z_drift| >= this, one sign
+  double trend_floor = 0.01; // |track2_drift| / m >= this
+};
+
 enum class AlertSeverity { kInfo, kWarning, kCritical };
 std::string_view AlertSeverityName(AlertSeverity s);
 
 struct Alert {
   std::string rule;  // collapse_contraction, collapse_expansion, early_warning_divergence,
-                     // track1_invalid_rho, low_confidence
+                     // early_warning_trend, track1_invalid_rho, low_confidence
   AlertSeverity severity;
+  std::string direction = {};  // contraction / expansion for early_warning_trend, else empty
 };
 
-// The alert rules, names as above. `drift` is absent for the baseline itself.
+// The alert rules, names as above (early_warning_trend needs the history: the
+// server's report builder evaluates it). `drift` is absent for the baseline
+// itself. A threshold alert fires only beyond its threshold by more than
+// drift->drift_halfwidth_used (spec §3 "Alerts need the interval"):
+// |track2_drift| - half_used >= t m, |divergence| - half_used >= t m.
 std::vector<Alert> EvaluateAlerts(const TrackValues& values,
                                   const std::optional<DriftValues>& drift,
                                   const AlertThresholds& thresholds);

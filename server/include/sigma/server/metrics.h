@@ -43,10 +43,16 @@ class Metrics {
   // values, drifts, alerts, forecast. Failed reports only bump the failure
   // counter and the generation. Called with the latest generation only.
   // `thresholds` are the job's effective alert thresholds used for this
-  // report; they are exported as sigma_alert_threshold{job, threshold} so that
-  // the shipped Prometheus rules fire on exactly the daemon's conditions.
+  // report; they are exported as sigma_alert_threshold{job_name, threshold}
+  // (for dashboards: the shipped rules fire on sigma_alert itself).
+  // Per-job series carry the label job_name (Prometheus' `job` is the scrape job).
   void PublishReport(const sigma::v1::GenerationReport& report,
                      const sigma::AlertThresholds& thresholds);
+  // The job's current thresholds, at once (ConfigureJob).
+  void SetThresholds(const std::string& job, const sigma::AlertThresholds& thresholds);
+  // sigma_job_finished{job_name}: 0 from the job's first series, 1 once
+  // finished (FinishJob sets it; the SigmaStaleJob rule ignores finished jobs).
+  void SetJobFinished(const std::string& job, bool finished);
   // Counts a sealed report (every one, also older generations and, on restart,
   // the stored ones): rho violations and Cholesky failures.
   void CountSeal(const sigma::v1::GenerationReport& report);
@@ -77,6 +83,9 @@ class Metrics {
     prometheus::Gauge* track2_drift;
     prometheus::Gauge* divergence;
     prometheus::Gauge* drift_halfwidth;
+    prometheus::Gauge* track2_pop_halfwidth;
+    prometheus::Gauge* drift_halfwidth_used;
+    prometheus::Gauge* drift_zscore;  // NaN when the report's trend was not evaluated
     prometheus::Gauge* track1_drift_per_dim;
     prometheus::Gauge* track2_drift_per_dim;
     prometheus::Gauge* divergence_per_dim;
@@ -92,12 +101,18 @@ class Metrics {
   };
   TapSeries& Series(const std::string& job, const std::string& tap);  // mu_ held
   void AddTrackSeries(const std::string& job, const std::string& tap, TapSeries& s);  // mu_ held
+  struct JobSeries {
+    // drift_warning, drift_critical, divergence_warning, track1_stable.
+    std::array<prometheus::Gauge*, 4> thresholds{};
+    prometheus::Gauge* finished = nullptr;
+  };
+  JobSeries& JobGauges(const std::string& job);  // mu_ held
+  void SetThresholdsLocked(const std::string& job, const sigma::AlertThresholds& t);  // mu_ held
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::mutex mu_;
   std::map<std::pair<std::string, std::string>, TapSeries> series_;
-  // Per job: drift_warning, drift_critical, divergence_warning, track1_stable.
-  std::map<std::string, std::array<prometheus::Gauge*, 4>> thresholds_;
+  std::map<std::string, JobSeries> jobs_series_;
 
   prometheus::Family<prometheus::Gauge>* f_track1_upper_;
   prometheus::Family<prometheus::Gauge>* f_track1_lower_;
@@ -121,6 +136,10 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* f_backend_info_;
   prometheus::Family<prometheus::Gauge>* f_last_seal_;
   prometheus::Family<prometheus::Gauge>* f_threshold_;
+  prometheus::Family<prometheus::Gauge>* f_track2_pop_half_;
+  prometheus::Family<prometheus::Gauge>* f_drift_half_used_;
+  prometheus::Family<prometheus::Gauge>* f_drift_zscore_;
+  prometheus::Family<prometheus::Gauge>* f_job_finished_;
 
   prometheus::Counter* ingested_bytes_;
   prometheus::Counter* ingested_rows_;

@@ -42,7 +42,11 @@ struct SealedEntry {
   double track1_upper = 0;
   double track2 = 0;
   double track2_ci_halfwidth = 0;
+  double track2_pop_halfwidth = 0;
   double per_dim_track2_drift = 0;
+  double drift_zscore = 0;
+  bool low_confidence = false;   // n_A < 16 m
+  bool trend_evaluated = false;  // z_drift is meaningful (not low confidence, has a drift)
 };
 SealedEntry EntryOf(const ReportPtr& report);
 
@@ -53,6 +57,14 @@ struct BaselineInputs {
   bool self = false;        // the snapshot is its own baseline
   std::optional<SealedEntry> entry;  // its values (absent: unknown or evicted from the map)
   std::map<int64_t, double> drift_points;  // earlier generations with a drift: per-dim track2 drift
+  // Every earlier sealed generation of the tap (failed ones too), for
+  // early_warning_trend: whether its z_drift was evaluated, z_drift, per-dim drift.
+  struct TrendPoint {
+    bool evaluated = false;
+    double z = 0;
+    double per_dim_drift = 0;
+  };
+  std::map<int64_t, TrendPoint> trend_points;
 };
 
 class ReportHistory {
