@@ -173,9 +173,26 @@ bool CpuBackend::UseSyrk(int64_t m, int64_t rows) const {
   return true;
 }
 
+int64_t CpuBackend::scratch_bytes() const {
+  int64_t doubles = 0;
+  for (const std::vector<double>* v : {&staging_, &x_, &gram_, &factors_, &q_})
+    doubles += static_cast<int64_t>(v->capacity());
+  return doubles * static_cast<int64_t>(sizeof(double));
+}
+
+void CpuBackend::TrimScratch() {
+  if (scratch_bytes() <= kKeepScratchBytes) return;
+  for (std::vector<double>* v : {&staging_, &x_, &gram_, &factors_, &q_}) std::vector<double>().swap(*v);
+}
+
+absl::Status CpuBackend::SealBatch(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) {
+  absl::Status s = SealEach(inputs, out);
+  TrimScratch();
+  return s;
+}
+
 // Composes the primitives snapshot by snapshot (spec §4).
-absl::Status CpuBackend::SealBatch(absl::Span<const SealInput> inputs,
-                                   absl::Span<SealMoments> out) {
+absl::Status CpuBackend::SealEach(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) {
   if (out.size() != inputs.size())
     return absl::InvalidArgumentError("SealBatch: output size differs from input size");
   for (const SealInput& input : inputs) {

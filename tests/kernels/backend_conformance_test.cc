@@ -228,6 +228,24 @@ class CpuPrimitives : public ::testing::Test {
   std::unique_ptr<CpuBackend> cpu_ = MakeCpuBackend();
 };
 
+// A large seal's scratch (here [n_A, m] = 8192 x 512 rows alone are 32 MiB)
+// is returned when SealBatch ends; a small seal's stays for the next call.
+TEST_F(CpuPrimitives, LargeSealScratchIsFreedSmallSealScratchKept) {
+  std::mt19937_64 rng(7);
+  auto seal = [&](int64_t n_a, int64_t m) {
+    const std::vector<double> x = testing::AnisotropicRows(rng, n_a, m, 0.8, false);
+    const SealInput input{{x.data(), DType::kFloat64, n_a, m}, Preprocessing::kL2, 4.0 * n_a, 1e-4, 1.0};
+    std::vector<SealMoments> out(1);
+    ASSERT_TRUE(cpu_->SealBatch({&input, 1}, absl::MakeSpan(out)).ok());
+    EXPECT_TRUE(out[0].cholesky[2].ok);
+  };
+  seal(256, 16);
+  EXPECT_GT(cpu_->scratch_bytes(), 0);
+  EXPECT_LE(cpu_->scratch_bytes(), CpuBackend::kKeepScratchBytes);
+  seal(8192, 512);
+  EXPECT_EQ(cpu_->scratch_bytes(), 0);
+}
+
 TEST_F(CpuPrimitives, GramMatchesNaive) {
   std::mt19937_64 rng(1);
   const int64_t m = 13, rows = 300;

@@ -187,14 +187,14 @@ TEST(FailedSealGaugesTest, TapWithOnlyAFailedSealExportsNoTrackGauges) {
   cfg.set_preprocessing(v1::PREPROCESSING_NONE);
   cfg.set_rho(1e6);
   Rows rows = GaussianRows(400, 8, 301);
-  for (double& v : rows.values) v *= 1e200;  // finite, but the Gram matrix overflows
+  for (double& v : rows.values) v *= 1e153;  // each squared norm finite, but the Gram matrix overflows
   v1::IngestResponse resp;
   ASSERT_TRUE(SendShare(d->stub.get(), MakeOpen("onlyfail", 0, 0, 1, 8, v1::DTYPE_FP64, std::nullopt, &cfg), rows, 0,
                         400, 100, v1::DTYPE_FP64, &resp)
                   .ok());
   ASSERT_TRUE(resp.report().flags().cholesky_failed());
   const std::string scrape = Scrape(d->ports.metrics_port);
-  const std::map<std::string, std::string> l{{"job", "onlyfail"}, {"tap", "default"}};
+  const std::map<std::string, std::string> l{{"job_name", "onlyfail"}, {"tap", "default"}};
   EXPECT_TRUE(MetricValue(scrape, "sigma_generation", l).has_value());
   for (const char* gauge : {"sigma_track1_upper", "sigma_track2", "sigma_track2_drift", "sigma_divergence"})
     EXPECT_FALSE(MetricValue(scrape, gauge, l).has_value()) << gauge;

@@ -49,12 +49,22 @@ class CpuBackend final : public Backend {
   absl::Status InverseTraces(const double* lower_factor, int64_t m, double* trace_a,
                              double* trace_a2);
 
+  // Scratch kept between SealBatch calls: up to this many bytes stay for the
+  // next seal; above it every buffer is freed when SealBatch returns, so one
+  // large seal does not hold its working set (~32 m^2 + 8 n_A m bytes) for the
+  // life of the process (docs/reliability.md, "Seal memory").
+  static constexpr int64_t kKeepScratchBytes = int64_t{32} << 20;
+  // Bytes of host scratch held now (capacity of the buffers below).
+  int64_t scratch_bytes() const;
+
  private:
   bool UseSyrk(int64_t m, int64_t rows) const;
+  absl::Status SealEach(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out);
+  void TrimScratch();
 
   GramMethod method_;
   // Host scratch reused across calls so that a seal does not page-fault
-  // through fresh allocations (grows, never shrinks).
+  // through fresh allocations (freed after a call when above kKeepScratchBytes).
   std::vector<double> staging_;  // conversion chunks, factor copies, trsm right-hand sides
   std::vector<double> x_;        // SealBatch: [n_A, m] preprocessed rows
   std::vector<double> gram_;     // [m, m]
