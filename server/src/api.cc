@@ -84,6 +84,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, p
       Finish(status);
       return;
     }
+    session_.tenant = client_.tenant;
     watchdog_->Add(this);
     StartRead(&request_[0]);
   }
@@ -308,6 +309,7 @@ MonitorService::Client MonitorService::Identify(const grpc::CallbackServerContex
     if (token->max_streams > 0) c.limits.max_streams = token->max_streams;
     if (token->rate_limit_bytes_per_second > 0) c.limits.bytes_per_second = token->rate_limit_bytes_per_second;
     if (token->rate_limit_burst_bytes > 0) c.limits.burst_bytes = token->rate_limit_burst_bytes;
+    c.tenant = Tenant{c.key, c.label, token->max_jobs, token->max_open_snapshots, token->max_memory_bytes};
   } else {
     const std::string host = PeerHost(context->peer());
     c.key = "peer:" + host;
@@ -384,15 +386,19 @@ grpc::ServerUnaryReactor* MonitorService::ConfigureJob(grpc::CallbackServerConte
                                                        const v1::ConfigureJobRequest* request,
                                                        v1::JobInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (grpc::Status s = Check(context, Rpc::kConfigureJob, &request->job(), request->config().baseline_job());
+  const TokenEntry* token = nullptr;
+  if (grpc::Status s = Check(context, Rpc::kConfigureJob, &request->job(), request->config().baseline_job(), &token);
       !s.ok()) {
     reactor->Finish(s);
     return reactor;
   }
-  engine_->Configure(*request, [this, reactor, response](const absl::Status& s, const v1::JobInfo& info) {
-    if (s.ok()) *response = info;
-    reactor->Finish(Answer(metrics_, engine_->logger(), "ConfigureJob", s));
-  });
+  engine_->Configure(
+      *request,
+      [this, reactor, response](const absl::Status& s, const v1::JobInfo& info) {
+        if (s.ok()) *response = info;
+        reactor->Finish(Answer(metrics_, engine_->logger(), "ConfigureJob", s));
+      },
+      token ? Identify(context, token).tenant : Tenant{});
   return reactor;
 }
 

@@ -82,6 +82,17 @@ bool ValidPrefix(const std::string& p) {
   return true;
 }
 
+// The integer field of `e` a per-token limit or quota key sets; null for other keys.
+int64_t* LimitField(TokenEntry* e, const std::string& key) {
+  if (key == "max_streams") return &e->max_streams;
+  if (key == "rate_limit_bytes_per_second") return &e->rate_limit_bytes_per_second;
+  if (key == "rate_limit_burst_bytes") return &e->rate_limit_burst_bytes;
+  if (key == "max_jobs") return &e->max_jobs;
+  if (key == "max_open_snapshots") return &e->max_open_snapshots;
+  if (key == "max_memory_bytes") return &e->max_memory_bytes;
+  return nullptr;
+}
+
 }  // namespace
 
 Sha256Digest Sha256(std::string_view data) {
@@ -190,14 +201,11 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Parse(const std::string&
         } else if (key == "name") {
           if (!v.IsScalar()) return bad(at + ": name must be a string");
           e.name = v.as<std::string>();
-        } else if (key == "max_streams" || key == "rate_limit_bytes_per_second" ||
-                   key == "rate_limit_burst_bytes") {
+        } else if (int64_t* limit = LimitField(&e, key)) {
           int64_t value = -1;
           if (v.IsScalar() && !absl::SimpleAtoi(v.as<std::string>(), &value)) value = -1;
           if (value < 1) return bad(at + ": " + key + " must be an integer >= 1");
-          if (key == "max_streams") e.max_streams = value;
-          else if (key == "rate_limit_bytes_per_second") e.rate_limit_bytes_per_second = value;
-          else e.rate_limit_burst_bytes = value;
+          *limit = value;
         } else {
           return bad(at + ": unknown key '" + key.substr(0, 40) + "'");
         }

@@ -32,6 +32,7 @@ Engine::Engine(DaemonOptions options, std::unique_ptr<Store> store, std::unique_
              [this](const SealQueue::Batch& b, const absl::Status& e) { FailSeals(b, e); },
              [metrics](int64_t depth) { metrics->SetQueueDepth(depth); }),
       registry_(options_),
+      tenants_(&memory_),
       reaper_enabled_(hooks.reaper) {}
 
 Engine::~Engine() { StopWorker(); }
@@ -141,6 +142,11 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
                              IngestSession* session) {
   absl::StatusOr<v1::JobConfig> effective = registry_.AdmitOpen(key.job, key.tap, open.m(), open.config());
   if (!effective.ok()) return effective.status();
+  const Tenant& tenant = session->tenant;
+  const bool new_job = registry_.Find(key.job) == nullptr;
+  if (new_job) {
+    if (absl::Status s = tenants_.AdmitJob(tenant); !s.ok()) return s;
+  }
   // A snapshot whose seal can never fit in the memory budget (even with one
   // row) is refused before rows are taken; a running seal charges its whole
   // working set (sealer.cc).
@@ -153,19 +159,23 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
   if (static_cast<int64_t>(open_.size()) >= options_.max_open_snapshots)
     return Refusal(StatusCode::kResourceExhausted, "too_many_open_snapshots",
                    absl::StrFormat("too many open snapshots: %d (--max-open-snapshots)", options_.max_open_snapshots));
+  if (absl::Status s = tenants_.AdmitOpen(tenant); !s.ok()) return s;
   // The sketch's bookkeeping (heap + id map) is reserved up front; rows are
-  // charged as they arrive (Batch).
+  // charged as they arrive (Batch), to the tenant's budget (quota.h).
   const int64_t sketch_bytes = effective->n_a() * 48;
-  MemoryBudget::Charge charge(&memory_);
+  MemoryBudget::Charge charge(tenants_.Budget(tenant));
   int64_t would_hold = 0;
-  if (!charge.Grow(sketch_bytes, &would_hold))
-    return Refusal(StatusCode::kResourceExhausted, "memory_exhausted",
-                   absl::StrFormat("the sketch of n_a = %d would bring open snapshots to %d bytes > "
-                                   "--max-memory-bytes = %d",
-                                   effective->n_a(), would_hold, options_.max_memory_bytes));
-  const size_t jobs_before = registry_.jobs().size();
+  const MemoryBudget* refused_by = nullptr;
+  if (!charge.Grow(sketch_bytes, &would_hold, &refused_by))
+    return Refusal(StatusCode::kResourceExhausted, refused_by->naming().reason,
+                   absl::StrFormat("the sketch of n_a = %d would bring open snapshots to %d bytes > %s = %d",
+                                   effective->n_a(), would_hold, refused_by->naming().limit, refused_by->limit()));
   registry_.OpenSnapshot(key.job, key.tap, open.m(), open.config());
-  if (registry_.jobs().size() != jobs_before) metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
+  if (new_job) {
+    tenants_.JobCreated(tenant);
+    metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
+  }
+  tenants_.Opened(tenant);
   Snapshot::Params p;
   p.key = key;
   p.m = open.m();
@@ -177,6 +187,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
   p.delta = p.config.delta();
   p.k = p.config.n_a();
   p.row_bytes = static_cast<size_t>(open.m()) * sigma::DTypeWidth(dtype);
+  p.tenant = tenant.limited() ? tenant.key : "";
   std::optional<int64_t> corpus;
   if (open.has_corpus_size()) corpus = open.corpus_size();
   auto snap = std::make_shared<Snapshot>(std::move(p), corpus, std::move(charge), clock_());
@@ -298,6 +309,7 @@ void Engine::DropLocked(const std::shared_ptr<Snapshot>& snap) {
   auto it = open_.find(snap->key());
   if (it == open_.end() || it->second != snap) return;
   open_.erase(it);
+  tenants_.Closed(snap->params().tenant);
   const SnapshotKey& k = snap->key();
   const bool tap_open = std::any_of(open_.begin(), open_.end(), [&](const auto& o) {
     return o.first.job == k.job && o.first.tap == k.tap;
@@ -407,24 +419,33 @@ void Engine::RefreshJobs(const std::set<std::string>& names) {
 }
 
 void Engine::Configure(const v1::ConfigureJobRequest& request,
-                       std::function<void(const absl::Status&, const v1::JobInfo&)> done) {
+                       std::function<void(const absl::Status&, const v1::JobInfo&)> done, Tenant tenant) {
   if (absl::Status s = ValidateConfigure(request); !s.ok()) return done(s, {});
   // The SQLite write happens on the task lane, never on a gRPC thread.
-  if (!queue_.TryEnqueueTask([this, request, done] { RunConfigure(request, done); }))
+  if (!queue_.TryEnqueueTask(
+          [this, request, done, tenant = std::move(tenant)] { RunConfigure(request, tenant, done); }))
     done(Refusal(StatusCode::kResourceExhausted, "queue_full", "compute queue full (--compute-queue-capacity)"), {});
+}
+
+absl::StatusOr<StoredJob> Engine::PrepareConfigureLocked(const v1::ConfigureJobRequest& request,
+                                                         const Tenant& tenant) const {
+  if (registry_.Find(request.job()) == nullptr) {
+    if (absl::Status s = tenants_.AdmitJob(tenant); !s.ok()) return s;
+  }
+  return registry_.PrepareConfigure(request.job(), request.config());
 }
 
 // Prepare under mu_, commit (fsync) without it, apply under mu_. Configure
 // tasks run one at a time on the task lane; if an Open changed the job while
 // the commit ran so that the change is no longer allowed, the job's current
 // configuration is committed again and the refusal returned.
-void Engine::RunConfigure(const v1::ConfigureJobRequest& request,
+void Engine::RunConfigure(const v1::ConfigureJobRequest& request, const Tenant& tenant,
                           const std::function<void(const absl::Status&, const v1::JobInfo&)>& done) {
   absl::StatusOr<StoredJob> updated;
   RefreshJobs({request.job()});  // a partial update applies to what another replica committed
   {
     std::lock_guard<std::mutex> lock(mu_);
-    updated = registry_.PrepareConfigure(request.job(), request.config());
+    updated = PrepareConfigureLocked(request, tenant);
   }
   if (!updated.ok()) return done(updated.status(), {});
   const absl::Status committed = store_->Commit({*updated}, {});
@@ -440,11 +461,14 @@ void Engine::RunConfigure(const v1::ConfigureJobRequest& request,
   absl::Status status;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    absl::StatusOr<StoredJob> again = registry_.PrepareConfigure(request.job(), request.config());
+    absl::StatusOr<StoredJob> again = PrepareConfigureLocked(request, tenant);
     if (again.ok()) {
       const bool created = registry_.Find(request.job()) == nullptr;
       registry_.ApplyConfigure(*again);
-      if (created) metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
+      if (created) {
+        tenants_.JobCreated(tenant);
+        metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
+      }
       int64_t last = -1;
       const int64_t generations = history_->Generations(request.job(), &last);
       info = registry_.Info(request.job(), *registry_.Find(request.job()), generations, last);

@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "sigma/server/job_registry.h"
+#include "sigma/server/quota.h"
 #include "sigma/server/refusal.h"
 #include "sigma/server/report_builder.h"
 #include "sigma/server/report_history.h"
@@ -73,6 +74,63 @@ TEST(MemoryBudgetTest, ChargesAreBoundedAndReturnedOnDestruction) {
     EXPECT_EQ(budget.used(), 900);
   }
   EXPECT_EQ(budget.used(), 0);
+}
+
+// A token's memory quota (quota.h): a charge must fit the token's budget and
+// the daemon's; whichever refuses is named, and nothing is left charged.
+TEST(MemoryBudgetTest, QuotaBudgetChargesItsParentAndNamesWhoRefused) {
+  MemoryBudget global(1000);
+  TenantBook book(&global);
+  const Tenant a{"token:a", "token 'team-a'", 0, 0, 400};
+  const Tenant b{"token:b", "token 'team-b'", 5, 0, 0};  // no memory quota: the global budget
+  ASSERT_EQ(book.Budget(b), &global);
+  MemoryBudget* quota = book.Budget(a);
+  ASSERT_EQ(book.Budget(a), quota);
+  MemoryBudget::Charge ca(quota), cb(&global);
+  int64_t would = 0;
+  const MemoryBudget* refused = nullptr;
+  ASSERT_TRUE(ca.Grow(300));
+  EXPECT_EQ(global.used(), 300);
+  EXPECT_FALSE(ca.Grow(200, &would, &refused));  // 500 > team a's 400
+  EXPECT_EQ(refused, quota);
+  EXPECT_EQ(would, 500);
+  EXPECT_EQ(refused->naming().reason, "quota_memory");
+  EXPECT_EQ(refused->naming().limit, "the max_memory_bytes quota of token 'team-a'");
+  ASSERT_TRUE(cb.Grow(650));
+  EXPECT_FALSE(ca.Grow(100, &would, &refused));  // fits team a's quota, not the daemon's
+  EXPECT_EQ(refused, &global);
+  EXPECT_EQ(would, 1050);
+  EXPECT_EQ(refused->naming().reason, "memory_exhausted");
+  EXPECT_EQ(quota->used(), 300);  // the refused charge was rolled back in the quota too
+  ca.Force(200);                  // a forced charge reaches both
+  EXPECT_EQ(quota->used(), 500);
+  EXPECT_EQ(global.used(), 1150);
+  ca.Release();
+  EXPECT_EQ(quota->used(), 0);
+  EXPECT_EQ(global.used(), 650);
+}
+
+TEST(TenantBookTest, CountsJobsAndOpenSnapshotsPerToken) {
+  MemoryBudget global(1000);
+  TenantBook book(&global);
+  const Tenant a{"token:a", "token 'team-a'", 1, 1, 0};
+  const Tenant none{};  // auth off: never limited, never counted
+  EXPECT_TRUE(book.AdmitJob(a).ok());
+  book.JobCreated(a);
+  absl::Status s = book.AdmitJob(a);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RefusalReason(s), "quota_jobs");
+  book.Opened(a);
+  EXPECT_EQ(RefusalReason(book.AdmitOpen(a)), "quota_open_snapshots");
+  book.Closed(a.key);
+  EXPECT_TRUE(book.AdmitOpen(a).ok());
+  for (int i = 0; i < 3; ++i) {
+    book.JobCreated(none);
+    book.Opened(none);
+  }
+  EXPECT_TRUE(book.AdmitJob(none).ok());
+  EXPECT_TRUE(book.AdmitOpen(none).ok());
+  EXPECT_EQ(book.jobs(""), 0);
 }
 
 // The CUDA backend's kept scratch counts against --max-memory-bytes through

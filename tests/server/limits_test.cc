@@ -395,5 +395,164 @@ TEST(LimitOptionsTest, FlagsAndTokenKeysAreValidated) {
   ASSERT_TRUE(good_token.ok()) << good_token.status();
 }
 
+// ------------------------------------------------------- per-token quotas --
+
+// Team a has the quota lines `quota` (tokens file keys, quota.h); team b has
+// none: only the daemon-wide flags limit it. Each test starts its own daemon.
+class QuotaTest : public LimitsTest {
+ protected:
+  void SetUp() override { rows_ = GaussianRows(400, kM, 17); cfg_.set_n_a(128); }
+  void StartWithQuota(const std::string& quota) {
+    DaemonOptions o = TestOptions(dir_.path());
+    o.max_streams_per_client = 16;
+    o.tokens_file = WriteText(dir_.path() + "/tokens.yaml",
+                              std::string("- token: ") + kTokenA +
+                                  "\n  role: write\n  job_prefixes: [a.]\n  name: team-a\n" + quota +
+                                  "- token: " + kTokenB + "\n  role: write\n  job_prefixes: [b.]\n  name: team-b\n");
+    d_ = StartDaemon(o);
+    ASSERT_NE(d_, nullptr);
+  }
+  grpc::Status Seal(const std::string& token, const std::string& job, int64_t generation = 0) {
+    return Send(d_->stub.get(), token,
+                {MakeOpen(job, generation, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg_),
+                 MakeBatch(rows_, 0, 100, 0, v1::DTYPE_FP32), MakeEnd()});
+  }
+  grpc::Status Configure(const std::string& token, const std::string& job) {
+    v1::ConfigureJobRequest req;
+    req.set_job(job);
+    req.mutable_config()->set_n_a(128);
+    v1::JobInfo info;
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", std::string("Bearer ") + token);
+    return d_->stub->ConfigureJob(&ctx, req, &info);
+  }
+  // Waits until the daemon has accepted `rows` rows in all (the batches
+  // written on held streams were processed).
+  void WaitForRows(double rows) {
+    double seen = -1;
+    for (int i = 0; i < 500 && seen < rows; ++i) {
+      if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      seen = MetricValue(Scrape(d_->ports.metrics_port), "sigma_ingested_rows_total", {}).value_or(-1);
+    }
+    ASSERT_EQ(seen, rows);
+  }
+};
+
+void ExpectQuotaRefusal(const grpc::Status& s, const std::string& needle) {
+  ExpectStatus(s, StatusCode::RESOURCE_EXHAUSTED, needle);
+  EXPECT_NE(s.error_message().find("token 'team-a'"), std::string::npos) << s.error_message();
+  EXPECT_EQ(s.error_message().find(kTokenA), std::string::npos) << "the token leaked: " << s.error_message();
+}
+
+TEST_F(QuotaTest, JobQuotaRefusesTeamAWhileTeamBStillCreatesJobs) {
+  ASSERT_NO_FATAL_FAILURE(StartWithQuota("  max_jobs: 2\n"));
+  ASSERT_TRUE(Seal(kTokenA, "a.one").ok());
+  ASSERT_TRUE(Configure(kTokenA, "a.two").ok());
+  ExpectQuotaRefusal(Seal(kTokenA, "a.three"), "its max_jobs quota is 2");
+  ExpectQuotaRefusal(Configure(kTokenA, "a.four"), "its max_jobs quota is 2");
+  EXPECT_EQ(Rejected("quota_jobs"), 2);
+  EXPECT_EQ(Rejected("too_many_jobs"), 0);
+  // Team a still works in its own jobs; team b creates jobs past team a's quota.
+  EXPECT_TRUE(Seal(kTokenA, "a.one", 1).ok());
+  EXPECT_TRUE(Configure(kTokenA, "a.two").ok());
+  for (const char* job : {"b.1", "b.2", "b.3"}) EXPECT_TRUE(Seal(kTokenB, job).ok()) << job;
+  EXPECT_TRUE(Configure(kTokenB, "b.4").ok());
+  // The refused jobs were not created.
+  v1::ListJobsResponse jobs;
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", std::string("Bearer ") + kTokenA);
+  ASSERT_TRUE(d_->stub->ListJobs(&ctx, v1::ListJobsRequest(), &jobs).ok());
+  EXPECT_EQ(jobs.jobs_size(), 2);
+}
+
+TEST_F(QuotaTest, OpenSnapshotQuotaRefusesTeamAWhileTeamBStillOpens) {
+  ASSERT_NO_FATAL_FAILURE(StartWithQuota("  max_open_snapshots: 2\n"));
+  auto a1 = Start(d_->stub.get(), kTokenA);
+  auto a2 = Start(d_->stub.get(), kTokenA);
+  ASSERT_TRUE(a1->writer->Write(Open("a.one")));
+  ASSERT_TRUE(a2->writer->Write(Open("a.two")));
+  WaitUntilOpened(d_->stub.get(), kTokenA, {"a.one", "a.two"});
+  ExpectQuotaRefusal(Send(d_->stub.get(), kTokenA, {Open("a.three")}), "its max_open_snapshots quota is 2");
+  EXPECT_EQ(Rejected("quota_open_snapshots"), 1);
+  // Team b holds three snapshots open at once, and seals one.
+  std::vector<std::unique_ptr<OpenStream>> b;
+  for (const char* job : {"b.1", "b.2", "b.3"}) {
+    b.push_back(Start(d_->stub.get(), kTokenB));
+    ASSERT_TRUE(b.back()->writer->Write(Open(job)));
+  }
+  WaitUntilOpened(d_->stub.get(), kTokenB, {"b.1", "b.2", "b.3"});
+  OtherClientIsServed("b.4");
+  // A snapshot that seals leaves team a's count: it may open another.
+  ASSERT_TRUE(a1->writer->Write(MakeBatch(rows_, 0, 100, 0, v1::DTYPE_FP32)));
+  ASSERT_TRUE(a1->writer->Write(MakeEnd()));
+  a1->writer->WritesDone();
+  ASSERT_TRUE(a1->writer->Finish().ok());
+  EXPECT_TRUE(Seal(kTokenA, "a.three").ok());
+  for (auto* s : {a2.get(), b[0].get(), b[1].get(), b[2].get()}) s->context.TryCancel();
+}
+
+TEST_F(QuotaTest, MemoryQuotaRefusesTeamAWhileTeamBStillIngests) {
+  // n_a = 128, m = 16 fp32: a snapshot holds 6144 bytes of sketch bookkeeping
+  // at open, then 64 bytes per kept row (at most 128) and 64 per seq run.
+  ASSERT_NO_FATAL_FAILURE(StartWithQuota("  max_memory_bytes: 20000\n"));
+  auto a1 = Start(d_->stub.get(), kTokenA);
+  ASSERT_TRUE(a1->writer->Write(Open("a.one")));
+  ASSERT_TRUE(a1->writer->Write(MakeBatch(rows_, 0, 50, 0, v1::DTYPE_FP32)));
+  WaitForRows(50);  // a.one holds 6144 + 3200 + 64 = 9408 bytes
+  // A batch that would take team a past 20000 bytes is refused...
+  ExpectQuotaRefusal(Send(d_->stub.get(), kTokenA, {Open("a.two"), MakeBatch(rows_, 0, 100, 0, v1::DTYPE_FP32)}),
+                     "> the max_memory_bytes quota of token 'team-a' = 20000");
+  // ... and so is an OpenSnapshot once team a holds 14400 bytes.
+  ASSERT_TRUE(a1->writer->Write(MakeBatch(rows_, 50, 150, 1, v1::DTYPE_FP32)));
+  WaitForRows(150);
+  ExpectQuotaRefusal(
+      Send(d_->stub.get(), kTokenA, {Open("a.three")}),
+      "would bring open snapshots to 20544 bytes > the max_memory_bytes quota of token 'team-a' = 20000");
+  EXPECT_EQ(Rejected("quota_memory"), 2);
+  EXPECT_EQ(Rejected("memory_exhausted"), 0);
+  // Team b is not limited by team a's quota: 3 x 14400 bytes at once.
+  std::vector<std::unique_ptr<OpenStream>> b;
+  for (const char* job : {"b.1", "b.2", "b.3"}) {
+    b.push_back(Start(d_->stub.get(), kTokenB));
+    ASSERT_TRUE(b.back()->writer->Write(Open(job)));
+    ASSERT_TRUE(b.back()->writer->Write(MakeBatch(rows_, 0, 150, 0, v1::DTYPE_FP32)));
+  }
+  WaitForRows(600);
+  for (auto& s : b) {
+    ASSERT_TRUE(s->writer->Write(MakeEnd()));
+    s->writer->WritesDone();
+    EXPECT_TRUE(s->writer->Finish().ok());
+    EXPECT_TRUE(s->response.sealed());
+  }
+  // Once a.one seals its memory is back: team a opens again.
+  ASSERT_TRUE(a1->writer->Write(MakeEnd()));
+  a1->writer->WritesDone();
+  ASSERT_TRUE(a1->writer->Finish().ok());
+  EXPECT_TRUE(Seal(kTokenA, "a.three").ok());
+}
+
+TEST(QuotaOptionsTest, BadQuotaValuesRefuseToStartNamingTheEntry) {
+  for (const char* key : {"max_jobs", "max_open_snapshots", "max_memory_bytes"}) {
+    for (const char* value : {"0", "-3", "lots", "1.5", "[1]"}) {
+      TempDir dir;
+      DaemonOptions o = TestOptions(dir.path());
+      o.tokens_file = WriteText(dir.path() + "/t.yaml",
+                                std::string("- {token: ok-secret-1, role: read, job_prefixes: [a]}\n"
+                                            "- {token: quota-secret-2, role: write, job_prefixes: [b], ") +
+                                    key + ": " + value + "}\n");
+      Daemon d;
+      auto st = d.Start(o);
+      ASSERT_FALSE(st.ok()) << key << ": " << value;
+      const std::string msg(st.status().message());
+      EXPECT_NE(msg.find("entry 2"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(std::string(key) + " must be an integer >= 1"), std::string::npos) << msg;
+      EXPECT_EQ(msg.find("quota-secret-2"), std::string::npos) << msg;
+    }
+  }
+  auto good = Authorizer::Parse(
+      "- {token: x, role: write, job_prefixes: [a], max_jobs: 3, max_open_snapshots: 4, max_memory_bytes: 5}", "t");
+  ASSERT_TRUE(good.ok()) << good.status();
+}
+
 }  // namespace
 }  // namespace sigma::server::testing

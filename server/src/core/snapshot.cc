@@ -19,15 +19,26 @@ std::string KeyString(const SnapshotKey& k) {
 
 // ------------------------------------------------------------ MemoryBudget --
 
-bool MemoryBudget::Add(int64_t delta, int64_t* would_hold) {
+bool MemoryBudget::Add(int64_t delta, int64_t* would_hold, const MemoryBudget** refused_by) {
   const int64_t before = used_.fetch_add(delta);
   if (delta > 0 && before + delta > limit_) {
     used_.fetch_sub(delta);
     if (would_hold) *would_hold = before + delta;
+    if (refused_by) *refused_by = this;
+    return false;
+  }
+  if (parent_ && !parent_->Add(delta, would_hold, refused_by)) {
+    used_.fetch_sub(delta);
     return false;
   }
   if (on_change_) on_change_(before + delta);
   return true;
+}
+
+void MemoryBudget::AddForced(int64_t delta) {
+  used_.fetch_add(delta);
+  if (parent_) parent_->AddForced(delta);
+  if (on_change_) on_change_(used_.load());
 }
 
 MemoryBudget::Charge& MemoryBudget::Charge::operator=(Charge&& other) noexcept {
@@ -79,21 +90,20 @@ int64_t BackendScratchBudget::held() const {
   return charge_.bytes() + unbound_;
 }
 
-bool MemoryBudget::Charge::Grow(int64_t delta, int64_t* would_hold) {
+bool MemoryBudget::Charge::Grow(int64_t delta, int64_t* would_hold, const MemoryBudget** refused_by) {
   if (delta == 0) return true;
-  if (!budget_->Add(delta, would_hold)) return false;
+  if (!budget_->Add(delta, would_hold, refused_by)) return false;
   bytes_ += delta;
   return true;
 }
 
 void MemoryBudget::Charge::Force(int64_t bytes) {
-  budget_->used_.fetch_add(bytes);
+  budget_->AddForced(bytes);
   bytes_ += bytes;
-  if (budget_->on_change_) budget_->on_change_(budget_->used_.load());
 }
 
 void MemoryBudget::Charge::Release() {
-  if (budget_ && bytes_ != 0) budget_->Add(-bytes_, nullptr);
+  if (budget_ && bytes_ != 0) budget_->Add(-bytes_, nullptr, nullptr);
   bytes_ = 0;
 }
 
@@ -195,10 +205,11 @@ absl::StatusOr<bool> Snapshot::AddRows(int32_t rank_index, const v1::Batch& batc
   const int64_t growth = static_cast<int64_t>(new_capacity - rows_.capacity()) +
                          rank.seqs.RunDelta(batch.seq()) * SeqRuns::kBytesPerRun;
   int64_t would_hold = 0;
-  if (!charge_.Grow(growth, &would_hold))
-    return Refusal(absl::StatusCode::kResourceExhausted, "memory_exhausted",
-                   absl::StrFormat("%s: open snapshots would hold %d bytes > --max-memory-bytes = %d", where,
-                                   would_hold, charge_.limit()));
+  const MemoryBudget* refused_by = nullptr;
+  if (!charge_.Grow(growth, &would_hold, &refused_by))
+    return Refusal(absl::StatusCode::kResourceExhausted, refused_by->naming().reason,
+                   absl::StrFormat("%s: open snapshots would hold %d bytes > %s = %d", where, would_hold,
+                                   refused_by->naming().limit, refused_by->limit()));
   rows_.reserve(new_capacity);
   const uint8_t* data = reinterpret_cast<const uint8_t*>(batch.data().data());
   for (int64_t i = 0; i < rows; ++i) {

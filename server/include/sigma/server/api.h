@@ -40,6 +40,7 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
     std::string key;    // limiter key: the token entry, or "peer:IP"
     std::string label;  // for messages: "token 'NAME'" or "peer IP" (never a secret)
     ClientLimits limits;
+    Tenant tenant;      // the token's quotas (quota.h); no quota without a token
   };
   Client Identify(const grpc::CallbackServerContext* context, const TokenEntry* token) const;
   ClientLimiter* limiter() { return &limiter_; }

@@ -9,6 +9,9 @@
 //     max_streams: 16           # optional: concurrent Ingest streams (else --max-streams-per-client)
 //     rate_limit_bytes_per_second: 50000000   # optional: ingest payload rate (else the flag)
 //     rate_limit_burst_bytes: 100000000       # optional: bucket size (else the flag)
+//     max_jobs: 50              # optional quotas (quota.h): jobs its requests create,
+//     max_open_snapshots: 64    #   snapshots it holds open, and the bytes they hold
+//     max_memory_bytes: 2000000000   # (else only --max-jobs etc. limit it)
 //   - token: plain-text-secret  # accepted, but a warning suggests token_sha256
 //     role: read
 //     job_prefixes: [""]
@@ -52,6 +55,10 @@ struct TokenEntry {
   int64_t max_streams = 0;
   int64_t rate_limit_bytes_per_second = 0;
   int64_t rate_limit_burst_bytes = 0;
+  // Per-token quotas (quota.h); 0: only the daemon-wide flags.
+  int64_t max_jobs = 0;
+  int64_t max_open_snapshots = 0;
+  int64_t max_memory_bytes = 0;
 };
 
 class Authorizer {

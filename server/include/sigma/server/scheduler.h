@@ -5,6 +5,7 @@
 //   open_          (here)             the snapshot table: (job, tap, generation) -> Snapshot; Engine::mu_
 //   Snapshot       (snapshot.h)       rows, ranks, the one state machine, RAII memory charge; own mutex
 //   MemoryBudget   (snapshot.h)       --max-memory-bytes; atomic
+//   TenantBook     (quota.h)          per-token quotas: jobs, open snapshots, memory; Engine::mu_
 //   SealQueue      (seal_queue.h)     size-classed seal lanes + the task lane (SQLite I/O)
 //   ReportHistory  (report_history.h) sealed reports, baselines, forecast inputs, the gauges' rule; own mutex
 //   BuildReport    (report_builder.h) the pure report computation
@@ -47,6 +48,7 @@
 #include "sigma/server/job_registry.h"
 #include "sigma/server/log.h"
 #include "sigma/server/metrics.h"
+#include "sigma/server/quota.h"
 #include "sigma/server/report_history.h"
 #include "sigma/server/seal_queue.h"
 #include "sigma/server/snapshot.h"
@@ -63,6 +65,7 @@ struct IngestSession {
   std::optional<SnapshotKey> sealed;        // set when opened on an already sealed one
   int32_t rank = -1;
   sigma::v1::IngestResponse response;  // running counters
+  Tenant tenant;                       // who the stream is charged to (quota.h); set before Open
 };
 
 // The energy statistics PreprocessRows would give for `block` (after
@@ -120,8 +123,9 @@ class Engine {
   // `done` runs exactly once, inline or on a lane after the seal.
   void EndShare(IngestSession* session, const sigma::v1::EndOfShare* end, IngestDone done);
   void Close(const sigma::v1::CloseGenerationRequest& request, ReportCallback done);
+  // `tenant`: who a job created here is charged to (quota.h).
   void Configure(const sigma::v1::ConfigureJobRequest& request,
-                 std::function<void(const absl::Status&, const sigma::v1::JobInfo&)> done);
+                 std::function<void(const absl::Status&, const sigma::v1::JobInfo&)> done, Tenant tenant = {});
   // `done` runs once, on the task lane (SQLite) or inline for a refusal.
   void GetHistory(const sigma::v1::GetHistoryRequest& request, sigma::v1::GetHistoryResponse* response,
                   std::function<void(const absl::Status&)> done);
@@ -160,8 +164,11 @@ class Engine {
   void ReplySealed(const SnapshotKey& key, ReportCallback done);
   absl::Status OpenNew(const sigma::v1::OpenSnapshot& open, const SnapshotKey& key, sigma::DType dtype,
                        IngestSession* session);  // mu_ held
-  void RunConfigure(const sigma::v1::ConfigureJobRequest& request,
+  void RunConfigure(const sigma::v1::ConfigureJobRequest& request, const Tenant& tenant,
                     const std::function<void(const absl::Status&, const sigma::v1::JobInfo&)>& done);
+  // PrepareConfigure plus the tenant's job quota when the job is new (mu_ held).
+  absl::StatusOr<StoredJob> PrepareConfigureLocked(const sigma::v1::ConfigureJobRequest& request,
+                                                   const Tenant& tenant) const;
 
   void ReaperLoop();
   absl::Status ExpiredError(const SnapshotKey& key) const;
@@ -179,6 +186,7 @@ class Engine {
 
   mutable std::mutex mu_;
   JobRegistry registry_;
+  TenantBook tenants_;
   std::map<SnapshotKey, std::shared_ptr<Snapshot>> open_;
   // Recently expired keys (bounded, oldest dropped first): their ranks'
   // OpenSnapshot is refused naming the expiry.

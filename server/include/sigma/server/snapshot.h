@@ -59,10 +59,21 @@ std::string KeyString(const SnapshotKey& key);
 inline int64_t SealWorkingSetBytes(int64_t m, int64_t n_a) { return 32 * m * m + 8 * n_a * m; }
 
 // A byte budget shared by every charge (--max-memory-bytes). Thread-safe.
+// A budget with a parent (a token's max_memory_bytes quota, quota.h) passes
+// every charge on to it: a charge fits when it fits both.
+// How a MemoryBudget names itself in refusals: "--max-memory-bytes" with
+// reason memory_exhausted; a token's quota with reason quota_memory.
+struct MemoryBudgetNaming {
+  std::string limit = "--max-memory-bytes";
+  std::string reason = "memory_exhausted";
+};
+
 class MemoryBudget {
  public:
-  explicit MemoryBudget(int64_t limit, std::function<void(int64_t used)> on_change = nullptr)
-      : limit_(limit), on_change_(std::move(on_change)) {}
+  using Naming = MemoryBudgetNaming;
+  explicit MemoryBudget(int64_t limit, std::function<void(int64_t used)> on_change = nullptr,
+                        MemoryBudget* parent = nullptr, Naming naming = {})
+      : limit_(limit), on_change_(std::move(on_change)), parent_(parent), naming_(std::move(naming)) {}
 
   // Bytes reserved from the budget, returned when the Charge is released or
   // destroyed. Movable; not thread-safe itself (its owner's lock).
@@ -74,9 +85,10 @@ class MemoryBudget {
     Charge& operator=(Charge&& other) noexcept;
     ~Charge() { Release(); }
     // Adds `delta` bytes (may be negative). Refused (false, nothing changed)
-    // when a positive delta would bring the budget over its limit; *would_hold
-    // is then the total it would have reached.
-    bool Grow(int64_t delta, int64_t* would_hold = nullptr);
+    // when a positive delta would bring the budget (or its parent) over its
+    // limit; *would_hold is then the total it would have reached and
+    // *refused_by the budget that refused.
+    bool Grow(int64_t delta, int64_t* would_hold = nullptr, const MemoryBudget** refused_by = nullptr);
     // Adds `bytes` even beyond the limit (a seal in progress: new rows are
     // refused meanwhile, the seal itself is never stopped half-way).
     void Force(int64_t bytes);
@@ -91,11 +103,15 @@ class MemoryBudget {
 
   int64_t used() const { return used_.load(); }
   int64_t limit() const { return limit_; }
+  const Naming& naming() const { return naming_; }
 
  private:
-  bool Add(int64_t delta, int64_t* would_hold);
+  bool Add(int64_t delta, int64_t* would_hold, const MemoryBudget** refused_by);
+  void AddForced(int64_t delta);
   const int64_t limit_;
   std::function<void(int64_t)> on_change_;
+  MemoryBudget* const parent_;
+  const Naming naming_;
   std::atomic<int64_t> used_{0};
 };
 
@@ -165,6 +181,7 @@ class Snapshot {
     double rho = 1, delta = 1e-6;
     int64_t k = 0;           // n_A
     size_t row_bytes = 0;    // m x dtype width
+    std::string tenant;      // Tenant::key of the token that opened it ("": none; quota.h)
   };
 
   // What the caller of an event must do.
