@@ -26,7 +26,7 @@ help:
 	@echo "make demo      simulated S1/S2 recursion streamed through the Python client"
 
 deps:
-	@bash scripts/deps.sh
+	@SIGMA_VENV=$(VENV) bash scripts/deps.sh
 
 configure: deps
 	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
