@@ -89,10 +89,21 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, p
     StartRead(&request_[0]);
   }
 
+  // Finish may be called from a seal lane (the share's outcome) or from Drain
+  // while the other is still inside this object: the last of OnDone and Drain
+  // deletes it. gRPC calls OnDone once, after Finish, never before the
+  // constructor returned.
   void OnDone() override {
     watchdog_->Remove(this);
     if (stream_counted_) limiter_->ReleaseStream(client_.key);
-    delete this;
+    { std::lock_guard<std::mutex> answer(answer_mu_); }  // a Reply still inside Finish has left
+    bool idle;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      idle = !busy_;
+    }
+    if (idle) delete this;
   }
 
   // No message for --stream-idle-timeout-s: DEADLINE_EXCEEDED (the snapshot
@@ -130,19 +141,21 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, p
   // that arrived meanwhile.
   void Drain(bool ok) {
     for (;;) {
-      const bool stop = Handle(ok);
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stop) {
-        finished_ = true;
+      const bool stop = Handle(ok);  // may Finish: OnDone then waits for busy_ to clear
+      bool delete_now = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!stop && pending_) {
+          pending_ = false;
+          ok = pending_ok_;
+          continue;
+        }
+        if (stop) finished_ = true;
         busy_ = false;
-        return;
+        delete_now = done_;
       }
-      if (!pending_) {
-        busy_ = false;
-        return;
-      }
-      pending_ = false;
-      ok = pending_ok_;
+      if (delete_now) delete this;  // OnDone ran while we were busy
+      return;
     }
   }
 
@@ -261,6 +274,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, p
   bool finished_ = false;
   bool share_ended_ = false;  // EndOfShare processed (reader thread only)
   std::mutex answer_mu_;      // answered_, half_closed_, outcome_
+  bool done_ = false;         // OnDone ran (mu_): Drain deletes on its way out
   bool answered_ = false;
   bool half_closed_ = false;
   std::optional<std::pair<grpc::Status, v1::IngestResponse>> outcome_;
