@@ -177,7 +177,10 @@ int64_t CpuBackend::scratch_bytes() const {
   int64_t doubles = 0;
   for (const std::vector<double>* v : {&staging_, &x_, &gram_, &factors_, &q_})
     doubles += static_cast<int64_t>(v->capacity());
-  return doubles * static_cast<int64_t>(sizeof(double));
+  int64_t bytes = doubles * static_cast<int64_t>(sizeof(double));
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  for (const auto& worker : pool_) bytes += worker->scratch_bytes();
+  return bytes;
 }
 
 void CpuBackend::TrimScratch() {
@@ -186,8 +189,19 @@ void CpuBackend::TrimScratch() {
 }
 
 absl::Status CpuBackend::SealBatch(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) {
-  absl::Status s = SealEach(inputs, out);
-  TrimScratch();
+  std::unique_ptr<CpuBackend> worker;
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (!pool_.empty()) {
+      worker = std::move(pool_.back());
+      pool_.pop_back();
+    }
+  }
+  if (!worker) worker = std::make_unique<CpuBackend>(method_);
+  absl::Status s = worker->SealEach(inputs, out);
+  worker->TrimScratch();
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  pool_.push_back(std::move(worker));
   return s;
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <thread>
 #include <string>
 
 #include "reference.h"
@@ -244,6 +245,34 @@ TEST_F(CpuPrimitives, LargeSealScratchIsFreedSmallSealScratchKept) {
   EXPECT_LE(cpu_->scratch_bytes(), CpuBackend::kKeepScratchBytes);
   seal(8192, 512);
   EXPECT_EQ(cpu_->scratch_bytes(), 0);
+}
+
+// sigmad's small and large seal lanes call SealBatch at once: concurrent calls
+// on one CpuBackend give the serial results (they shared scratch before).
+TEST_F(CpuPrimitives, ConcurrentSealBatchCallsGiveTheSerialResults) {
+  std::mt19937_64 rng(11);
+  struct Case {
+    int64_t n_a, m;
+    std::vector<double> x;
+    SealMoments serial, concurrent;
+  };
+  std::vector<Case> cases;
+  for (auto [n_a, m] : {std::pair<int64_t, int64_t>{6000, 384}, {200, 8}, {300, 16}, {250, 12}})
+    cases.push_back({n_a, m, testing::AnisotropicRows(rng, n_a, m, 0.8, false), {}, {}});
+  auto seal = [&](Case& c, SealMoments* out) {
+    const SealInput input{{c.x.data(), DType::kFloat64, c.n_a, c.m}, Preprocessing::kL2, 4.0 * c.n_a, 1e-4, 1.0};
+    ASSERT_TRUE(cpu_->SealBatch({&input, 1}, {out, 1}).ok());
+  };
+  for (Case& c : cases) seal(c, &c.serial);
+  std::thread large([&] { seal(cases[0], &cases[0].concurrent); });
+  for (int round = 0; round < 20; ++round)
+    for (size_t i = 1; i < cases.size(); ++i) seal(cases[i], &cases[i].concurrent);
+  large.join();
+  for (const Case& c : cases) {
+    EXPECT_EQ(c.serial.q_mean, c.concurrent.q_mean) << c.m;
+    EXPECT_EQ(c.serial.trace_a, c.concurrent.trace_a) << c.m;
+    EXPECT_EQ(c.serial.cholesky[2].log_det, c.concurrent.cholesky[2].log_det) << c.m;
+  }
 }
 
 TEST_F(CpuPrimitives, GramMatchesNaive) {

@@ -3,6 +3,7 @@
 #define SIGMA_KERNELS_CPU_BACKEND_H_
 
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "sigma/kernels/backend.h"
@@ -54,7 +55,7 @@ class CpuBackend final : public Backend {
   // large seal does not hold its working set (~32 m^2 + 8 n_A m bytes) for the
   // life of the process (docs/reliability.md, "Seal memory").
   static constexpr int64_t kKeepScratchBytes = int64_t{32} << 20;
-  // Bytes of host scratch held now (capacity of the buffers below).
+  // Bytes of host scratch held now (this object's buffers and its workers').
   int64_t scratch_bytes() const;
 
  private:
@@ -63,6 +64,12 @@ class CpuBackend final : public Backend {
   void TrimScratch();
 
   GramMethod method_;
+  // SealBatch is thread-safe (sigmad's small and large seal lanes call it at
+  // once): each call borrows a worker with its own scratch from this pool (a
+  // new one when all are busy) and gives it back. The public primitives use
+  // this object's own scratch and are not thread-safe.
+  mutable std::mutex pool_mu_;
+  std::vector<std::unique_ptr<CpuBackend>> pool_;
   // Host scratch reused across calls so that a seal does not page-fault
   // through fresh allocations (freed after a call when above kKeepScratchBytes).
   std::vector<double> staging_;  // conversion chunks, factor copies, trsm right-hand sides
