@@ -401,6 +401,19 @@ def test_configure_and_history(server, job):
     assert any(j.job == job for j in mon.list_jobs())
 
 
+def test_reports_keep_the_thresholds_they_were_sealed_with(server, job):
+    mon = Monitor(server.target, job=job, rank=0, world_size=1, n_a=64)
+    mon.configure(drift_warning=0.2, drift_critical=0.8)
+    with mon.generation(0) as g:
+        g.send(rows(20, 200, 8))
+    mon.configure(drift_critical=0.5)
+    with mon.generation(1) as g:
+        g.send(rows(21, 200, 8))
+    h = mon.history()
+    assert [r.thresholds_at_seal["drift_critical"] for r in h] == pytest.approx([0.8, 0.5])
+    assert all(r.thresholds_at_seal["drift_warning"] == pytest.approx(0.2) for r in h)
+
+
 def test_significance_settings_and_report_fields(server, job):
     """Spec §3: probe/trend_* as Monitor settings (sent with the job's creation) and
     through configure(); the report carries both half-widths, the one in use, z_drift."""

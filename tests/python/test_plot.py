@@ -44,3 +44,25 @@ def test_figure_ticks_scales_band_tracks_and_markers():
         assert len(top_small.containers) == 1  # the errorbar container
     finally:
         plt.close(fig)
+
+
+def test_thresholds_are_drawn_as_they_were_at_seal_time():
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    reports = [dataclasses.replace(rep("j", k, -0.05 * k),
+                                   thresholds_at_seal={"drift_warning": 0.2, "drift_critical": c,
+                                                       "divergence_warning": 0.05})
+               for k, c in enumerate((0.5, 0.5, 0.3))]
+    fig = draw_reports({"j": reports})
+    try:
+        top = fig.axes[0]
+        critical = [l for l in top.lines if l.get_label().startswith("critical")]
+        assert critical and "(at seal)" in critical[0].get_label(), [l.get_label() for l in top.lines]
+        ys = list(critical[0].get_ydata())
+        assert ys == [0.5, 0.5, 0.3], ys  # a step where ConfigureJob changed it, not today's value
+        warning = [l for l in top.lines if l.get_label().startswith("warning")]
+        assert warning and list(warning[0].get_ydata()) == [0.2, 0.2]  # unchanged: one horizontal line
+    finally:
+        plt.close(fig)

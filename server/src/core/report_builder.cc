@@ -172,6 +172,7 @@ v1::GenerationReport BuildReport(const ReportInputs& in, const sigma::TrackValue
   r.set_sealed_unix_ms(in.sealed_unix_ms);
   r.set_world_size(in.world_size);
   r.set_ranks_finished(in.ranks_finished);
+  *r.mutable_thresholds_at_seal() = in.config.thresholds();
   const std::optional<sigma::DriftValues> drift = Drift(in, vals, baseline, &r);
   SetDrift(in, vals, drift, &r);
   std::vector<sigma::Alert> alerts = sigma::EvaluateAlerts(vals, drift, Thresholds(in.config));

@@ -107,19 +107,41 @@ def draw_reports(series: Mapping[str, Sequence[GenerationReport]],
     return fig
 
 
+def _seal_thresholds(reports, th, key):
+    """Per report, the threshold `key` as it was at seal time (the job config's for
+    reports sealed before sigmad recorded it); and whether any came from the reports."""
+    vals, recorded = [], False
+    for r in reports:
+        at_seal = r.thresholds_at_seal or {}
+        recorded = recorded or key in at_seal
+        vals.append(at_seal.get(key, th[key]))
+    return vals, recorded
+
+
+def _draw_threshold(ax, g, vals, recorded, fallback, color, label):
+    """± a threshold: a horizontal line while it stayed the same, steps where it changed."""
+    vals = vals or [fallback]
+    where = "at seal" if recorded else "job config"
+    for sign in (1, -1):
+        text = "%s ±%.2g/dim (%s)" % (label, vals[-1], where) if sign > 0 else None
+        if len(set(vals)) == 1:
+            ax.axhline(sign * vals[0], color=color, ls="--", lw=1, label=text)
+        else:
+            ax.step(g, [sign * v for v in vals], where="mid", color=color, ls="--", lw=1, label=text)
+
+
 def _draw_column(ax, axd, name, reports, th) -> None:
     g = [r.generation for r in reports]
     t1 = [r.per_dim.track1_drift for r in reports]
     t2 = [r.per_dim.track2_drift for r in reports]
     hw = [r.per_dim.drift_halfwidth_used for r in reports]  # the probe's half-width (spec §3)
     dv = [r.per_dim.divergence for r in reports]
-    for sign in (1, -1):
-        ax.axhline(sign * th["drift_warning"], color="orange", ls="--", lw=1,
-                   label="warning ±%.2g/dim (job config)" % th["drift_warning"] if sign > 0 else None)
-        ax.axhline(sign * th["drift_critical"], color="red", ls="--", lw=1,
-                   label="critical ±%.2g/dim (job config)" % th["drift_critical"] if sign > 0 else None)
-        axd.axhline(sign * th["divergence_warning"], color="orange", ls="--", lw=1,
-                    label="early warning ±%.2g/dim" % th["divergence_warning"] if sign > 0 else None)
+    warn, warn_rec = _seal_thresholds(reports, th, "drift_warning")
+    crit, crit_rec = _seal_thresholds(reports, th, "drift_critical")
+    div, div_rec = _seal_thresholds(reports, th, "divergence_warning")
+    _draw_threshold(ax, g, warn, warn_rec, th["drift_warning"], "orange", "warning")
+    _draw_threshold(ax, g, crit, crit_rec, th["drift_critical"], "red", "critical")
+    _draw_threshold(axd, g, div, div_rec, th["divergence_warning"], "orange", "early warning")
     ax.axhline(0, color="black", lw=0.6)
     axd.axhline(0, color="black", lw=0.6)
     if reports:
@@ -134,12 +156,12 @@ def _draw_column(ax, axd, name, reports, th) -> None:
         ax.plot(g, t2, "o-", color="tab:blue", ms=5, zorder=3, label="Track II drift (estimate)")
         axd.plot(g, dv, "o-", color="tab:purple", label="divergence = T1 - T2 drift")
         _markers(ax, axd, reports, t2, dv)
-        lo = min(min(t1), min(lo_band), -th["drift_critical"])
-        hi = max(max(t1), max(hi_band), th["drift_critical"])
+        lo = min(min(t1), min(lo_band), -max(crit))
+        hi = max(max(t1), max(hi_band), max(crit))
         pad = 0.1 * (hi - lo if math.isfinite(hi - lo) and hi > lo else 1.0)
         ax.set_ylim(lo - pad, hi + pad)
-        dlo = min(min(dv), -th["divergence_warning"])
-        dhi = max(max(dv), th["divergence_warning"])
+        dlo = min(min(dv), -max(div))
+        dhi = max(max(dv), max(div))
         dpad = 0.1 * (dhi - dlo if math.isfinite(dhi - dlo) and dhi > dlo else 1.0)
         axd.set_ylim(dlo - dpad, dhi + dpad)
         span = max(g) - min(g)

@@ -74,6 +74,9 @@ class GenerationReport:
     drift_zscore: float = 0.0
     trend_evaluated: bool = False
     trend_note: str = ""                # why early_warning_trend was not evaluated
+    # The job's thresholds when this generation was sealed ({} names none; None:
+    # sealed by a sigmad that did not record them).
+    thresholds_at_seal: Optional[dict] = None
 
     @property
     def track2_ci(self) -> tuple[float, float]:
@@ -153,6 +156,11 @@ def report_from_proto(msg) -> GenerationReport:
             kw[name] = tuple(Alert(rule=a.rule, severity=a.severity, direction=a.direction) for a in msg.alerts)
         elif name == "generations_to_critical":
             kw[name] = _opt(msg, name)
+        elif name == "thresholds_at_seal":
+            t = msg.thresholds_at_seal
+            kw[name] = ({k: getattr(t, k) for k in ("drift_warning", "drift_critical", "divergence_warning",
+                                                    "track1_stable") if t.HasField(k)}
+                        if msg.HasField("thresholds_at_seal") else None)
         else:
             kw[name] = getattr(msg, name)
     return GenerationReport(**kw)
