@@ -221,7 +221,6 @@ void HttpServer::AcceptAll(std::vector<std::unique_ptr<Connection>>* conns, Cloc
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) return;
       // EMFILE/ENFILE/ENOBUFS: the pending connection stays queued; pause
       // accepting so the loop does not spin, and retry when the pause ends.
-      ++accept_errors_;
       *accept_paused_until = Clock::now() + std::chrono::milliseconds(100);
       return;
     }

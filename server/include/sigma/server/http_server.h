@@ -87,9 +87,8 @@ class HttpServer {
   // Stops the loop and closes every connection. Idempotent.
   void Stop();
   int port() const { return port_; }
-  // Connections refused with 503 and accept() failures (EMFILE, ...) so far.
+  // Connections refused with 503 so far.
   int64_t refused_connections() const { return refused_.load(); }
-  int64_t accept_errors() const { return accept_errors_.load(); }
 
  private:
   struct Connection;
@@ -107,7 +106,6 @@ class HttpServer {
   int port_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<int64_t> refused_{0};
-  std::atomic<int64_t> accept_errors_{0};
   std::thread thread_;
 };
 
