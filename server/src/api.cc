@@ -384,15 +384,17 @@ grpc::ServerUnaryReactor* MonitorService::ListJobs(grpc::CallbackServerContext* 
     reactor->Finish(s);
     return reactor;
   }
-  grpc::Status s = Answer(metrics_, engine_->logger(), "ListJobs", engine_->ListJobs(response));
-  if (s.ok() && token != nullptr) {  // only the jobs within the token's prefixes
-    v1::ListJobsResponse all;
-    all.Swap(response);
-    for (v1::JobInfo& job : *all.mutable_jobs()) {
-      if (Authorizer::JobAllowed(*token, job.job())) response->add_jobs()->Swap(&job);
+  engine_->ListJobs(response, [this, reactor, response, token](const absl::Status& status) {
+    grpc::Status s = Answer(metrics_, engine_->logger(), "ListJobs", status);
+    if (s.ok() && token != nullptr) {  // only the jobs within the token's prefixes
+      v1::ListJobsResponse all;
+      all.Swap(response);
+      for (v1::JobInfo& job : *all.mutable_jobs()) {
+        if (Authorizer::JobAllowed(*token, job.job())) response->add_jobs()->Swap(&job);
+      }
     }
-  }
-  reactor->Finish(s);
+    reactor->Finish(s);
+  });
   return reactor;
 }
 

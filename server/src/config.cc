@@ -78,6 +78,7 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   if (key == "listen") o->listen = value;
   else if (key == "metrics_listen") o->metrics_listen = value;
   else if (key == "db") o->db = value;
+  else if (key == "db_timeout_ms") return as_int(&o->db_timeout_ms);
   else if (key == "backend") o->backend = value;
   else if (key == "port_file") o->port_file = value;
   else if (key == "tls_cert") o->tls_cert = value;
@@ -165,6 +166,8 @@ std::string UsageText() {
                                 127.0.0.1:9464)
   --db FILE|URL                 history store: an SQLite file (default ./var/sigma.db; parent dir
                                 created) or postgresql://user@host:port/dbname?... (shared by replicas)
+  --db-timeout-ms N             PostgreSQL: statement_timeout of every statement (default 10000;
+                                0 = none); a seal whose commit runs longer is refused, not sealed
   --backend auto|cpu|cuda       numeric backend (default auto: CUDA when available)
   --gpu-min-m N                 backend auto: snapshots with m < N are sealed on the CPU, the
                                 rest on the GPUs; default 256 (not yet measured on a GPU),
@@ -272,6 +275,7 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
   if (o.backend != "auto" && o.backend != "cpu" && o.backend != "cuda")
     return absl::InvalidArgumentError(absl::StrCat("--backend: '", o.backend, "' is not auto, cpu or cuda"));
   if (o.db.empty()) return absl::InvalidArgumentError("--db must not be empty");
+  if (o.db_timeout_ms < 0) return absl::InvalidArgumentError("--db-timeout-ms must be >= 0 (0: no timeout)");
   if (o.tls_cert.empty() != o.tls_key.empty())
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
   if (!o.tls_client_ca.empty() && o.tls_cert.empty())

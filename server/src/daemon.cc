@@ -97,7 +97,7 @@ absl::Status Daemon::StartEngine() {
   backend_name_ = (*backend)->name();
   fallback_reason_ = fallback;
 
-  auto store = Store::Open(options_.db);
+  auto store = Store::Open(options_.db, StoreOptions{options_.db_timeout_ms});
   if (!store.ok()) return store.status();
 
   metrics_ = std::make_unique<Metrics>();
@@ -249,6 +249,7 @@ absl::Status Daemon::Readiness() const {
   if (!serving_.load()) return absl::UnavailableError("sigmad is starting or shutting down");
   // The engine's view: the latest store commit and the backend's latest seals.
   if (auto s = engine_->Readiness(); !s.ok()) return s;
+  if (IsPostgresUrl(options_.db)) return absl::OkStatus();  // no file: Store::Health() above says it all
   // The store must stay writable: its directory (SQLite's journal) and file.
   std::error_code ec;
   const std::filesystem::path db = std::filesystem::absolute(options_.db, ec);

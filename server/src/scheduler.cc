@@ -86,7 +86,8 @@ absl::Status Engine::Restore() {
   // second time: then every report stays in memory and history is served from it.
   std::unique_ptr<HistoryReader> reader;
   if (options_.db != ":memory:") {
-    absl::StatusOr<std::unique_ptr<HistoryReader>> r = HistoryReader::Open(options_.db);
+    absl::StatusOr<std::unique_ptr<HistoryReader>> r =
+        HistoryReader::Open(options_.db, StoreOptions{options_.db_timeout_ms});
     if (!r.ok()) return r.status();
     reader = std::move(*r);
   }
@@ -379,12 +380,14 @@ void Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResp
   if (!request.tap().empty() && !ValidName(request.tap()))  // empty: every tap
     return done(Refusal(StatusCode::kInvalidArgument, "invalid_name",
                         "invalid tap name: must match [A-Za-z0-9_.:-]{1,128}"));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (registry_.Find(request.job()) == nullptr)
-      return done(Refusal(StatusCode::kNotFound, "not_found", absl::StrCat("unknown job '", request.job(), "'")));
-  }
   queue_.EnqueueTask([this, request, response, done = std::move(done)] {
+    auto known = [&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return registry_.Find(request.job()) != nullptr;
+    };
+    if (!known() && store_->shared()) RefreshJobs({request.job()});  // created on another replica
+    if (!known())
+      return done(Refusal(StatusCode::kNotFound, "not_found", absl::StrCat("unknown job '", request.job(), "'")));
     std::vector<v1::GenerationReport> reports;
     if (absl::Status s = history_->Reports(request.job(), request.tap(), &reports); !s.ok())
       return done(absl::UnavailableError(absl::StrCat("reading the history: ", s.message())));
@@ -394,14 +397,44 @@ void Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResp
   });
 }
 
-absl::Status Engine::ListJobs(v1::ListJobsResponse* response) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [name, job] : registry_.jobs()) {
-    int64_t last = -1;
-    const int64_t generations = history_->Generations(name, &last);
-    *response->add_jobs() = registry_.Info(name, job, generations, last);
+void Engine::ListJobs(v1::ListJobsResponse* response, std::function<void(const absl::Status&)> done) {
+  // `stored`: the shared store's view (generations counted there), else null.
+  auto list = [this, response](const std::vector<JobSummary>* stored) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::map<std::string, const JobSummary*> in_store;
+    if (stored) {
+      for (const JobSummary& j : *stored) {
+        AdoptStoredJobLocked(j.job);
+        for (const auto& [tap, m] : j.taps) registry_.RestoreTap(j.job.name, tap, m);
+        in_store[j.job.name] = &j;
+      }
+      metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
+    }
+    for (const auto& [name, job] : registry_.jobs()) {
+      int64_t last = -1;
+      int64_t generations = history_->Generations(name, &last);
+      if (auto s = in_store.find(name); s != in_store.end() && s->second->generations >= generations) {
+        generations = s->second->generations;
+        last = s->second->last_generation;
+      }
+      *response->add_jobs() = registry_.Info(name, job, generations, last);
+    }
+  };
+  if (!store_->shared()) {
+    list(nullptr);
+    return done(absl::OkStatus());
   }
-  return absl::OkStatus();
+  queue_.EnqueueTask([this, list, done = std::move(done)] {
+    absl::StatusOr<std::vector<JobSummary>> stored = store_->ListJobs();
+    if (!stored.ok()) return done(absl::UnavailableError(absl::StrCat("reading the jobs: ", stored.status().message())));
+    list(&*stored);
+    done(absl::OkStatus());
+  });
+}
+
+void Engine::AdoptStoredJobLocked(const StoredJob& stored) {
+  const JobState* known = registry_.Find(stored.name);
+  registry_.Restore(StoredJob{stored.name, stored.config, known && known->m ? known->m : stored.m});
 }
 
 void Engine::RefreshJobs(const std::set<std::string>& names) {
@@ -412,10 +445,7 @@ void Engine::RefreshJobs(const std::set<std::string>& names) {
     if (j.ok()) stored.push_back(*std::move(j));  // NOT_FOUND: new; UNAVAILABLE: the commit will say so
   }
   std::lock_guard<std::mutex> lock(mu_);
-  for (const StoredJob& j : stored) {
-    const JobState* known = registry_.Find(j.name);
-    registry_.Restore(StoredJob{j.name, j.config, known && known->m ? known->m : j.m});
-  }
+  for (const StoredJob& j : stored) AdoptStoredJobLocked(j);
 }
 
 void Engine::Configure(const v1::ConfigureJobRequest& request,

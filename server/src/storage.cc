@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -66,6 +67,8 @@ class SqliteStore final : public Store {
   absl::Status LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) override;
   absl::Status Commit(const std::vector<StoredJob>& jobs,
                       const std::vector<sigma::v1::GenerationReport>& reports) override;
+  absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) override;
+  absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) override;
   absl::Status Health() override { return absl::OkStatus(); }
   int schema_version() const override { return schema_version_; }
   const char* kind() const override { return "sqlite"; }
@@ -75,6 +78,7 @@ class SqliteStore final : public Store {
   absl::Status Exec(const char* sql);
   absl::Status UpsertJob(const StoredJob& job);
   absl::Status InsertReport(const sigma::v1::GenerationReport& report);
+  absl::Status ImportLocked(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log);
   absl::Status MigrateTo2();
 
   sqlite3* db_;
@@ -122,12 +126,37 @@ std::string RedactDb(const std::string& db) {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& db) {
-  return IsPostgresUrl(db) ? OpenPostgresStore(db) : OpenSqliteStore(db);
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& db, const StoreOptions& options) {
+  return IsPostgresUrl(db) ? OpenPostgresStore(db, options) : OpenSqliteStore(db);
 }
 
-absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::string& db) {
-  return IsPostgresUrl(db) ? OpenPostgresHistoryReader(db) : OpenSqliteHistoryReader(db);
+absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::string& db,
+                                                                   const StoreOptions& options) {
+  return IsPostgresUrl(db) ? OpenPostgresHistoryReader(db, options) : OpenSqliteHistoryReader(db);
+}
+
+// The rule of SealWindow (storage.h), over the tap's whole history.
+absl::Status HistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
+                                       int with_drift, int64_t pinned,
+                                       std::vector<sigma::v1::GenerationReport>* out) {
+  std::vector<sigma::v1::GenerationReport> all;  // by generation
+  if (auto s = Reports(job, tap, &all); !s.ok()) return s;
+  std::set<int64_t> keep;
+  if (pinned >= 0) keep.insert(pinned);
+  for (const auto& r : all) {
+    if (r.flags().cholesky_failed()) continue;
+    keep.insert(r.generation());  // the first successful one
+    break;
+  }
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (it->generation() >= before) continue;
+    if (recent > 0) keep.insert(it->generation()), --recent;
+    if (with_drift > 0 && !it->flags().cholesky_failed() && it->baseline_generation() >= 0)
+      keep.insert(it->generation()), --with_drift;
+  }
+  for (auto& r : all)
+    if (keep.contains(r.generation())) out->push_back(std::move(r));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) {
@@ -441,6 +470,59 @@ absl::Status SqliteStore::Commit(const std::vector<StoredJob>& jobs,
     }
   }
   return Exec("COMMIT;");
+}
+
+absl::Status SqliteStore::LoadConfigLog(std::vector<ConfigRecord>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT job, config, set_unix_ms FROM configs ORDER BY id;");
+  if (auto s = q.status(); !s.ok()) return s;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) {
+    ConfigRecord& c = out->emplace_back();
+    c.job = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
+    if (!c.config.ParseFromString(q.ColumnBlob(1)))
+      return absl::DataLossError(absl::StrCat("--db: a configs row of job ", c.job, " is unreadable"));
+    c.set_unix_ms = sqlite3_column_int64(q.get(), 2);
+  }
+  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+  if (auto s = ImportLocked(jobs, log); !s.ok()) {
+    Exec("ROLLBACK;").IgnoreError();
+    return s;
+  }
+  return Exec("COMMIT;");
+}
+
+absl::Status SqliteStore::ImportLocked(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) {
+  const int64_t now = NowMs();
+  for (const StoredJob& j : jobs) {
+    Stmt q(db_,
+           "INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms) VALUES (?1, ?2, ?3, ?4, ?4) "
+           "ON CONFLICT(name) DO UPDATE SET config = excluded.config, m = excluded.m, "
+           "updated_unix_ms = excluded.updated_unix_ms;");
+    if (auto s = q.status(); !s.ok()) return s;
+    q.Text(1, j.name);
+    q.Blob(2, j.config.SerializeAsString());
+    q.Int(3, j.m);
+    q.Int(4, now);
+    if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  for (const ConfigRecord& c : log) {
+    Stmt q(db_,
+           "INSERT INTO configs (job, config, set_unix_ms) SELECT ?1, ?2, ?3 WHERE NOT EXISTS "
+           "(SELECT 1 FROM configs WHERE job = ?1 AND set_unix_ms = ?3 AND config = ?2);");
+    if (auto s = q.status(); !s.ok()) return s;
+    q.Text(1, c.job);
+    q.Blob(2, c.config.SerializeAsString());
+    q.Int(3, c.set_unix_ms);
+    if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<HistoryReader>> OpenSqliteHistoryReader(const std::string& path) {

@@ -13,8 +13,9 @@ namespace sigma::server {
 
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path);
 absl::StatusOr<std::unique_ptr<HistoryReader>> OpenSqliteHistoryReader(const std::string& path);
-absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url);
-absl::StatusOr<std::unique_ptr<HistoryReader>> OpenPostgresHistoryReader(const std::string& url);
+absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url, const StoreOptions& options);
+absl::StatusOr<std::unique_ptr<HistoryReader>> OpenPostgresHistoryReader(const std::string& url,
+                                                                         const StoreOptions& options);
 
 }  // namespace sigma::server
 

@@ -7,13 +7,16 @@
 // advisory lock, so replicas starting together migrate once.
 //
 // Connections: one per Store and one per HistoryReader, each used under its
-// object's mutex. A broken connection is re-established by the next call; a
-// call that failed on a broken connection is retried once on the new one
+// object's mutex, each with the server-side statement_timeout of StoreOptions
+// (a statement past it: DEADLINE_EXCEEDED, its transaction rolled back). A
+// broken connection is re-established by the next call; a call that failed
+// on a broken connection is retried once on the new one
 // (Commit is idempotent: a report already stored byte for byte counts as
 // committed, so a retry after a lost COMMIT acknowledgement is safe).
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -85,16 +88,17 @@ int64_t GetInt(const PGresult* r, int row, int col) {
 // each owner calls it under its own mutex.
 class Connection {
  public:
-  explicit Connection(std::string url) : url_(std::move(url)) {}
+  Connection(std::string url, const StoreOptions& options)
+      : url_(std::move(url)), options_(absl::StrCat("-c statement_timeout=", options.statement_timeout_ms)) {}
   ~Connection() { Drop(); }
 
   // Connects unless already connected and healthy.
   absl::Status Connect() {
     if (conn_ && PQstatus(conn_) == CONNECTION_OK) return absl::OkStatus();
     Drop();
-    // connect_timeout first: a value in the URL overrides it (expand_dbname).
-    const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-    const char* values[] = {"5", "sigmad", url_.c_str(), nullptr};
+    // connect_timeout and options first: a value in the URL overrides them (expand_dbname).
+    const char* keys[] = {"connect_timeout", "options", "application_name", "dbname", nullptr};
+    const char* values[] = {"5", options_.c_str(), "sigmad", url_.c_str(), nullptr};
     conn_ = PQconnectdbParams(keys, values, 1);
     if (conn_ && PQstatus(conn_) == CONNECTION_OK) {
       PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);  // NOTICEs are not errors
@@ -108,8 +112,10 @@ class Connection {
 
   // Runs `sql` ($1.. bound to `params`); results in binary format. Errors:
   // UNAVAILABLE (connection lost; the connection is dropped, the next call
-  // reconnects), ALREADY_EXISTS (unique violation), ABORTED (serialization
-  // failure or deadlock), INTERNAL otherwise; the message names the statement.
+  // reconnects), DEADLINE_EXCEEDED (statement_timeout, or a lock not
+  // available NOWAIT), ALREADY_EXISTS (unique violation), ABORTED
+  // (serialization failure or deadlock), INTERNAL otherwise; the message
+  // names the statement.
   absl::StatusOr<Result> Exec(const char* sql, const std::vector<Param>& params = {}) {
     if (auto s = Connect(); !s.ok()) return s;
     std::vector<const char*> values;
@@ -135,6 +141,8 @@ class Connection {
       return absl::UnavailableError(text);
     }
     if (std::strcmp(state, "23505") == 0) return absl::AlreadyExistsError(text);
+    if (std::strcmp(state, "57014") == 0 || std::strcmp(state, "55P03") == 0)
+      return absl::DeadlineExceededError(absl::StrCat(text, " [", options_, "]"));
     if (std::strcmp(state, "40001") == 0 || std::strcmp(state, "40P01") == 0) return absl::AbortedError(text);
     return absl::InternalError(text);
   }
@@ -152,6 +160,7 @@ class Connection {
 
  private:
   std::string url_;
+  std::string options_;  // libpq "options": -c statement_timeout=MS
   PGconn* conn_ = nullptr;
 };
 
@@ -170,24 +179,30 @@ auto WithRetry(Fn fn) -> decltype(fn()) {
 
 class PgStore final : public Store {
  public:
-  explicit PgStore(std::string url) : conn_(std::move(url)) {}
+  PgStore(std::string url, const StoreOptions& options) : conn_(std::move(url), options) {}
   absl::Status Init();
   absl::Status LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) override;
   absl::Status Commit(const std::vector<StoredJob>& jobs,
                       const std::vector<sigma::v1::GenerationReport>& reports) override;
+  absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) override;
+  absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) override;
   absl::Status Health() override;
   bool shared() const override { return true; }
   absl::StatusOr<StoredJob> LoadJob(const std::string& name) override;
+  absl::StatusOr<std::vector<JobSummary>> ListJobs() override;
   int schema_version() const override { return schema_version_; }
   const char* kind() const override { return "postgresql"; }
 
  private:
   absl::Status InitLocked();
   absl::Status MigrateTo2();
+  absl::Status LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports);
   absl::Status CommitOnce(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports);
   absl::Status UpsertJob(const StoredJob& job, int64_t now);
   absl::Status EnsureJob(const StoredJob& job, int64_t now);
   absl::Status InsertReport(const sigma::v1::GenerationReport& r, int64_t now);
+  absl::Status ImportOnce(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log);
+  absl::Status Probe();
   void Remember(const absl::Status& s);
 
   Connection conn_;
@@ -202,7 +217,9 @@ absl::Status PgStore::Init() {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = conn_.Connect(); !s.ok()) return s;
   if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
-  absl::Status s = InitLocked();
+  // Migrations back-fill every report and replicas wait here for each other: no statement_timeout.
+  absl::Status s = conn_.Run("SET LOCAL statement_timeout = 0");
+  if (s.ok()) s = InitLocked();
   if (!s.ok()) {
     conn_.Rollback();
     return s;
@@ -293,6 +310,14 @@ absl::Status PgStore::MigrateTo2() {
 
 absl::Status PgStore::LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) {
   std::lock_guard<std::mutex> lock(mu_);
+  // Reading the whole history at start-up may take longer than statement_timeout.
+  conn_.Run("SET statement_timeout = 0").IgnoreError();
+  absl::Status s = LoadAllLocked(jobs, reports);
+  conn_.Run("RESET statement_timeout").IgnoreError();
+  return s;
+}
+
+absl::Status PgStore::LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) {
   auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m FROM jobs ORDER BY name"); });
   if (!j.ok()) return j.status();
   for (int i = 0; i < PQntuples(j->get()); ++i) {
@@ -413,7 +438,8 @@ absl::Status PgStore::Commit(const std::vector<StoredJob>& jobs,
 
 void PgStore::Remember(const absl::Status& s) {
   std::lock_guard<std::mutex> lock(health_mu_);
-  if (s.ok() || s.code() == absl::StatusCode::kUnavailable) health_ = s;
+  if (s.ok() || s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded)
+    health_ = s;
   last_probe_ms_ = NowMs();
 }
 
@@ -424,18 +450,104 @@ absl::Status PgStore::Health() {
     // A commit in progress, or a probe less than a second ago: the latest state.
     if (!lock.owns_lock() || NowMs() - last_probe_ms_ < 1000) return health_;
   }
-  Remember(conn_.Run("SELECT 1"));
+  Remember(Probe());
   std::lock_guard<std::mutex> h(health_mu_);
   return health_;
 }
 
+// Can a commit run now: the locks a commit takes, without waiting (a table
+// locked by another session, e.g. a long ALTER or LOCK TABLE, fails at once
+// with DEADLINE_EXCEEDED), then rolled back.
+absl::Status PgStore::Probe() {
+  if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
+  absl::Status s = conn_.Run("LOCK TABLE jobs, configs, reports IN ROW EXCLUSIVE MODE NOWAIT");
+  conn_.Rollback();
+  return s;
+}
+
+absl::StatusOr<std::vector<JobSummary>> PgStore::ListJobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m FROM jobs ORDER BY name"); });
+  if (!j.ok()) return j.status();
+  auto t = WithRetry([&] { return conn_.Exec("SELECT job, tap, max(m) FROM reports GROUP BY job, tap ORDER BY 1, 2"); });
+  if (!t.ok()) return t.status();
+  auto g = WithRetry([&] {
+    return conn_.Exec("SELECT job, count(DISTINCT generation), max(generation) FROM reports GROUP BY job ORDER BY 1");
+  });
+  if (!g.ok()) return g.status();
+  std::vector<JobSummary> out;
+  int ti = 0, gi = 0;  // both ordered by job, like the jobs
+  for (int i = 0; i < PQntuples(j->get()); ++i) {
+    JobSummary& s = out.emplace_back();
+    s.job.name = GetBytes(j->get(), i, 0);
+    if (!s.job.config.ParseFromString(GetBytes(j->get(), i, 1)))
+      return absl::DataLossError(absl::StrCat("--db: job ", s.job.name, ": unreadable config"));
+    s.job.m = static_cast<int32_t>(GetInt(j->get(), i, 2));
+    for (; ti < PQntuples(t->get()) && GetBytes(t->get(), ti, 0) <= s.job.name; ++ti) {
+      if (GetBytes(t->get(), ti, 0) == s.job.name)
+        s.taps.emplace_back(GetBytes(t->get(), ti, 1), static_cast<int32_t>(GetInt(t->get(), ti, 2)));
+    }
+    for (; gi < PQntuples(g->get()) && GetBytes(g->get(), gi, 0) <= s.job.name; ++gi) {
+      if (GetBytes(g->get(), gi, 0) != s.job.name) continue;
+      s.generations = GetInt(g->get(), gi, 1);
+      s.last_generation = GetInt(g->get(), gi, 2);
+    }
+  }
+  return out;
+}
+
+absl::Status PgStore::LoadConfigLog(std::vector<ConfigRecord>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = WithRetry([&] { return conn_.Exec("SELECT job, config, set_unix_ms FROM configs ORDER BY id"); });
+  if (!r.ok()) return r.status();
+  for (int i = 0; i < PQntuples(r->get()); ++i) {
+    ConfigRecord& c = out->emplace_back();
+    c.job = GetBytes(r->get(), i, 0);
+    if (!c.config.ParseFromString(GetBytes(r->get(), i, 1)))
+      return absl::DataLossError(absl::StrCat("--db: a configs row of job ", c.job, " is unreadable"));
+    c.set_unix_ms = GetInt(r->get(), i, 2);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PgStore::Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return WithRetry([&] { return ImportOnce(jobs, log); });
+}
+
+absl::Status PgStore::ImportOnce(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) {
+  if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
+  const int64_t now = NowMs();
+  absl::Status s;
+  for (const StoredJob& j : jobs) {
+    if (s.ok())
+      s = conn_.Run("INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms) VALUES ($1, $2, $3, $4, $4)"
+                    " ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config, m = EXCLUDED.m,"
+                    " updated_unix_ms = EXCLUDED.updated_unix_ms",
+                    {Text(j.name), Bytes(j.config.SerializeAsString()), Int(j.m), Int(now)});
+  }
+  for (const ConfigRecord& c : log) {
+    if (s.ok())
+      s = conn_.Run("INSERT INTO configs (job, config, set_unix_ms) SELECT $1, $2, $3 WHERE NOT EXISTS"
+                    " (SELECT 1 FROM configs WHERE job = $1 AND set_unix_ms = $3 AND config = $2)",
+                    {Text(c.job), Bytes(c.config.SerializeAsString()), Int(c.set_unix_ms)});
+  }
+  if (!s.ok()) {
+    conn_.Rollback();
+    return s;
+  }
+  return conn_.Run("COMMIT");
+}
+
 class PgHistoryReader final : public HistoryReader {
  public:
-  explicit PgHistoryReader(std::string url) : conn_(std::move(url)) {}
+  PgHistoryReader(std::string url, const StoreOptions& options) : conn_(std::move(url), options) {}
   absl::Status Reports(const std::string& job, const std::string& tap,
                        std::vector<sigma::v1::GenerationReport>* out) override;
   absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
                                                      int64_t generation) override;
+  absl::Status SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent, int with_drift,
+                          int64_t pinned, std::vector<sigma::v1::GenerationReport>* out) override;
   bool shared() const override { return true; }
 
   Connection conn_;
@@ -475,10 +587,36 @@ absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::s
   return out;
 }
 
+// The rows of SealWindow's rule (storage.h; HistoryReader::SealWindow is the
+// reference), each from the (job, tap, generation) index.
+absl::Status PgHistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
+                                         int with_drift, int64_t pinned,
+                                         std::vector<sigma::v1::GenerationReport>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = WithRetry([&] {
+    return conn_.Exec(
+        "SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation IN ("
+        " (SELECT generation FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
+        "  ORDER BY generation DESC LIMIT $4)"
+        " UNION (SELECT generation FROM reports WHERE job = $1 AND tap = $2 AND generation < $3 AND failed = 0"
+        "  AND baseline_generation >= 0 ORDER BY generation DESC LIMIT $5)"
+        " UNION (SELECT generation FROM reports WHERE job = $1 AND tap = $2 AND failed = 0"
+        "  ORDER BY generation LIMIT 1)"
+        " UNION SELECT $6::BIGINT) ORDER BY generation",
+        {Text(job), Text(tap), Int(before), Int(std::max(recent, 0)), Int(std::max(with_drift, 0)), Int(pinned)});
+  });
+  if (!r.ok()) return absl::Status(r.status().code(), r.status().message());
+  for (int i = 0; i < PQntuples(r->get()); ++i) {
+    if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 0)))
+      return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url) {
-  auto store = std::make_unique<PgStore>(url);
+absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url, const StoreOptions& options) {
+  auto store = std::make_unique<PgStore>(url, options);
   if (auto s = store->Init(); !s.ok()) {
     if (s.message().rfind("--db:", 0) == 0) return s;
     return absl::Status(s.code(), absl::StrCat("--db: ", RedactDb(url), ": ", s.message()));
@@ -486,8 +624,9 @@ absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url)
   return std::unique_ptr<Store>(std::move(store));
 }
 
-absl::StatusOr<std::unique_ptr<HistoryReader>> OpenPostgresHistoryReader(const std::string& url) {
-  auto reader = std::make_unique<PgHistoryReader>(url);
+absl::StatusOr<std::unique_ptr<HistoryReader>> OpenPostgresHistoryReader(const std::string& url,
+                                                                         const StoreOptions& options) {
+  auto reader = std::make_unique<PgHistoryReader>(url, options);
   if (auto s = reader->conn_.Connect(); !s.ok())
     return absl::Status(s.code(), absl::StrCat("--db: ", RedactDb(url), ": ", s.message()));
   return std::unique_ptr<HistoryReader>(std::move(reader));

@@ -18,13 +18,18 @@ absl::StatusOr<MigrateCounts> MigrateStore(const std::string& from_db, const std
   if (!from.ok()) return from.status();
   std::vector<StoredJob> jobs;
   std::vector<sigma::v1::GenerationReport> reports;
+  std::vector<ConfigRecord> configs;
   if (auto s = (*from)->LoadAll(&jobs, &reports); !s.ok()) return s;
+  if (auto s = (*from)->LoadConfigLog(&configs); !s.ok()) return s;
   auto to = Store::Open(to_db);
   if (!to.ok()) return to.status();
-  // Jobs first (the reports reference them), then the reports in sealing order.
-  if (auto s = (*to)->Commit(jobs, {}); !s.ok()) return absl::Status(s.code(), absl::StrCat("jobs: ", s.message()));
+  // Jobs and their configs log first (the reports reference the jobs), then
+  // the reports in sealing order.
+  if (auto s = (*to)->Import(jobs, configs); !s.ok())
+    return absl::Status(s.code(), absl::StrCat("jobs and configs: ", s.message()));
   MigrateCounts counts;
   counts.jobs = static_cast<int64_t>(jobs.size());
+  counts.configs = static_cast<int64_t>(configs.size());
   for (size_t i = 0; i < reports.size(); i += static_cast<size_t>(batch)) {
     const size_t end = std::min(reports.size(), i + static_cast<size_t>(batch));
     const std::vector<sigma::v1::GenerationReport> chunk(reports.begin() + static_cast<std::ptrdiff_t>(i),
@@ -56,8 +61,9 @@ int MigrateMain(int argc, char** argv) {
     std::fprintf(stderr, "sigmad-migrate: %s\n", std::string(n.status().message()).c_str());
     return 1;
   }
-  std::printf("copied %lld jobs and %lld reports from %s to %s\n", static_cast<long long>(n->jobs),
-              static_cast<long long>(n->reports), RedactDb(from).c_str(), RedactDb(to).c_str());
+  std::printf("copied %lld jobs, %lld configuration changes and %lld reports from %s to %s\n",
+              static_cast<long long>(n->jobs), static_cast<long long>(n->configs), static_cast<long long>(n->reports),
+              RedactDb(from).c_str(), RedactDb(to).c_str());
   return 0;
 }
 

@@ -2,7 +2,11 @@
 // the reason when PostgreSQL is not installed): history across a restart, and
 // replicas on one database with the client switching replicas between
 // generations (after a membership change), compared with one daemon on SQLite.
+#include <libpq-fe.h>
+
 #include <chrono>
+#include <future>
+#include <map>
 #include <memory>
 #include <thread>
 #include <string>
@@ -14,6 +18,7 @@
 #include "sigma/kernels/backend_factory.h"
 #include "sigma/server/metrics.h"
 #include "sigma/server/scheduler.h"
+#include "sigma/server/store_migrate.h"
 
 namespace sigma::server::testing {
 namespace {
@@ -42,6 +47,23 @@ std::vector<v1::GenerationReport> History(TestDaemon* d, const std::string& job)
   const grpc::Status s = d->stub->GetHistory(&ctx, req, &resp);
   EXPECT_TRUE(s.ok()) << s.error_message();
   return {resp.reports().begin(), resp.reports().end()};
+}
+
+v1::ListJobsResponse Jobs(TestDaemon* d) {
+  v1::ListJobsResponse jobs;
+  grpc::ClientContext ctx;
+  const grpc::Status s = d->stub->ListJobs(&ctx, v1::ListJobsRequest(), &jobs);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return jobs;
+}
+
+// Polls `ready` (the store probes at most once a second) until it is `want`.
+bool PollReady(TestDaemon* d, bool want) {
+  for (int i = 0; i < 200; ++i) {
+    if (d->daemon->Readiness().ok() == want) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
 }
 
 // Replicas A and B: in-process daemons on one new database of `pg`.
@@ -238,6 +260,184 @@ TEST(SharedStoreTest, ReadinessFollowsTheDatabase) {
   EXPECT_TRUE(went_down);
   EXPECT_NE(down.message().find("store: postgresql"), std::string::npos) << down;
   EXPECT_TRUE(poll(true)) << engine.Readiness();
+}
+
+// A replica lists and serves jobs only another replica has seen (read
+// through the store): the jobs, taps and sealed generations any replica
+// committed, a configuration set on the other replica, the whole history.
+TEST(SharedStoreTest, ReplicaListsAndServesJobsItHasNeverSeen) {
+  SIGMA_PG_OR_SKIP(pg);
+  auto r = StartReplicas(pg);
+  ASSERT_NE(r, nullptr);
+  TestDaemon* a = r->a.get();
+  TestDaemon* b = r->b.get();
+  std::vector<v1::GenerationReport> seen;
+  for (int g = 0; g < 3; ++g) seen.push_back(Seal(a, "only_a", g));
+  v1::ConfigureJobRequest req;
+  req.set_job("configured_on_a");
+  req.mutable_config()->mutable_thresholds()->set_divergence_warning(0.375);
+  {
+    v1::JobInfo info;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(a->stub->ConfigureJob(&ctx, req, &info).ok());
+  }
+  std::map<std::string, v1::JobInfo> on_b;
+  const v1::ListJobsResponse listed = Jobs(b);
+  for (const v1::JobInfo& j : listed.jobs()) on_b[j.job()] = j;
+  ASSERT_EQ(on_b.size(), 2u);
+  const v1::JobInfo& only_a = on_b["only_a"];
+  EXPECT_EQ(only_a.generations_sealed(), 3);
+  EXPECT_EQ(only_a.last_generation(), 2);
+  EXPECT_EQ(std::vector<std::string>(only_a.taps().begin(), only_a.taps().end()), std::vector<std::string>{"default"});
+  EXPECT_EQ(only_a.m(), kM);
+  EXPECT_EQ(on_b["configured_on_a"].config().thresholds().divergence_warning(), 0.375);
+  EXPECT_EQ(on_b["configured_on_a"].last_generation(), -1);
+  const std::vector<v1::GenerationReport> history = History(b, "only_a");
+  ASSERT_EQ(history.size(), seen.size());
+  for (size_t g = 0; g < seen.size(); ++g) EXPECT_EQ(history[g].SerializeAsString(), seen[g].SerializeAsString());
+  v1::GetHistoryRequest none;
+  none.set_job("nobody");
+  v1::GetHistoryResponse resp;
+  grpc::ClientContext ctx;
+  EXPECT_EQ(b->stub->GetHistory(&ctx, none, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// A replica that joins late (its first seal of a tap whose long history the
+// other replica sealed, pinned baseline, trend over 3 generations) seals what
+// one daemon that saw every generation seals: it reads only the window a
+// seal needs (HistoryReader::SealWindow), which must hold everything used.
+TEST(SharedStoreTest, LateReplicaSealsLikeOneDaemonFromTheSealWindow) {
+  SIGMA_PG_OR_SKIP(pg);
+  TempDir dir_ref;
+  auto r = StartReplicas(pg);
+  ASSERT_NE(r, nullptr);
+  auto ref = StartDaemon(TestOptions(dir_ref.path()));
+  ASSERT_NE(ref, nullptr);
+  v1::ConfigureJobRequest req;
+  req.set_job("late");
+  req.mutable_config()->set_n_a(64);
+  req.mutable_config()->set_baseline_generation(2);
+  req.mutable_config()->set_trend_k(3);
+  for (TestDaemon* d : {r->a.get(), ref.get()}) {
+    v1::JobInfo info;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(d->stub->ConfigureJob(&ctx, req, &info).ok());
+  }
+  for (int g = 0; g < 14; ++g) {
+    const v1::GenerationReport got = Seal(g < 11 ? r->a.get() : r->b.get(), "late", g);
+    const v1::GenerationReport want = Seal(ref.get(), "late", g);
+    ExpectSameValues(got, want);
+    EXPECT_EQ(got.baseline_generation(), want.baseline_generation()) << g;
+    EXPECT_EQ(got.trend_evaluated(), want.trend_evaluated()) << g;
+    EXPECT_EQ(got.alerts_size(), want.alerts_size()) << g;
+    EXPECT_EQ(got.has_generations_to_critical(), want.has_generations_to_critical()) << g;
+    if (want.has_generations_to_critical())
+      EXPECT_EQ(got.generations_to_critical(), want.generations_to_critical()) << g;
+  }
+}
+
+// A database that holds the seal's commit (another session locks the reports
+// table against writes; reads go on) past --db-timeout-ms: the seal is
+// refused UNAVAILABLE naming the timeout (never reported sealed), counted as
+// a store failure, /readyz says not ready; once the lock goes the daemon is
+// ready and seals again without a restart.
+TEST(SharedStoreTest, LockedDatabaseTimesOutTheSealAndTheDaemonRecovers) {
+  SIGMA_PG_OR_SKIP(pg);
+  TempDir dir;
+  DaemonOptions options = TestOptions(dir.path());
+  options.db = pg->NewDatabase();
+  options.db_timeout_ms = 300;
+  auto d = StartDaemon(options);
+  ASSERT_NE(d, nullptr);
+  Seal(d.get(), "locked", 0);
+  PGconn* locker = PQconnectdb(options.db.c_str());
+  ASSERT_EQ(PQstatus(locker), CONNECTION_OK) << PQerrorMessage(locker);
+  PGresult* lock = PQexec(locker, "BEGIN; LOCK TABLE reports IN EXCLUSIVE MODE");
+  ASSERT_EQ(PQresultStatus(lock), PGRES_COMMAND_OK) << PQerrorMessage(locker);
+  PQclear(lock);
+  auto unlock = [&] {
+    PQclear(PQexec(locker, "ROLLBACK"));
+    PQfinish(locker);
+    locker = nullptr;
+  };
+  v1::IngestResponse refused;
+  auto sealing = std::async(std::launch::async, [&] {
+    v1::JobConfig cfg;
+    cfg.set_n_a(64);
+    return SendShare(d->stub.get(), MakeOpen("locked", 1, 0, 1, kM, v1::DTYPE_FP32, std::nullopt, &cfg),
+                     GenerationRows(1), 0, 200, 50, v1::DTYPE_FP32, &refused);
+  });
+  if (sealing.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    unlock();
+    FAIL() << "the seal waited on the locked table for 30 s";
+  }
+  const grpc::Status s = sealing.get();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_NE(s.error_message().find("statement timeout (in: INSERT INTO reports"), std::string::npos)
+      << s.error_message();
+  EXPECT_FALSE(refused.sealed());
+  const std::optional<double> failures =
+      MetricValue(Scrape(d->ports.metrics_port), "sigma_store_commit_failures_total", {});
+  EXPECT_TRUE(failures.has_value() && *failures >= 1);
+  const bool went_unready = PollReady(d.get(), false);
+  const absl::Status unready = d->daemon->Readiness();
+  unlock();
+  EXPECT_TRUE(went_unready);
+  // The commit's timeout, or the probe's lock it cannot take NOWAIT.
+  EXPECT_TRUE(unready.message().find("statement timeout") != std::string::npos ||
+              unready.message().find("could not obtain lock") != std::string::npos)
+      << unready;
+  EXPECT_TRUE(PollReady(d.get(), true)) << d->daemon->Readiness();
+  const v1::GenerationReport again = Seal(d.get(), "locked", 1);
+  EXPECT_EQ(again.baseline_generation(), 0);
+  EXPECT_EQ(History(d.get(), "locked").size(), 2u);
+}
+
+// An SQLite daemon's history migrated into PostgreSQL (MigrateStore, what
+// sigmad-migrate runs): the configs log survives with its times, and the
+// daemon on PostgreSQL reports the thresholds configured before and seals
+// the next generation with them against the migrated baseline.
+TEST(SharedStoreTest, MigratedHistoryKeepsItsConfigurationOnPostgres) {
+  SIGMA_PG_OR_SKIP(pg);
+  TempDir dir;
+  DaemonOptions options = TestOptions(dir.path());
+  {
+    auto d = StartDaemon(options);
+    ASSERT_NE(d, nullptr);
+    Seal(d.get(), "moved", 0);
+    v1::ConfigureJobRequest req;
+    req.set_job("moved");
+    req.mutable_config()->mutable_thresholds()->set_divergence_warning(0.375);
+    v1::JobInfo info;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(d->stub->ConfigureJob(&ctx, req, &info).ok());
+    Seal(d.get(), "moved", 1);
+  }
+  const std::string sqlite = options.db;
+  options.db = pg->NewDatabase();
+  absl::StatusOr<MigrateCounts> n = MigrateStore(sqlite, options.db);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(n->configs, 2);
+  auto log_of = [](const std::string& db) {
+    auto store = Store::Open(db);
+    EXPECT_TRUE(store.ok()) << store.status();
+    std::vector<ConfigRecord> log;
+    if (store.ok()) EXPECT_TRUE((*store)->LoadConfigLog(&log).ok());
+    std::vector<std::string> out;
+    for (const ConfigRecord& c : log)
+      out.push_back(c.job + std::to_string(c.set_unix_ms) + c.config.SerializeAsString());
+    return out;
+  };
+  EXPECT_EQ(log_of(options.db), log_of(sqlite));
+  auto d = StartDaemon(options);
+  ASSERT_NE(d, nullptr);
+  const v1::ListJobsResponse jobs = Jobs(d.get());
+  ASSERT_EQ(jobs.jobs_size(), 1);
+  EXPECT_EQ(jobs.jobs(0).config().thresholds().divergence_warning(), 0.375);
+  EXPECT_EQ(jobs.jobs(0).generations_sealed(), 2);
+  const v1::GenerationReport next = Seal(d.get(), "moved", 2);
+  EXPECT_EQ(next.baseline_generation(), 0);
+  EXPECT_EQ(next.thresholds_at_seal().divergence_warning(), 0.375);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "pg_test_util.h"
 #include "server_test_util.h"
@@ -169,24 +170,42 @@ TEST_P(StoreSuite, NewerSchemaIsRefusedAndLeftAlone) {
   EXPECT_EQ(Column("SELECT version FROM schema_version"), std::vector<std::string>{"99"});
 }
 
-// An SQLite history copied into this store (sigmad-migrate): the same jobs
-// and reports in the same order, in several transactions; on PostgreSQL a
-// second run (after an interruption) copies nothing twice.
+// The configs log as comparable text: job, time and config bytes per row.
+std::vector<std::string> LogOf(Store* store) {
+  std::vector<ConfigRecord> log;
+  EXPECT_TRUE(store->LoadConfigLog(&log).ok());
+  std::vector<std::string> out;
+  for (const ConfigRecord& c : log)
+    out.push_back(absl::StrCat(c.job, "@", c.set_unix_ms, ":", c.config.SerializeAsString()));
+  return out;
+}
+
+// An SQLite history copied into this store (sigmad-migrate): the same jobs,
+// configs log (each change with its time) and reports in the same order, in
+// several transactions; on PostgreSQL a second run (after an interruption)
+// copies nothing twice.
 TEST_P(StoreSuite, SqliteHistoryMigratesIntoThisStore) {
   const std::string source = dir_.path() + "/source.db";
   std::vector<v1::GenerationReport> written;
+  std::vector<std::string> log;
   {
     auto src = Store::Open(source);
     ASSERT_TRUE(src.ok()) << src.status();
     ASSERT_TRUE((*src)->Commit({Job("m1", 64), Job("m2", 32)}, {}).ok());
+    StoredJob changed = Job("m1", 64);
+    changed.config.mutable_thresholds()->set_drift_warning(0.0625);
+    ASSERT_TRUE((*src)->Commit({changed}, {}).ok());
     for (int g = 0; g < 5; ++g) {
       written.push_back(Report(g % 2 ? "m2" : "m1", "default", g, -1.0 * g));
       ASSERT_TRUE((*src)->Commit({}, {written.back()}).ok());
     }
+    log = LogOf(src->get());
+    ASSERT_EQ(log.size(), 3u);
   }
   absl::StatusOr<MigrateCounts> n = MigrateStore(source, db_, /*batch=*/2);
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(n->jobs, 2);
+  EXPECT_EQ(n->configs, 3);
   EXPECT_EQ(n->reports, 5);
   auto dst = Store::Open(db_);
   ASSERT_TRUE(dst.ok()) << dst.status();
@@ -194,19 +213,60 @@ TEST_P(StoreSuite, SqliteHistoryMigratesIntoThisStore) {
   std::vector<v1::GenerationReport> reports;
   ASSERT_TRUE((*dst)->LoadAll(&jobs, &reports).ok());
   ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].config.thresholds().drift_warning(), 0.0625);
   EXPECT_EQ(jobs[1].config.n_a(), 32);
   ASSERT_EQ(reports.size(), written.size());
   for (size_t i = 0; i < written.size(); ++i)
     EXPECT_EQ(reports[i].SerializeAsString(), written[i].SerializeAsString()) << i;
+  EXPECT_EQ(LogOf(dst->get()), log);
   dst->reset();
   absl::StatusOr<MigrateCounts> again = MigrateStore(source, db_, 2);
   if (GetParam() == "postgresql") {
     ASSERT_TRUE(again.ok()) << again.status();
     EXPECT_EQ(Column("SELECT count(*) FROM reports"), std::vector<std::string>{"5"});
+    EXPECT_EQ(Column("SELECT count(*) FROM configs"), std::vector<std::string>{"3"});
   } else {
     EXPECT_FALSE(again.ok());  // one writer: a second copy is a UNIQUE violation
   }
   EXPECT_EQ(MigrateStore(source, source).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// What a seal reads of a long history (HistoryReader::SealWindow): the
+// latest earlier generations, the latest earlier ones with a drift, the first
+// successful one and a pinned one; whatever the history's length, and the
+// same rows from every implementation as from the rule (the base class).
+TEST_P(StoreSuite, SealWindowReadsOnlyWhatASealNeeds) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto reader = HistoryReader::Open(db_);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::vector<v1::GenerationReport> history;
+  for (int g = 0; g < 40; ++g) {
+    v1::GenerationReport r = Report("w", "default", g, -1.0 - g);
+    r.mutable_flags()->set_cholesky_failed(g == 0 || g == 35 || g == 37);
+    r.set_baseline_generation(g == 1 || g == 38 ? -1 : 1);  // 1: the first successful one; 38: no drift
+    history.push_back(r);
+    history.push_back(Report("w", "other", g, -2.0));
+  }
+  ASSERT_TRUE((*store)->Commit({Job("w", 64)}, history).ok());
+  auto generations = [&](int64_t before, int recent, int with_drift, int64_t pinned, bool rule) {
+    std::vector<v1::GenerationReport> out;
+    const absl::Status s = rule ? (*reader)->HistoryReader::SealWindow("w", "default", before, recent, with_drift,
+                                                                       pinned, &out)
+                                : (*reader)->SealWindow("w", "default", before, recent, with_drift, pinned, &out);
+    EXPECT_TRUE(s.ok()) << s;
+    std::vector<int64_t> g;
+    for (const auto& r : out) {
+      EXPECT_EQ(r.tap(), "default");
+      g.push_back(r.generation());
+    }
+    return g;
+  };
+  EXPECT_EQ(generations(39, 3, 5, 10, false), (std::vector<int64_t>{1, 10, 31, 32, 33, 34, 36, 37, 38}));
+  EXPECT_EQ(generations(39, 3, 5, 10, true), generations(39, 3, 5, 10, false));
+  EXPECT_EQ(generations(20, 1, 2, -1, false), (std::vector<int64_t>{1, 18, 19}));
+  EXPECT_EQ(generations(0, 0, 0, 7, false), (std::vector<int64_t>{1, 7}));
+  EXPECT_EQ(generations(0, 0, 0, 7, true), (std::vector<int64_t>{1, 7}));
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, StoreSuite, ::testing::Values("sqlite", "postgresql"),

@@ -138,7 +138,7 @@ void SetForecast(const ReportInputs& in, const BaselineInputs& b, v1::Generation
     gens.push_back(static_cast<double>(g));
     values.push_back(v);
   }
-  if (auto fc = sigma::GenerationsToCritical(gens, values, in.config.thresholds().drift_critical()))
+  if (auto fc = sigma::GenerationsToCritical(gens, values, in.config.thresholds().drift_critical(), kForecastWindow))
     r->set_generations_to_critical(*fc);
 }
 

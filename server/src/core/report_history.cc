@@ -89,15 +89,17 @@ std::vector<ReportPtr> ReportHistory::Replay(std::vector<v1::GenerationReport> r
   return publish;
 }
 
-void ReportHistory::CatchUp(const std::string& job, const std::string& tap) {
-  if (!reader_ || !reader_->shared()) return;
-  std::vector<v1::GenerationReport> stored;  // by generation
-  if (!reader_->Reports(job, tap, &stored).ok()) return;
+absl::Status ReportHistory::CatchUp(const std::string& job, const std::string& tap, int64_t before, int recent,
+                                    int with_drift, int64_t pinned) {
+  if (!reader_ || !reader_->shared()) return absl::OkStatus();
+  std::vector<v1::GenerationReport> stored;  // by generation: the first successful one sets first_sealed
+  if (auto s = reader_->SealWindow(job, tap, before, recent, with_drift, pinned, &stored); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
   Tap& t = taps_[{job, tap}];
   for (v1::GenerationReport& r : stored) {
     if (!t.reports.contains(r.generation())) AddLocked(t, std::make_shared<const v1::GenerationReport>(std::move(r)));
   }
+  return absl::OkStatus();
 }
 
 bool ReportHistory::Contains(const std::string& job, const std::string& tap, int64_t generation) const {

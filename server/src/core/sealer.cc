@@ -116,11 +116,21 @@ void Engine::BuildReports(std::vector<SealWork>& works) {
       if (const JobState* job = registry_.Find(w.snap->key().job)) w.config = registry_.Effective(*job, w.snap->params().m);
     }
   }
-  // Shared store: what other replicas sealed of these taps (baselines, forecast points).
-  for (const SealWork& w : works) {
+  // Shared store: what other replicas sealed of these taps that this seal
+  // reads (baseline, trend and forecast points; ReportHistory::Staging::Resolve).
+  // A failed read fails the seal: its baseline and forecast would be guesses.
+  for (SealWork& w : works) {
     if (!w.error.ok()) continue;
-    history_->CatchUp(w.snap->key().job, w.snap->key().tap);
-    if (!w.config.baseline_job().empty()) history_->CatchUp(w.config.baseline_job(), w.snap->key().tap);
+    const SnapshotKey& key = w.snap->key();
+    const int64_t pinned = w.config.has_baseline_generation() ? w.config.baseline_generation() : -1;
+    const bool other = !w.config.baseline_job().empty() && w.config.baseline_job() != key.job;
+    absl::Status read = history_->CatchUp(key.job, key.tap, key.generation, std::max(1, w.config.trend_k()),
+                                          kForecastWindow, other ? -1 : pinned);
+    if (read.ok() && other) read = history_->CatchUp(w.config.baseline_job(), key.tap, /*before=*/0, 0, 0, pinned);
+    if (read.ok()) continue;
+    metrics_->StoreCommitFailed();
+    w.error = absl::UnavailableError(
+        absl::StrCat("store: reading the history of ", KeyString(key), ": ", read.message()));
   }
   ReportHistory::Staging staging = history_->Stage();
   const int64_t sealed_ms = NowUnixMs();
@@ -200,7 +210,7 @@ void Engine::AdoptStoredReports(std::vector<SealWork>& works, const std::vector<
     const absl::Status one = store_->Commit(job, {*w.report});
     if (one.ok()) continue;
     if (one.code() == absl::StatusCode::kAlreadyExists) {
-      history_->CatchUp(key.job, key.tap);
+      history_->CatchUp(key.job, key.tap, /*before=*/0, 0, 0, /*pinned=*/w.report->generation()).IgnoreError();
       absl::StatusOr<ReportPtr> stored = history_->Read(key.job, key.tap, w.report->generation());
       const v1::GenerationReport& mine = *w.report;
       // Same share: equal up to the backends' rounding (a CPU and a GPU replica).

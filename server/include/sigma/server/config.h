@@ -21,6 +21,7 @@ struct DaemonOptions {
   std::string listen = "127.0.0.1:50051";          // gRPC; port 0 picks a free port
   std::string metrics_listen = "127.0.0.1:9464";   // Prometheus /metrics; port 0 picks one
   std::string db = "./var/sigma.db";               // SQLite file; parent dir is created
+  int64_t db_timeout_ms = 10000;                   // PostgreSQL statement_timeout; 0 = none (storage.h)
   std::string backend = "auto";                    // auto | cpu | cuda
   int64_t gpu_min_m = sigma::kDefaultGpuMinM;      // auto: m below this sealed on the CPU (not yet measured on a GPU)
   int64_t max_gpus = 0;                            // CUDA devices used at most (one context each); 0 = all

@@ -68,7 +68,8 @@ class Metrics {
   void SetQueueDepth(int64_t n) { queue_depth_->Set(static_cast<double>(n)); }
   void SetJobs(int64_t n) { jobs_->Set(static_cast<double>(n)); }
   void SetMemoryBytes(int64_t n) { memory_bytes_->Set(static_cast<double>(n)); }
-  // A store commit (seal or ConfigureJob) that failed (sigma_store_commit_failures_total).
+  // A store commit (seal or ConfigureJob) that failed, or a seal refused because reading its
+  // history from a shared store failed (sigma_store_commit_failures_total).
   void StoreCommitFailed() { store_commit_failures_->Increment(); }
   // An open snapshot discarded after --snapshot-idle-timeout-s (sigma_expired_snapshots_total).
   void SnapshotExpired() { expired_snapshots_->Increment(); }

@@ -16,6 +16,10 @@
 
 namespace sigma::server {
 
+// Points of a report's forecast line (GenerationsToCritical's window): this
+// generation and the latest earlier ones with a drift.
+inline constexpr int kForecastWindow = 5;
+
 struct ReportInputs {
   SnapshotKey key;
   int32_t m = 0;

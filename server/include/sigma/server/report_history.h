@@ -82,11 +82,16 @@ class ReportHistory {
   bool Record(ReportPtr report);
 
   // Shared store (HistoryReader::shared): records the reports of (job, tap)
-  // that other replicas committed and this daemon does not hold (the values
-  // baselines and forecasts need; they are not published to the gauges). One
-  // read of the tap's reports, outside mu_; a failed read changes nothing. A
-  // no-op for a store only this daemon writes.
-  void CatchUp(const std::string& job, const std::string& tap);
+  // that other replicas committed and this daemon does not hold, as far as a
+  // seal of generation `before` needs them (HistoryReader::SealWindow: the
+  // `recent` latest earlier generations, the `with_drift` latest earlier ones
+  // with a drift, the first successful one and `pinned`; -1: none). They are
+  // not published to the gauges. One read of at most recent + with_drift + 2
+  // reports whatever the history's length, outside mu_; a failed read changes
+  // nothing and is returned (the seal cannot know its baseline). A no-op (OK)
+  // for a store only this daemon writes.
+  absl::Status CatchUp(const std::string& job, const std::string& tap, int64_t before, int recent, int with_drift,
+               int64_t pinned);
 
   bool Contains(const std::string& job, const std::string& tap, int64_t generation) const;
   // True when the tap has any sealed report.

@@ -126,10 +126,14 @@ class Engine {
   // `tenant`: who a job created here is charged to (quota.h).
   void Configure(const sigma::v1::ConfigureJobRequest& request,
                  std::function<void(const absl::Status&, const sigma::v1::JobInfo&)> done, Tenant tenant = {});
-  // `done` runs once, on the task lane (SQLite) or inline for a refusal.
+  // `done` runs once, on the task lane or inline for a refusal. A shared
+  // store: a job this replica has not seen is read from the store first.
   void GetHistory(const sigma::v1::GetHistoryRequest& request, sigma::v1::GetHistoryResponse* response,
                   std::function<void(const absl::Status&)> done);
-  absl::Status ListJobs(sigma::v1::ListJobsResponse* response);
+  // Every job. A shared store: the jobs, taps and sealed generations any
+  // replica committed (Store::ListJobs, read on the task lane; `done` runs
+  // there), plus the jobs only this replica holds; otherwise inline from memory.
+  void ListJobs(sigma::v1::ListJobsResponse* response, std::function<void(const absl::Status&)> done);
 
   // A stream was refused after its OpenSnapshot: the snapshot it opened is
   // discarded when no other stream holds it and it never got a row.
@@ -151,6 +155,9 @@ class Engine {
   // Shared store: the registry's configuration of `names` replaced by what any
   // replica committed last (no-op otherwise). Store I/O outside mu_.
   void RefreshJobs(const std::set<std::string>& names);
+  // The registry's view of a job some replica committed (mu_ held): its
+  // configuration, and its m unless this replica already has one.
+  void AdoptStoredJobLocked(const StoredJob& stored);
   void AdoptStoredReports(std::vector<SealWork>& works, const std::vector<StoredJob>& job_rows);
   void Publish(std::vector<SealWork>& works);
   void FailSeals(const SealQueue::Batch& batch, const absl::Status& error);

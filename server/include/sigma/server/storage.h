@@ -12,6 +12,11 @@
 //   2: reports.severity (highest alert severity) and reports.compute_seconds.
 // Durability: Commit returns OK only once the transaction is durable (SQLite
 // fsync; PostgreSQL COMMIT acknowledged by the server).
+// Timeouts (PostgreSQL): every statement runs under the server-side
+// statement_timeout StoreOptions::statement_timeout_ms (sigmad --db-timeout-ms);
+// a statement past it fails DEADLINE_EXCEEDED and its transaction is rolled
+// back (nothing of it stored), so a slow or locked database never blocks a
+// seal commit for longer.
 // Thread-safety: every Store and HistoryReader serializes its calls with its
 // own mutex (sigmad commits from its seal lanes and its task lane;
 // seal_queue.h); a HistoryReader is a second connection, so reads never wait
@@ -22,6 +27,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -37,6 +43,30 @@ struct StoredJob {
   std::string name;
   sigma::v1::JobConfig config;  // as configured (unset fields = defaults)
   int32_t m = 0;
+};
+
+// How Store::Open and HistoryReader::Open connect (PostgreSQL only; SQLite
+// ignores it).
+struct StoreOptions {
+  // Server-side statement_timeout of every statement, in ms; 0 = none. A
+  // `options=-c statement_timeout=...` in the URL takes precedence.
+  int64_t statement_timeout_ms = 10000;
+};
+
+// One row of the configs log: a job's configuration as set at set_unix_ms.
+struct ConfigRecord {
+  std::string job;
+  sigma::v1::JobConfig config;
+  int64_t set_unix_ms = 0;
+};
+
+// A job as the shared store knows it (ListJobs on a replica): its row, the
+// taps of its reports with their m, and its sealed generations.
+struct JobSummary {
+  StoredJob job;
+  std::vector<std::pair<std::string, int32_t>> taps;  // (tap, m), by tap
+  int64_t generations = 0;       // distinct sealed generations over taps
+  int64_t last_generation = -1;  // highest sealed generation, -1: none
 };
 
 // "ok", "info", "warning" or "critical": the highest severity among the
@@ -58,7 +88,7 @@ class Store {
   // (another sigmad) has it open: each SQLite Store holds an exclusive
   // flock(2) on `path + ".lock"` (symbolic links resolved) until destroyed.
   // PostgreSQL: refused (UNAVAILABLE) when the server cannot be reached.
-  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& db);
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& db, const StoreOptions& options = {});
   virtual ~Store() = default;
 
   // Every job, and every report in the order it was sealed (committed).
@@ -76,9 +106,18 @@ class Store {
   virtual absl::Status Commit(const std::vector<StoredJob>& jobs,
                               const std::vector<sigma::v1::GenerationReport>& reports) = 0;
 
+  // The configs log: every configuration change, in the order it was made.
+  virtual absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) = 0;
+  // Migration (sigmad-migrate): upserts `jobs` and appends `log` as given
+  // (times kept, no row of its own), in one transaction. A log row already
+  // stored (same job, time and config) is not appended again, so a second
+  // run after an interruption copies nothing twice.
+  virtual absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) = 0;
+
   // OK when the store can take commits now; UNAVAILABLE with the reason
-  // otherwise (PostgreSQL: the server is unreachable; a reconnection is tried,
-  // at most once a second). Never waits for a commit in progress: while one
+  // otherwise (PostgreSQL: the server is unreachable, or DEADLINE_EXCEEDED: the
+  // latest commit timed out or a probe could not take a commit's locks
+  // NOWAIT; probed at most once a second, reconnecting when needed). Never waits for a commit in progress: while one
   // runs, the latest known state is returned. For /readyz.
   virtual absl::Status Health() = 0;
 
@@ -93,6 +132,11 @@ class Store {
   // otherwise: the daemon's memory is the truth).
   virtual absl::StatusOr<StoredJob> LoadJob(const std::string& name) {
     return absl::UnimplementedError(absl::StrCat("LoadJob(", name, "): not a shared store"));
+  }
+  // Every job with its taps and sealed generations, by name, as committed by
+  // any replica. Shared stores only (UNIMPLEMENTED otherwise).
+  virtual absl::StatusOr<std::vector<JobSummary>> ListJobs() {
+    return absl::UnimplementedError("ListJobs: not a shared store");
   }
 
   virtual int schema_version() const = 0;
@@ -113,7 +157,8 @@ class Store {
 class HistoryReader {
  public:
   // `db` must have been opened by Store::Open before.
-  static absl::StatusOr<std::unique_ptr<HistoryReader>> Open(const std::string& db);
+  static absl::StatusOr<std::unique_ptr<HistoryReader>> Open(const std::string& db,
+                                                             const StoreOptions& options = {});
   virtual ~HistoryReader() = default;
 
   // Every report of `job` (of `tap` only, when not empty), by generation then tap.
@@ -122,6 +167,16 @@ class HistoryReader {
   // One report, NOT_FOUND when there is none.
   virtual absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
                                                              int64_t generation) = 0;
+  // What a seal of (job, tap, `before`) reads of the tap's earlier history
+  // (spec §3; ReportHistory::CatchUp), by generation: the `recent` latest
+  // reports with generation < `before`, the `with_drift` latest successful
+  // ones with a baseline (baseline_generation >= 0) and generation < `before`,
+  // the first successful report (lowest generation: the default baseline)
+  // and report `pinned` (a pinned baseline; -1: none). Each report once. The
+  // rows read do not grow with the tap's history. This default filters
+  // Reports(); PostgreSQL reads only those rows.
+  virtual absl::Status SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
+                                  int with_drift, int64_t pinned, std::vector<sigma::v1::GenerationReport>* out);
   // True when other sigmad replicas write the same database (PostgreSQL):
   // reports this daemon did not seal may appear at any time (ReportHistory::CatchUp).
   virtual bool shared() const { return false; }

@@ -1,6 +1,7 @@
 // Copying a history from one store into another (storage.h), e.g. an SQLite
 // file into the PostgreSQL database replicas will share (docs/deployment.md):
-// every job (its current configuration and m) and every report, in the order
+// every job (its current configuration and m), its configs log (every
+// configuration change with its time) and every report, in the order
 // they were sealed, in transactions of `batch` reports. Re-running after an
 // interruption is safe on PostgreSQL (a report already stored byte for byte
 // counts as copied); a different report already at the destination stops the
@@ -17,6 +18,7 @@ namespace sigma::server {
 
 struct MigrateCounts {
   int64_t jobs = 0;
+  int64_t configs = 0;  // rows of the configs log
   int64_t reports = 0;
 };
 
