@@ -588,26 +588,29 @@ absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::s
 }
 
 // The rows of SealWindow's rule (storage.h; HistoryReader::SealWindow is the
-// reference), each from the (job, tap, generation) index.
+// reference): each part a LIMIT scan of the (job, tap, generation) index, so
+// the plan never scans the tap (as a join on the generations could with
+// stale statistics).
 absl::Status PgHistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
                                          int with_drift, int64_t pinned,
                                          std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = WithRetry([&] {
     return conn_.Exec(
-        "SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation IN ("
-        " (SELECT generation FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
+        "SELECT DISTINCT ON (generation) generation, report FROM ("
+        " (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
         "  ORDER BY generation DESC LIMIT $4)"
-        " UNION (SELECT generation FROM reports WHERE job = $1 AND tap = $2 AND generation < $3 AND failed = 0"
-        "  AND baseline_generation >= 0 ORDER BY generation DESC LIMIT $5)"
-        " UNION (SELECT generation FROM reports WHERE job = $1 AND tap = $2 AND failed = 0"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
+        "  AND failed = 0 AND baseline_generation >= 0 ORDER BY generation DESC LIMIT $5)"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND failed = 0"
         "  ORDER BY generation LIMIT 1)"
-        " UNION SELECT $6::BIGINT) ORDER BY generation",
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation = $6)"
+        ") AS w ORDER BY generation",
         {Text(job), Text(tap), Int(before), Int(std::max(recent, 0)), Int(std::max(with_drift, 0)), Int(pinned)});
   });
   if (!r.ok()) return absl::Status(r.status().code(), r.status().message());
   for (int i = 0; i < PQntuples(r->get()); ++i) {
-    if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 0)))
+    if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 1)))
       return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
   }
   return absl::OkStatus();
