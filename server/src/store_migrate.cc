@@ -52,7 +52,8 @@ int MigrateMain(int argc, char** argv) {
   if (from.empty() || to.empty() || argc != 5) {
     std::fprintf(stderr,
                  "usage: sigmad-migrate --from DB --to DB\n"
-                 "  copies every job and report of one history store into another, e.g.\n"
+                 "  copies every job, configuration change and report of one history store into\n"
+                 "  another, e.g.\n"
                  "  --from var/sigma.db --to postgresql://sigma@db:5432/sigma (stop sigmad first)\n");
     return 2;
   }
