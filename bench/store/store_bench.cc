@@ -120,7 +120,9 @@ bool Run(const std::string& db, int commits, int history, double* baseline) {
     if (!Time(commits, seal(all), &t)) return false;
     print("seal, read all", t);
   }
-  auto window = [&](int64_t g) { return cache.CatchUp("bench", "long", g, 2, sigma::server::kForecastWindow, -1); };
+  auto window = [&](int64_t g) {
+    return cache.CatchUp("bench", "long", g, /*recent=*/2, sigma::server::kForecastWindow, /*pinned=*/-1);
+  };
   if (!Time(commits, seal(window), &t)) return false;
   print(shared ? "seal, read window" : "seal (reads nothing)", t);
   return true;

@@ -426,7 +426,8 @@ void Engine::ListJobs(v1::ListJobsResponse* response, std::function<void(const a
   }
   queue_.EnqueueTask([this, list, done = std::move(done)] {
     absl::StatusOr<std::vector<JobSummary>> stored = store_->ListJobs();
-    if (!stored.ok()) return done(absl::UnavailableError(absl::StrCat("reading the jobs: ", stored.status().message())));
+    if (!stored.ok())
+      return done(absl::UnavailableError(absl::StrCat("reading the jobs: ", stored.status().message())));
     list(&*stored);
     done(absl::OkStatus());
   });

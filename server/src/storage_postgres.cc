@@ -469,7 +469,8 @@ absl::StatusOr<std::vector<JobSummary>> PgStore::ListJobs() {
   std::lock_guard<std::mutex> lock(mu_);
   auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m FROM jobs ORDER BY name"); });
   if (!j.ok()) return j.status();
-  auto t = WithRetry([&] { return conn_.Exec("SELECT job, tap, max(m) FROM reports GROUP BY job, tap ORDER BY 1, 2"); });
+  auto t = WithRetry(
+      [&] { return conn_.Exec("SELECT job, tap, max(m) FROM reports GROUP BY job, tap ORDER BY 1, 2"); });
   if (!t.ok()) return t.status();
   auto g = WithRetry([&] {
     return conn_.Exec("SELECT job, count(DISTINCT generation), max(generation) FROM reports GROUP BY job ORDER BY 1");
