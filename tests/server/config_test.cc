@@ -43,6 +43,22 @@ TEST(ConfigTest, DefaultsAndFlags) {
   EXPECT_TRUE(help);
 }
 
+// --db-timeout-ms: the PostgreSQL statement_timeout (storage.h StoreOptions).
+TEST(ConfigTest, DbTimeoutFlag) {
+  bool help = false;
+  auto o = Parse({}, &help);
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->db_timeout_ms, 10000);
+  o = Parse({"--db-timeout-ms", "0"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->db_timeout_ms, 0);
+  const absl::Status negative = Parse({"--db-timeout-ms=-1"}, &help).status();
+  EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(negative.message().find("--db-timeout-ms must be >= 0"), std::string::npos) << negative;
+  EXPECT_FALSE(Parse({"--db-timeout-ms", "soon"}, &help).ok());
+  EXPECT_NE(UsageText().find("--db-timeout-ms"), std::string::npos);
+}
+
 TEST(ConfigTest, YamlFileThenFlagsOverride) {
   TempDir dir;
   const std::string path = dir.path() + "/sigmad.yaml";
