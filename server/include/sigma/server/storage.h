@@ -48,8 +48,9 @@ struct StoredJob {
 // How Store::Open and HistoryReader::Open connect (PostgreSQL only; SQLite
 // ignores it).
 struct StoreOptions {
-  // Server-side statement_timeout of every statement, in ms; 0 = none. A
-  // `options=-c statement_timeout=...` in the URL takes precedence.
+  // Server-side statement_timeout of every statement, in ms; 0 = none. An
+  // `options=...` parameter in the URL replaces it (libpq keyword "options";
+  // add `-c statement_timeout=...` there).
   int64_t statement_timeout_ms = 10000;
 };
 
