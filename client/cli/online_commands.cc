@@ -27,11 +27,13 @@
 #include "absl/time/time.h"
 #include "npy.h"
 #include "online_flags.h"
+#include "online_output.h"
 #include "json_output.h"
 #include "report_csv.h"
 #include "sigma/client/client.h"
 #include "sigma/client/json.h"
 #include "sigma/kernels/dtype.h"
+#include "sigma/v1/wire.h"
 
 namespace sigma::cli {
 namespace {
@@ -94,10 +96,13 @@ constexpr char kSendUsage[] =
     "%s";
 
 constexpr char kReportUsage[] =
-    "usage: sigmactl report --job J [--tap T] [--json | --csv] [common flags]\n"
-    "Prints the history of a job: one row per sealed snapshot (tap, generation).\n"
+    "usage: sigmactl report --job J [--tap T] [--generation K] [--json | --csv] [common flags]\n"
+    "Prints the history of a job: one row per sealed snapshot (tap, generation); with\n"
+    "--generation, that one report in full (GetReport; exit 1 with NOT_FOUND while it has\n"
+    "not sealed).\n"
     "  --job J               job name (required)\n"
-    "  --tap T               only this tap (default: every tap)\n"
+    "  --tap T               only this tap (default: every tap; with --generation \"default\")\n"
+    "  --generation K        only this generation's report\n"
     "  --json                print the GetHistoryResponse as one JSON object\n"
     "                        {\"reports\": [GenerationReport, ...]}\n"
     "  --csv                 print one CSV row per report (the columns of\n"
@@ -150,7 +155,11 @@ constexpr char kCloseUsage[] =
     "  --json                print the GenerationReport as one JSON object\n"
     "%s";
 
-// ---- output ---------------------------------------------------------------
+}  // namespace
+
+// ---- output (online_output.h) ----------------------------------------------
+
+const char* CommonFlagsHelp() { return kCommonFlagsHelp; }
 
 int PrintJson(const google::protobuf::Message& message, std::ostream& out, std::ostream& err) {
   absl::StatusOr<std::string> json = client::MessageToJson(message);
@@ -221,17 +230,9 @@ void PrintReport(const v1::GenerationReport& r, std::ostream& out) {
   }
 }
 
-// ---- .npy loading ---------------------------------------------------------
+namespace {
 
-std::optional<v1::DType> WireDType(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32: return v1::DTYPE_FP32;
-    case DType::kFloat16: return v1::DTYPE_FP16;
-    case DType::kBFloat16: return v1::DTYPE_BF16;
-    case DType::kFloat64: return v1::DTYPE_FP64;
-  }
-  return std::nullopt;
-}
+// ---- .npy loading ---------------------------------------------------------
 
 // Reads the files; converts every array to float64 when their dtypes differ.
 absl::StatusOr<std::vector<NpyArray>> LoadArrays(const std::vector<std::string>& paths) {
@@ -325,7 +326,7 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
     return 1;
   }
   const int32_t m = static_cast<int32_t>(arrays->front().cols);
-  const v1::DType dtype = *WireDType(arrays->front().dtype);
+  const v1::DType dtype = sigma::ToWireDType(arrays->front().dtype);
   if (*batch_rows) {
     // One Batch carries data + 8-byte ids; sigmad refuses more than its --max-message-bytes
     // (default 64 MiB) with gRPC's "Received message larger than max": cap, and say so.
@@ -381,7 +382,7 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
 int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
   const std::string usage = WithCommon(kReportUsage);
   absl::StatusOr<Parsed> p =
-      ParseArgs(args, {{"job", true}, {"tap", true}, {"json", false}, {"csv", false}}, false);
+      ParseArgs(args, {{"job", true}, {"tap", true}, {"generation", true}, {"json", false}, {"csv", false}}, false);
   if (!p.ok()) return UsageError(err, usage, p.status());
   if (p->help) {
     out << usage;
@@ -391,6 +392,7 @@ int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
   if (!job) return UsageError(err, usage, absl::InvalidArgumentError("--job is required"));
   if (p->Has("json") && p->Has("csv"))
     return UsageError(err, usage, absl::InvalidArgumentError("--json and --csv exclude each other"));
+  if (p->Has("generation")) return RunReportOne(*p, usage, out, err);
   absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
   if (!c.ok()) return ClientError(err, usage, c.status());
   absl::StatusOr<std::vector<v1::GenerationReport>> history =

@@ -26,7 +26,7 @@ namespace sigma::cli {
 //   --preprocessing l2|none --seed S] [--batch-rows N] [--close] [--json]
 int RunSend(const Args& args, std::ostream& out, std::ostream& err);
 
-// sigmactl report --job J [--tap T] [--json]
+// sigmactl report --job J [--tap T] [--generation K] [--json | --csv]
 int RunReport(const Args& args, std::ostream& out, std::ostream& err);
 
 // sigmactl jobs [--json]
@@ -37,6 +37,9 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err);
 
 // sigmactl health [--service S] [--json]
 int RunHealth(const Args& args, std::ostream& out, std::ostream& err);
+
+// sigmactl job --job J [--m M] [--json]   (GetJob; query_commands.cc)
+int RunJob(const Args& args, std::ostream& out, std::ostream& err);
 
 // sigmactl close --job J [--tap T] --generation K [--json]
 int RunClose(const Args& args, std::ostream& out, std::ostream& err);

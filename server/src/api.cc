@@ -35,6 +35,16 @@ grpc::Status Answer(Metrics* metrics, Logger* log, const char* rpc, const absl::
   return ToGrpc(s);
 }
 
+// The completion of an engine call that answers one report (CloseGeneration,
+// GetReport): runs once, on a lane or inline, and finishes the reactor.
+ReportCallback ReplyReport(grpc::ServerUnaryReactor* reactor, v1::GenerationReport* response, Metrics* metrics,
+                           Logger* log, const char* rpc) {
+  return [=](const absl::Status& s, ReportPtr report) {
+    if (s.ok() && report) *response = *report;
+    reactor->Finish(Answer(metrics, log, rpc, s));
+  };
+}
+
 // Counts a refusal by the authoriser in the metrics (sigma_auth_failures_total).
 grpc::Status CountAuth(Metrics* metrics, const absl::Status& s) {
   if (!s.ok() && metrics) metrics->AuthFailure(s.code() == absl::StatusCode::kUnauthenticated);
@@ -353,10 +363,7 @@ grpc::ServerUnaryReactor* MonitorService::CloseGeneration(grpc::CallbackServerCo
     reactor->Finish(s);
     return reactor;
   }
-  engine_->Close(*request, [this, reactor, response](const absl::Status& s, ReportPtr report) {
-    if (s.ok() && report) *response = *report;
-    reactor->Finish(Answer(metrics_, engine_->logger(), "CloseGeneration", s));
-  });
+  engine_->Close(*request, ReplyReport(reactor, response, metrics_, engine_->logger(), "CloseGeneration"));
   return reactor;
 }
 
@@ -415,6 +422,29 @@ grpc::ServerUnaryReactor* MonitorService::ConfigureJob(grpc::CallbackServerConte
         reactor->Finish(Answer(metrics_, engine_->logger(), "ConfigureJob", s));
       },
       token ? Identify(context, token).tenant : Tenant{});
+  return reactor;
+}
+
+// ---- GetJob / GetReport block (issue 17 "Protocol")
+
+grpc::ServerUnaryReactor* MonitorService::GetJob(grpc::CallbackServerContext* context,
+                                                 const v1::GetJobRequest* request, v1::JobInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::Status s = Check(context, Rpc::kGetJob, &request->job());
+  if (s.ok()) s = Answer(metrics_, engine_->logger(), "GetJob", engine_->GetJob(*request, response));
+  reactor->Finish(s);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* MonitorService::GetReport(grpc::CallbackServerContext* context,
+                                                    const v1::GetReportRequest* request,
+                                                    v1::GenerationReport* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (grpc::Status s = Check(context, Rpc::kGetReport, &request->job()); !s.ok()) {
+    reactor->Finish(s);
+    return reactor;
+  }
+  engine_->GetReport(*request, ReplyReport(reactor, response, metrics_, engine_->logger(), "GetReport"));
   return reactor;
 }
 

@@ -140,6 +140,8 @@ const char* RpcName(Rpc rpc) {
     case Rpc::kGetHistory: return "GetHistory";
     case Rpc::kListJobs: return "ListJobs";
     case Rpc::kConfigureJob: return "ConfigureJob";
+    case Rpc::kGetJob: return "GetJob";
+    case Rpc::kGetReport: return "GetReport";
   }
   return "?";
 }
@@ -263,7 +265,8 @@ absl::Status Authorizer::Authenticate(const std::vector<std::string_view>& autho
 }
 
 absl::Status Authorizer::CheckRole(const TokenEntry& entry, Rpc rpc) {
-  const bool read_only = rpc == Rpc::kGetHistory || rpc == Rpc::kListJobs;
+  const bool read_only =
+      rpc == Rpc::kGetHistory || rpc == Rpc::kListJobs || rpc == Rpc::kGetJob || rpc == Rpc::kGetReport;
   if (!read_only && entry.role != Role::kWrite)
     return absl::PermissionDeniedError(absl::StrCat(RpcName(rpc), " needs a write token; token '", entry.name,
                                      "' has role read"));

@@ -7,10 +7,21 @@
 #include <vector>
 
 #include "sigma/kernels/ingest_rules.h"
+#include "sigma/server/refusal.h"
 #include "sigma/server/scheduler.h"
 
 namespace sigma::server {
 namespace {
+
+// The two refusals of a batch's energy pass, each counted under its own
+// reason: NaN/Inf elements (CheckFinite names the element) and rows whose norm
+// the preprocessing refuses (RowRefusal: norm 0 under l2, beyond float64).
+absl::Status NonFinite(const absl::Status& s) {
+  return s.ok() ? s : Refusal(s.code(), "non_finite", s.message());
+}
+absl::Status NormRefusal(sigma::RowCheck check, int64_t row) {
+  return Refusal(absl::StatusCode::kInvalidArgument, "invalid_norm", sigma::RowRefusal(check, row));
+}
 
 // Decides, once per block, whether a row whose plain sum of squares is not
 // finite holds NaN/Inf (refused, CheckFinite names the element) or merely
@@ -59,12 +70,12 @@ absl::Status RowEnergies(const sigma::RowBlock& block, Load load, sigma::Preproc
     const uint8_t* row = data + static_cast<size_t>(r * block.m) * width;
     const double plain = PlainSquares(row, block.m, width, load);
     if (!std::isfinite(plain)) {
-      if (absl::Status s = finite.Check(); !s.ok()) return s;
+      if (absl::Status s = finite.Check(); !s.ok()) return NonFinite(s);
     }
     const sigma::ScaledSquares sq = sigma::RowSquares(
         block.m, plain, [&](int64_t c) { return load(row + static_cast<size_t>(c) * width); });
     const sigma::RowEnergy e = sigma::EnergyOfRow(p, sq);
-    if (e.check != sigma::RowCheck::kOk) return absl::InvalidArgumentError(sigma::RowRefusal(e.check, r));
+    if (e.check != sigma::RowCheck::kOk) return NormRefusal(e.check, r);
     sigma::AddRowEnergy(e.energy, rho, stats);
   }
   return absl::OkStatus();
@@ -89,11 +100,11 @@ absl::Status L2RowEnergies(const sigma::RowBlock& block, Word exp_mask, double r
       nonzero |= static_cast<Word>(w & magnitude);
       bad |= static_cast<Word>((w & exp_mask) == exp_mask);
     }
-    if (bad) return sigma::CheckFinite(block);
+    if (bad) return NonFinite(sigma::CheckFinite(block));
     // Any positive stand-in for ||x||^2 gives a nonzero narrow row's verdict.
     const sigma::RowEnergy e =
         sigma::EnergyOfRow(sigma::Preprocessing::kL2, sigma::ScaledSquares{0, nonzero ? 1.0 : 0.0});
-    if (e.check != sigma::RowCheck::kOk) return absl::InvalidArgumentError(sigma::RowRefusal(e.check, r));
+    if (e.check != sigma::RowCheck::kOk) return NormRefusal(e.check, r);
     sigma::AddRowEnergy(e.energy, rho, stats);
   }
   return absl::OkStatus();

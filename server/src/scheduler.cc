@@ -8,6 +8,7 @@
 #include "sigma/server/refusal.h"
 #include "sigma/server/report_builder.h"
 #include "sigma/server/requests.h"
+#include "sigma/v1/wire.h"
 
 namespace sigma::server {
 
@@ -172,6 +173,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
                    absl::StrFormat("the sketch of n_a = %d would bring open snapshots to %d bytes > %s = %d",
                                    effective->n_a(), would_hold, refused_by->naming().limit, refused_by->limit()));
   registry_.OpenSnapshot(key.job, key.tap, open.m(), open.config());
+  registry_.NoteTapDType(key.job, key.tap, open.dtype());
   if (new_job) {
     tenants_.JobCreated(tenant);
     metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
@@ -183,7 +185,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
   p.dtype = dtype;
   p.world_size = open.world_size();
   p.config = *effective;
-  p.prep = MapPrep(p.config.preprocessing());
+  p.prep = sigma::FromWirePreprocessing(p.config.preprocessing());
   p.rho = p.config.rho();
   p.delta = p.config.delta();
   p.k = p.config.n_a();
@@ -220,7 +222,7 @@ absl::Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
   const sigma::RowBlock block{batch.data().data(), snap.params().dtype, batch.rows(), snap.params().m};
   sigma::EnergyStats energy;
   if (absl::Status s = BatchEnergy(block, snap.params().prep, snap.params().rho, &energy); !s.ok())
-    return Refusal(StatusCode::kInvalidArgument, "non_finite", absl::StrCat(where, ": ", s.message()));
+    return Refusal(s.code(), RefusalReason(s), absl::StrCat(where, ": ", s.message()));
   absl::StatusOr<bool> added = snap.AddRows(session->rank, batch, energy, where, clock_());
   if (!added.ok()) return added.status();
   if (!*added) {
@@ -268,13 +270,9 @@ void Engine::EndShare(IngestSession* session, const v1::EndOfShare* end, IngestD
 }
 
 void Engine::Close(const v1::CloseGenerationRequest& request, ReportCallback done) {
-  const std::string tap = TapName(request.tap());
-  if (absl::Status s = ValidateNames(request.job(), &tap); !s.ok()) return done(s, nullptr);
-  if (request.generation() < 0)
-    return done(Refusal(StatusCode::kInvalidArgument, "invalid_request",
-                        absl::StrFormat("generation must be >= 0, got %d", request.generation())),
-                nullptr);
-  const SnapshotKey key{request.job(), tap, request.generation()};
+  absl::StatusOr<SnapshotKey> valid = ValidateKey(request.job(), request.tap(), request.generation());
+  if (!valid.ok()) return done(valid.status(), nullptr);
+  const SnapshotKey& key = *valid;
   std::shared_ptr<Snapshot> snap;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -297,11 +295,8 @@ void Engine::Close(const v1::CloseGenerationRequest& request, ReportCallback don
 
 void Engine::ReplySealed(const SnapshotKey& key, ReportCallback done) {
   queue_.EnqueueTask([this, key, done = std::move(done)] {
-    absl::StatusOr<ReportPtr> report = history_->Read(key.job, key.tap, key.generation);
-    if (!report.ok())
-      return done(absl::UnavailableError(
-                      absl::StrCat("reading the sealed report of ", KeyString(key), ": ", report.status().message())),
-                  nullptr);
+    absl::StatusOr<ReportPtr> report = ReadSealed(key);
+    if (!report.ok()) return done(report.status(), nullptr);
     done(absl::OkStatus(), *std::move(report));
   });
 }

@@ -557,6 +557,67 @@ TEST_F(SigmadTest, TwoGenerationsHistoryJobsAndConfigure) {
 }
 
 
+// GetJob / GetReport (issue 17 "Protocol") through the client and sigmactl:
+// the daemon resolves n_A for a given m, the taps' m and dtype, one report.
+TEST_F(SigmadTest, GetJobAndGetReportThroughTheClientAndSigmactl) {
+  const int32_t m = 8;
+  const std::vector<float> data = RandomRows(500, m, 31);
+  auto sent = client_->SendGeneration({"query", "t", 0}, Embeddings{data.data(), v1::DTYPE_FP32, 500, m, {}}, {});
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  ASSERT_TRUE(sent->sealed());
+
+  auto info = client_->GetJob("query");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->config().n_a(), 4096);
+  ASSERT_EQ(info->tap_info_size(), 1);
+  EXPECT_EQ(info->tap_info(0).tap(), "t");
+  EXPECT_EQ(info->tap_info(0).m(), m);
+  EXPECT_EQ(info->tap_info(0).dtype(), v1::DTYPE_FP32);
+  info = client_->GetJob("query", 300);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->config().n_a(), 4800);
+  EXPECT_EQ(client_->GetJob("no-such-job").status().code(), absl::StatusCode::kNotFound);
+  // The pre-sketch parameters of another tap of the job with a larger m: n_A for that
+  // m (the daemon's rule), not for the job's first m.
+  auto params = client_->EffectiveSketchParams("query", 300);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->n_a, 4800);
+
+  auto report = client_->GetReport({"query", "t", 0});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->SerializeAsString(), sent->report().SerializeAsString());
+  auto missing = client_->GetReport({"query", "t", 1});
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("job 'query' tap 't' generation 1"));
+
+  const std::string t = daemon_->target();
+  CommandResult r = Sigmactl({"job", "--target", t, "--job", "query", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["config"]["n_a"], 4096);
+  EXPECT_EQ(j["tap_info"][0]["dtype"], "DTYPE_FP32");
+  r = Sigmactl({"job", "--target", t, "--job", "query", "--m", "300"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("n_A 4800 (for m = 300)"));
+  EXPECT_THAT(r.out, HasSubstr("tap t  m 8  dtype fp32  open: -"));
+  r = Sigmactl({"job", "--target", t, "--job", "no-such-job"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  r = Sigmactl({"job", "--target", t});
+  EXPECT_EQ(r.exit_code, 2);
+  r = Sigmactl({"report", "--target", t, "--job", "query", "--tap", "t", "--generation", "0", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_PRED2(Close, JsonNumber(nlohmann::json::parse(r.out)["track2"]), sent->report().track2());
+  r = Sigmactl({"report", "--target", t, "--job", "query", "--tap", "t", "--generation", "0"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("job query  tap t  generation 0"));
+  r = Sigmactl({"report", "--target", t, "--job", "query", "--tap", "t", "--generation", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("generation 1"));
+  r = Sigmactl({"report", "--target", t, "--job", "query", "--generation", "-1"});
+  EXPECT_EQ(r.exit_code, 2);
+}
+
 // sigmad --tokens: the client's bearer_token, sigmactl --token-file and
 // $SIGMA_TOKEN; the token never shows in the daemon's log.
 TEST(SigmadTokensTest, ClientAndSigmactlSendTheToken) {

@@ -497,9 +497,9 @@ def test_new_job_race_keeps_the_first_ranks_sketch_settings(server, job):
     late = Monitor(server.target, job=job, rank=1, world_size=2, n_a=99, seed=5)
     real, calls = late._job_info_proto, []
 
-    def unknown_at_first():
+    def unknown_at_first(m=None):
         calls.append(1)
-        return None if len(calls) == 1 else real()
+        return None if len(calls) == 1 else real(m)
 
     late._job_info_proto = unknown_at_first
     g0 = first.generation(0)

@@ -26,7 +26,7 @@ def test_stubs_match_the_proto():
     assert pb2.DESCRIPTOR.package == "sigma.v1"
     svc = pb2.DESCRIPTOR.services_by_name["SigmaMonitor"]
     assert {m.name for m in svc.methods} == {"Ingest", "CloseGeneration", "GetHistory",
-                                             "ListJobs", "ConfigureJob"}
+                                             "ListJobs", "ConfigureJob", "GetJob", "GetReport"}
     assert hasattr(grpc_mod, "SigmaMonitorStub")
 
 
@@ -59,3 +59,26 @@ def test_missing_or_stale_stubs_are_regenerated_on_import(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     assert "stale" not in (pkg / "_proto" / "sigma_pb2.py").read_text()
+
+
+def test_stubs_of_another_proto_are_regenerated_on_import(tmp_path):
+    """Stubs generated before sigma.proto changed (new RPCs) are regenerated: the copy of
+    the proto they were made from differs from the source's."""
+    import shutil
+
+    pkg = tmp_path / "sigma_client"
+    shutil.copytree(SRC / "sigma_client", pkg,
+                    ignore=shutil.ignore_patterns("_proto", "__pycache__"))
+    code = ("import sigma_client._pb as p; pb2, g = p.load(); "
+            "assert hasattr(pb2, 'GetReportRequest'), 'stale stubs'")
+    env = {"PYTHONPATH": str(tmp_path), "SIGMA_PROTO_ROOT": str(REPO / "proto"), "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    # Stubs of an older proto: without GetReport, and the copy of that proto.
+    copy = pkg / "_proto" / "proto" / "sigma" / "v1" / "sigma.proto"
+    copy.write_text(copy.read_text() + "\n// an older revision\n")
+    stub = pkg / "_proto" / "sigma_pb2.py"
+    stub.write_text(stub.read_text() + "\ndel GetReportRequest\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert copy.read_text() == (REPO / "proto/sigma/v1/sigma.proto").read_text()

@@ -357,6 +357,41 @@ TEST_F(AuthDaemonTest, EveryCredentialAgainstEveryRpc) {
     EXPECT_EQ(scrape.find(t), std::string::npos) << t;
 }
 
+// GetJob / GetReport take the read roles of GetHistory and ListJobs (issue 17);
+// their auth refusals are counted like every other RPC's.
+TEST_F(AuthDaemonTest, GetJobAndGetReportTakeTheReadRoles) {
+  using C = grpc::StatusCode;
+  struct Case {
+    std::optional<std::string> header;
+    C want;
+  };
+  const std::vector<Case> cases = {{std::nullopt, C::UNAUTHENTICATED},     {Bearer("not-a-token-0123456789"), C::UNAUTHENTICATED},
+                                   {Bearer(kWriteA), C::OK},              {Bearer(kReadA), C::OK},
+                                   {Bearer(kWriteB), C::PERMISSION_DENIED}, {Bearer(kReadB), C::PERMISSION_DENIED}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.header.value_or("no header"));
+    grpc::ClientContext job_ctx, report_ctx;
+    if (c.header) {
+      SetAuth(&job_ctx, *c.header);
+      SetAuth(&report_ctx, *c.header);
+    }
+    v1::GetJobRequest job;
+    job.set_job("teamA.job");
+    v1::JobInfo info;
+    EXPECT_EQ(d_->stub->GetJob(&job_ctx, job, &info).error_code(), c.want);
+    if (c.want == C::OK) EXPECT_EQ(info.job(), "teamA.job");
+    v1::GetReportRequest report;
+    report.set_job("teamA.job");
+    report.set_generation(0);
+    v1::GenerationReport r;
+    EXPECT_EQ(d_->stub->GetReport(&report_ctx, report, &r).error_code(), c.want);
+    if (c.want == C::OK) EXPECT_EQ(r.job(), "teamA.job");
+  }
+  const std::string scrape = Scrape(d_->ports.metrics_port);
+  EXPECT_EQ(MetricValue(scrape, "sigma_auth_failures_total", {{"code", "unauthenticated"}}), 4.0);
+  EXPECT_EQ(MetricValue(scrape, "sigma_auth_failures_total", {{"code", "permission_denied"}}), 4.0);
+}
+
 TEST_F(AuthDaemonTest, StatusMessagesNeverCarryTheToken) {
   for (const std::string& header : {Bearer("wrong-secret-token-zz"), Bearer(kReadA), Bearer(kWriteB)}) {
     grpc::ClientContext ctx;

@@ -15,6 +15,7 @@
 #include "sigma/kernels/backend_factory.h"
 #include "sigma/kernels/estimator.h"
 #include "sigma/kernels/sketch.h"
+#include "sigma/server/refusal.h"
 #include "sigma/server/scheduler.h"
 
 namespace sigma::server::testing {
@@ -624,6 +625,7 @@ TEST(BatchEnergyTest, MatchesPreprocessRows) {
     const absl::Status zero = BatchEnergy({bytes.data(), kd, n, m}, sigma::Preprocessing::kL2, 1.0, &untouched);
     EXPECT_EQ(zero.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(std::string(zero.message()).find("row 10 has norm 0"), std::string::npos) << zero.message();
+    EXPECT_EQ(RefusalReason(zero), "invalid_norm");  // not counted as non_finite (issue 17)
     EXPECT_EQ(untouched.count, 0);
     for (auto p : {sigma::Preprocessing::kL2, sigma::Preprocessing::kNone}) {
       const sigma::RowBlock block{p == sigma::Preprocessing::kL2 ? l2_bytes.data() : bytes.data(), kd, n, m};
@@ -648,6 +650,7 @@ TEST(BatchEnergyTest, MatchesPreprocessRows) {
     const absl::Status s = BatchEnergy({bad.data(), kd, n, m}, sigma::Preprocessing::kL2, 1.0, &stats);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(std::string(s.message()).find("row 7, column 3"), std::string::npos) << s.message();
+    EXPECT_EQ(RefusalReason(s), "non_finite");
     EXPECT_EQ(stats.count, 0);
   }
   // Finite float64 values whose squares overflow are not NaN/Inf inputs: under
@@ -662,6 +665,7 @@ TEST(BatchEnergyTest, MatchesPreprocessRows) {
   const absl::Status none = BatchEnergy({hb.data(), sigma::DType::kFloat64, 2, 4}, sigma::Preprocessing::kNone, 1.0, &st);
   EXPECT_EQ(none.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(none.message()).find("row 0 has a squared norm above"), std::string::npos) << none.message();
+  EXPECT_EQ(RefusalReason(none), "invalid_norm");
   EXPECT_EQ(st.count, 2);
 }
 

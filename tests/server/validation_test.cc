@@ -89,6 +89,13 @@ TEST_F(ValidationTest, EveryBadBatchIsRefusedAndLeavesTheSnapshotUnchanged) {
     ExpectStatus(SendBad("target", MakeBatch(r, 200, 300, 2, v1::DTYPE_FP32)), StatusCode::INVALID_ARGUMENT,
                  "row 50");
   }
+  // A zero row under l2: refused under its own reason, not as non_finite (issue 17).
+  {
+    Rows r = rows_;
+    for (int64_t c = 0; c < kM; ++c) r.values[static_cast<size_t>(260 * kM + c)] = 0;
+    ExpectStatus(SendBad("target", MakeBatch(r, 200, 300, 2, v1::DTYPE_FP32)), StatusCode::INVALID_ARGUMENT,
+                 "row 60 has norm 0");
+  }
   // rows = 0.
   {
     v1::IngestRequest b;
@@ -152,11 +159,14 @@ TEST_F(ValidationTest, EveryBadBatchIsRefusedAndLeavesTheSnapshotUnchanged) {
 
   const std::string scrape = Scrape(d_->ports.metrics_port);
   for (const char* reason : {"size_mismatch", "non_finite", "empty_batch", "sample_ids_mismatch", "too_large",
-                             "dimension_mismatch", "invalid_dtype", "invalid_rank", "invalid_name", "not_open"}) {
+                             "dimension_mismatch", "invalid_dtype", "invalid_rank", "invalid_name", "not_open",
+                             "invalid_norm"}) {
     auto v = MetricValue(scrape, "sigma_rejected_batches_total", {{"reason", reason}});
     ASSERT_TRUE(v.has_value()) << reason;
     EXPECT_GE(*v, 1) << reason;
   }
+  // The NaN and the Inf batch only: the zero row is invalid_norm.
+  EXPECT_EQ(MetricValue(scrape, "sigma_rejected_batches_total", {{"reason", "non_finite"}}), 2.0);
 }
 
 TEST_F(ValidationTest, LimitsGiveResourceExhausted) {

@@ -23,6 +23,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "sigma/v1/sigma.grpc.pb.h"
+#include "sigma/v1/wire.h"
 
 namespace sigma::client {
 namespace {
@@ -128,8 +129,7 @@ absl::StatusOr<Presketch> RunPresketch(absl::Span<const Embeddings> blocks, int3
   const int32_t m = blocks.front().m;
   const v1::DType dtype = blocks.front().dtype;
   const size_t row_bytes = static_cast<size_t>(m) * DTypeBytes(dtype);
-  const Preprocessing prep =
-      params.preprocessing == v1::PREPROCESSING_NONE ? Preprocessing::kNone : Preprocessing::kL2;
+  const Preprocessing prep = sigma::FromWirePreprocessing(params.preprocessing);
   std::vector<Candidate> candidates;
   Presketch out;
   double energy_sum = 0.0, max_energy = 0.0;
@@ -202,15 +202,7 @@ std::string_view ServingStatusName(ServingStatus status) {
   return "UNKNOWN";
 }
 
-size_t DTypeBytes(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_FP32: return 4;
-    case v1::DTYPE_FP16: return 2;
-    case v1::DTYPE_BF16: return 2;
-    case v1::DTYPE_FP64: return 8;
-    default: return 0;
-  }
-}
+size_t DTypeBytes(v1::DType dtype) { return sigma::WireDTypeBytes(dtype); }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
@@ -494,41 +486,24 @@ absl::StatusOr<std::vector<v1::JobInfo>> Client::ListJobsOn(const std::string& t
 
 absl::StatusOr<SketchParams> Client::EffectiveSketchParams(std::string_view job, int32_t m,
                                                            const v1::JobConfig& own) {
-  absl::StatusOr<std::vector<v1::JobInfo>> jobs = ListJobsOn(TargetFor(job));
-  if (!jobs.ok()) return jobs.status();
+  absl::StatusOr<v1::JobInfo> info = GetJob(job, m);
+  if (absl::IsNotFound(info.status())) {
+    // A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its seed or
+    // n_a, which the pre-sketch must use. Create it with `own` (what the first share's
+    // OpenSnapshot.config would do) and read back what the daemon resolves for m.
+    absl::StatusOr<v1::JobInfo> created = ConfigureJob(job, own);
+    // FAILED_PRECONDITION: another rank opened the job meanwhile with other sketch
+    // settings; its win.
+    if (!created.ok() && !absl::IsFailedPrecondition(created.status())) return created.status();
+    info = GetJob(job, m);
+  }
+  if (!info.ok()) return info.status();
+  const v1::JobConfig& config = info->config();  // effective: every field set
   SketchParams params;
-  const v1::JobConfig* config = nullptr;
-  int32_t job_m = m;
-  for (const v1::JobInfo& info : *jobs) {
-    if (info.job() == job) {
-      config = &info.config();
-      if (info.m() > 0) job_m = info.m();
-    }
-  }
-  // A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its seed or
-  // n_a, which the pre-sketch must use. Create it with `own` (what the first share's
-  // OpenSnapshot.config would do) and take the effective configuration it answers.
-  absl::StatusOr<v1::JobInfo> created;
-  if (config == nullptr) {
-    created = ConfigureJob(job, own);
-    if (absl::IsFailedPrecondition(created.status())) {
-      // Another rank opened the job meanwhile with other sketch settings: its win.
-      absl::StatusOr<std::vector<v1::JobInfo>> again = ListJobsOn(TargetFor(job));
-      if (!again.ok()) return again.status();
-      for (const v1::JobInfo& info : *again) {
-        if (info.job() == job) created = info;
-      }
-    }
-    if (!created.ok()) return created.status();
-    config = &created->config();
-    if (created->m() > 0) job_m = created->m();
-  }
-  params.n_a = config->has_n_a() && config->n_a() > 0 ? config->n_a() : DefaultNA(job_m);
-  params.seed = config->has_seed() ? config->seed() : 0;
-  params.rho = config->has_rho() && config->rho() > 0 ? config->rho() : 1.0;
-  params.preprocessing = config->preprocessing() == v1::PREPROCESSING_NONE
-                             ? v1::PREPROCESSING_NONE
-                             : v1::PREPROCESSING_L2;
+  params.n_a = config.n_a();
+  params.seed = config.seed();
+  params.rho = config.rho();
+  params.preprocessing = config.preprocessing();
   return params;
 }
 
@@ -543,6 +518,38 @@ absl::StatusOr<std::vector<v1::JobInfo>> Client::ListJobs() {
                    [](const v1::JobInfo& a, const v1::JobInfo& b) { return a.job() < b.job(); });
   return jobs;
 }
+
+// ---- GetJob / GetReport block
+
+template <typename Response, typename Request, typename Method>
+absl::StatusOr<Response> Client::Unary(std::string_view job, Method method, const Request& request) {
+  auto stub = v1::SigmaMonitor::NewStub(ChannelFor(TargetFor(job)));
+  Response response;
+  absl::Status status = WithRetries([&] {
+    grpc::ClientContext context;
+    PrepareContext(context, options_);
+    return FromGrpcStatus(((*stub).*method)(&context, request, &response));
+  });
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<v1::JobInfo> Client::GetJob(std::string_view job, std::optional<int32_t> m) {
+  v1::GetJobRequest request;
+  request.set_job(std::string(job));
+  if (m) request.set_m(*m);
+  return Unary<v1::JobInfo>(job, &v1::SigmaMonitor::Stub::GetJob, request);
+}
+
+absl::StatusOr<v1::GenerationReport> Client::GetReport(const SnapshotId& snapshot) {
+  v1::GetReportRequest request;
+  request.set_job(snapshot.job);
+  request.set_tap(snapshot.tap);
+  request.set_generation(snapshot.generation);
+  return Unary<v1::GenerationReport>(snapshot.job, &v1::SigmaMonitor::Stub::GetReport, request);
+}
+
+// ---- end of the GetJob / GetReport block
 
 absl::StatusOr<v1::JobInfo> Client::ConfigureJob(std::string_view job, const v1::JobConfig& config) {
   auto stub = v1::SigmaMonitor::NewStub(ChannelFor(TargetFor(job)));

@@ -80,6 +80,10 @@ void JobRegistry::MarkSealed(const std::string& job) {
   if (auto j = jobs_.find(job); j != jobs_.end()) j->second.has_sealed = true;
 }
 
+void JobRegistry::NoteTapDType(const std::string& job, const std::string& tap, v1::DType dtype) {
+  if (auto j = jobs_.find(job); j != jobs_.end()) j->second.tap_dtypes[tap] = dtype;
+}
+
 absl::StatusOr<StoredJob> JobRegistry::PrepareConfigure(const std::string& job, const v1::JobConfig& request) const {
   auto it = jobs_.find(job);
   JobState fresh;
@@ -132,7 +136,13 @@ v1::JobInfo JobRegistry::Info(const std::string& name, const JobState& job, int6
   v1::JobInfo info;
   info.set_job(name);
   *info.mutable_config() = Effective(job, job.m);
-  for (const auto& [tap, m] : job.taps) info.add_taps(tap);
+  for (const auto& [tap, m] : job.taps) {
+    info.add_taps(tap);
+    v1::TapInfo* t = info.add_tap_info();
+    t->set_tap(tap);
+    t->set_m(m);
+    if (auto d = job.tap_dtypes.find(tap); d != job.tap_dtypes.end()) t->set_dtype(d->second);
+  }
   info.set_generations_sealed(generations);
   info.set_last_generation(last);
   info.set_m(job.m);

@@ -129,9 +129,12 @@ absl::StatusOr<ReportPtr> ReportHistory::Read(const std::string& job, const std:
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto t = taps_.find({job, tap});
-    if (t == taps_.end() || !t->second.reports.contains(generation))
-      return absl::NotFoundError("no sealed report");
-    if (ReportPtr r = t->second.reports.at(generation).report) return r;
+    const bool held = t != taps_.end() && t->second.reports.contains(generation);
+    // A shared store may hold what another replica sealed (GetReport).
+    if (!held && !(reader_ && reader_->shared())) return absl::NotFoundError("no sealed report");
+    if (held) {
+      if (ReportPtr r = t->second.reports.at(generation).report) return r;
+    }
   }
   if (!reader_) return absl::UnavailableError("the history database is not open");
   absl::StatusOr<v1::GenerationReport> r = reader_->Report(job, tap, generation);

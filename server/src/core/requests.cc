@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "sigma/server/refusal.h"
 #include "sigma/server/scheduler.h"
+#include "sigma/v1/wire.h"
 
 namespace sigma::server {
 
@@ -14,16 +15,6 @@ namespace v1 = sigma::v1;
 using absl::StatusCode;
 
 namespace {
-
-std::optional<sigma::DType> MapDType(v1::DType d) {
-  switch (d) {
-    case v1::DTYPE_FP32: return sigma::DType::kFloat32;
-    case v1::DTYPE_FP16: return sigma::DType::kFloat16;
-    case v1::DTYPE_BF16: return sigma::DType::kBFloat16;
-    case v1::DTYPE_FP64: return sigma::DType::kFloat64;
-    default: return std::nullopt;
-  }
-}
 
 absl::Status BadName(const char* what, const std::string& name) {
   return Refusal(StatusCode::kInvalidArgument, "invalid_name",
@@ -48,10 +39,6 @@ bool ValidName(const std::string& name) {
   return true;
 }
 
-sigma::Preprocessing MapPrep(v1::Preprocessing p) {
-  return p == v1::PREPROCESSING_NONE ? sigma::Preprocessing::kNone : sigma::Preprocessing::kL2;
-}
-
 absl::StatusOr<sigma::DType> ValidateOpen(const v1::OpenSnapshot& open, const DaemonOptions& options) {
   const std::string tap = TapName(open.tap());
   if (!ValidName(open.job())) return BadName("job", open.job());
@@ -71,7 +58,7 @@ absl::StatusOr<sigma::DType> ValidateOpen(const v1::OpenSnapshot& open, const Da
   if (open.m() > options.max_m)
     return Refusal(StatusCode::kResourceExhausted, "m_too_large",
                    absl::StrFormat("m = %d exceeds --max-m = %d", open.m(), options.max_m));
-  const std::optional<sigma::DType> dtype = MapDType(open.dtype());
+  const std::optional<sigma::DType> dtype = sigma::FromWireDType(open.dtype());
   if (!dtype)
     return Refusal(StatusCode::kInvalidArgument, "invalid_dtype",
                    absl::StrFormat("unknown dtype %d (%s): use DTYPE_FP32, DTYPE_FP16, DTYPE_BF16 or DTYPE_FP64",
@@ -119,6 +106,15 @@ absl::Status ValidateNames(const std::string& job, const std::string* tap) {
     return Refusal(StatusCode::kInvalidArgument, "invalid_name",
                    "invalid job or tap name: must match [A-Za-z0-9_.:-]{1,128}");
   return absl::OkStatus();
+}
+
+absl::StatusOr<SnapshotKey> ValidateKey(const std::string& job, const std::string& tap, int64_t generation) {
+  SnapshotKey key{job, TapName(tap), generation};
+  if (absl::Status s = ValidateNames(key.job, &key.tap); !s.ok()) return s;
+  if (generation < 0)
+    return Refusal(StatusCode::kInvalidArgument, "invalid_request",
+                   absl::StrFormat("generation must be >= 0, got %d", generation));
+  return key;
 }
 
 absl::Status ValidateConfigure(const v1::ConfigureJobRequest& request) {

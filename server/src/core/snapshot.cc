@@ -334,27 +334,20 @@ void Snapshot::ReleaseRows() {
 }
 
 // The energies of every rank, with the client's reported values where it sent
-// them (PreprocessRows' rule: l2 rows count as exactly 1; a reported max
-// energy above rho counts at least one violation). *counted: rows declared.
+// them (sigma::MergeReportedEnergy, the one rule). *counted: rows declared.
 sigma::EnergyStats Snapshot::MergedEnergy(double* counted) const {
   sigma::EnergyStats merged;
   *counted = 0;
   for (const RankState& r : ranks_) {
-    sigma::EnergyStats e = r.energy;
     const int64_t count = r.end && r.end->count() > 0 ? r.end->count() : r.rows;
     *counted += static_cast<double>(count);
-    if (r.end && (r.end->has_max_energy() || r.end->has_mean_energy() || r.end->has_rho_violations())) {
-      sigma::EnergyStats p;
-      p.count = count;
-      p.max_energy = r.end->has_max_energy() ? std::max(r.end->max_energy(), r.energy.max_energy) : r.energy.max_energy;
-      p.sum_energy =
-          r.end->has_mean_energy() ? r.end->mean_energy() * static_cast<double>(count) : r.energy.sum_energy;
-      p.rho_violations = r.end->has_rho_violations() ? std::max(r.end->rho_violations(), r.energy.rho_violations)
-                                                     : r.energy.rho_violations;
-      if (p.max_energy > p_.rho && p.rho_violations == 0) p.rho_violations = 1;
-      e = p;
+    sigma::ReportedEnergy reported;
+    if (r.end) {
+      if (r.end->has_max_energy()) reported.max_energy = r.end->max_energy();
+      if (r.end->has_mean_energy()) reported.mean_energy = r.end->mean_energy();
+      if (r.end->has_rho_violations()) reported.rho_violations = r.end->rho_violations();
     }
-    merged.Merge(e);
+    merged.Merge(sigma::MergeReportedEnergy(r.energy, count, reported, p_.rho));
   }
   return merged;
 }

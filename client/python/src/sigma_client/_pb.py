@@ -33,14 +33,16 @@ def load():
     with _lock:
         if _loaded is not None:
             return _loaded
-        try:
-            _loaded = _import()
-            return _loaded
-        except Exception as first:  # missing, or a gencode/runtime version mismatch
-            err = first
-        _forget()
         from . import _generate
 
+        try:
+            if _generate.stale():
+                raise ImportError("stubs generated from another sigma.proto than the source's")
+            _loaded = _import()
+            return _loaded
+        except Exception as first:  # missing, stale, or a gencode/runtime version mismatch
+            err = first
+        _forget()
         out = _generate.DEFAULT_OUT
         try:
             if out.exists() and not os.access(out, os.W_OK):

@@ -25,9 +25,6 @@ from .tensors import row_energies, row_refusal, to_float, to_wire
 if TYPE_CHECKING:
     from .monitor import Monitor, SketchParams
 
-_DTYPES = ("fp32", "bf16", "fp16", "fp64")
-
-
 class NotSealedError(SigmaError):
     """gen.report asked before the snapshot sealed (other ranks missing, or async mode)."""
 
@@ -56,7 +53,6 @@ class Generation:
         self.spooled = False          # the share went to the offline spool
         self.response = None
         self._report: Optional[GenerationReport] = None
-        self._dtype_guess: Optional[str] = None
         self._finishing = False       # finish() called (async: queued)
         self._failed: Optional[Exception] = None
         self._done = threading.Event()  # set once the share was sent, spooled or failed
@@ -168,30 +164,31 @@ class Generation:
             raise SigmaError(getattr(self._failed, "code", grpc.StatusCode.UNKNOWN),
                              f"generation {self.k} of {self.mon.job}/{self.mon.tap} not sent: "
                              f"a block failed earlier ({self._failed})")
-        if self.m is None:
-            # No send() at all: the dtype of the other ranks is unknown and the daemon wants
-            # the same one from every rank. Try each (sending an empty [0, m] array of the
-            # right dtype avoids this), this monitor's previous dtype first.
-            kinds = _DTYPES
-            if self.mon._last_kind in kinds:
-                kinds = (self.mon._last_kind,) + tuple(k for k in kinds if k != self.mon._last_kind)
-            for kind in kinds:
-                self.m, self.kind, self._dtype_guess = None, None, kind
-                try:
-                    resp = self.mon._deliver(self)
-                    break
-                except SigmaError as e:
-                    if e.code != grpc.StatusCode.INVALID_ARGUMENT or "dtype" not in e.details \
-                            or kind == kinds[-1]:
-                        raise
-        else:
-            resp = self.mon._deliver(self)
+        resp = self._deliver_without_rows() if self.m is None else self.mon._deliver(self)
         self.response = resp
         if resp is not None and resp.sealed and resp.HasField("report"):
             self._report = report_from_proto(resp.report)
         self.spooled = resp is None
         self.finished = True
         self._mark_done()
+
+    def _deliver_without_rows(self):
+        """No send() at all: the share takes the tap's m and the dtype of the open snapshot
+        (else the tap's latest) from the daemon (GetJob; sending an empty [0, m] array of
+        the right dtype avoids this). When another rank opened the snapshot in another
+        dtype meanwhile (refused), once more with that one."""
+        try:
+            return self.mon._deliver(self)
+        except SigmaError as e:
+            refused, sent = e, self.kind
+            self.m, self.kind = None, None  # asked again at the next attempt
+            if e.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+        m, kind = self.mon._empty_share_shape(self.k)
+        if kind is None or kind == sent:
+            raise refused
+        self.m, self.kind = m, kind
+        return self.mon._deliver(self)
 
     def _mark_done(self) -> None:
         self._done.set()
@@ -202,8 +199,8 @@ class Generation:
 
     @property
     def report(self) -> GenerationReport:
-        """The sealed report: the one this rank's share sealed, else looked up in the
-        daemon's history. Raises NotSealedError while the snapshot is open (other ranks
+        """The sealed report: the one this rank's share sealed, else asked of the daemon
+        (GetReport). Raises NotSealedError while the snapshot is open (other ranks
         missing, or the share still queued in async mode): gen.wait() blocks for it."""
         if self._report is None and self.finished and not self.spooled:
             self._report = self.mon.get_report(self.k)
@@ -219,7 +216,7 @@ class Generation:
             raise NotSealedError(grpc.StatusCode.FAILED_PRECONDITION,
                                  f"generation {self.k} of {self.mon.job}/{self.mon.tap} has not "
                                  f"sealed: {why}; gen.wait(timeout) blocks until it seals",
-                                 rpc="GetHistory", target=self.mon.target)
+                                 rpc="GetReport", target=self.mon.target)
         return self._report
 
     def wait(self, timeout: float = 60.0, poll: float = 0.05,
@@ -259,7 +256,7 @@ class Generation:
     def _timeout(self, timeout: float):
         raise SigmaError(grpc.StatusCode.DEADLINE_EXCEEDED,
                          f"generation {self.k} of {self.mon.job}/{self.mon.tap} did not "
-                         f"seal within {timeout} s", rpc="GetHistory", target=self.mon.target)
+                         f"seal within {timeout} s", rpc="GetReport", target=self.mon.target)
 
     def seal(self) -> GenerationReport:
         """Explicit close: seals the generation with whatever ranks have sent."""

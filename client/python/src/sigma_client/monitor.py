@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import grpc
 from . import _pb
+from ._queries import empty_share_shape, or_none
 from .asyncq import AsyncSender
 from .errors import SigmaError, invalid
 from .generation import Generation, NotSealedError  # noqa: F401 (re-exported)
@@ -82,11 +83,9 @@ DEFAULT_BATCH_BYTES = 1 << 20
 # which happens with narrow rows, e.g. m = 4 fp16 fills 1 MiB with 131072 rows).
 MAX_BATCH_ROWS = 65536
 MAX_MESSAGE = 64 << 20
-
-
-def default_n_a(m: int) -> int:
-    """The spec's default sub-sample size: max(4096, 16 m)."""
-    return max(4096, 16 * int(m))
+# A pre-sketch size that keeps every row: used when the job's n_a is not known (the
+# daemon unreachable and no n_a set here); the daemon then sub-samples the rows itself.
+KEEP_EVERY_ROW = 1 << 62
 
 
 def detect_rank() -> tuple[int, int]:
@@ -214,8 +213,7 @@ class Monitor:
         self._fixed_params: Optional[SketchParams] = None
         self._last_params: Optional[SketchParams] = None
         # The dtype of this monitor's latest share with rows: a later share without
-        # rows tries it first (a wrong guess that opens the snapshot first would fix
-        # its dtype and the other ranks' rows would be refused).
+        # rows uses it when the daemon knows no dtype of the tap (GetJob) yet.
         self._last_kind: Optional[str] = None
         self._lock = threading.Lock()
         self.on_error = on_error
@@ -412,17 +410,21 @@ class Monitor:
                 jobs.setdefault(j.job, job_info_from_proto(j))
         return [jobs[k] for k in sorted(jobs)]
 
-    def job_info(self) -> Optional[JobInfo]:
-        """This job's effective configuration, or None when the daemon does not know it yet."""
-        raw = self._job_info_proto()
+    def job_info(self, m: Optional[int] = None) -> Optional[JobInfo]:
+        """This job's effective configuration as the daemon resolves it (GetJob; n_a for
+        dimension m when given, else for the job's m), or None when the daemon does not
+        know the job yet."""
+        raw = self._job_info_proto(m)
         return None if raw is None else job_info_from_proto(raw)
 
-    def _job_info_proto(self):
-        resp = self._call("ListJobs", self._stub.ListJobs, self.pb2.ListJobsRequest())
-        for j in resp.jobs:
-            if j.job == self.job:
-                return j
-        return None
+    def _job_info_proto(self, m: Optional[int] = None):
+        """GetJob's JobInfo (n_a resolved for m when given), None when the job is unknown."""
+        req = self.pb2.GetJobRequest(job=self.job, **({} if m is None else {"m": int(m)}))
+        return or_none(lambda: self._call("GetJob", self._stub.GetJob, req))
+
+    def _empty_share_shape(self, k: int) -> tuple[int, Optional[str]]:
+        """(m, dtype) of this rank's share of generation k without rows (GetJob)."""
+        return empty_share_shape(self._job_info_proto(), self.tap, k)
 
     def configure(self, *, n_a: Optional[int] = None, delta: Optional[float] = None,
                   rho: Optional[float] = None, preprocessing: Optional[str] = None,
@@ -461,10 +463,11 @@ class Monitor:
         return report_from_proto(self._call("CloseGeneration", self._stub.CloseGeneration, req))
 
     def get_report(self, k: int) -> Optional[GenerationReport]:
-        for r in self.history():
-            if r.generation == k:
-                return r
-        return None
+        """The sealed report of generation k of this tap (GetReport); None while the daemon
+        has none (not sealed yet, or an unknown job)."""
+        req = self.pb2.GetReportRequest(job=self.job, tap=self.tap, generation=int(k))
+        r = or_none(lambda: self._call("GetReport", self._stub.GetReport, req))
+        return None if r is None else report_from_proto(r)
 
     # ------------------------------------------------------------ internals
     def _sketch_params(self, m: int) -> SketchParams:
@@ -473,8 +476,9 @@ class Monitor:
         this monitor's own settings (so that the share can still go to the spool)."""
         if self._fixed_params is not None:
             return self._fixed_params
+        # n_a unknown (the daemon resolves the default): keep every row, the daemon sub-samples.
         own = SketchParams(
-            n_a=int(self.n_a) if self.n_a is not None else default_n_a(m),
+            n_a=int(self.n_a) if self.n_a is not None else KEEP_EVERY_ROW,
             seed=int(self.seed) if self.seed is not None else 0,
             rho=float(self.rho) if self.rho is not None else 1.0,
             preprocessing=self.preprocessing or "l2")
@@ -490,7 +494,7 @@ class Monitor:
         return self._last_params
 
     def _query_sketch_params(self, m: int, own: SketchParams) -> SketchParams:
-        info = self._job_info_proto()
+        info = self._job_info_proto(m)
         if info is None and self.presketch:
             # A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its
             # seed or n_a, which the pre-sketch must use. Create the job with this
@@ -502,17 +506,12 @@ class Monitor:
                 # Another rank opened the job meanwhile with other sketch settings: its win.
                 if e.code != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                info = self._job_info_proto()
+            info = self._job_info_proto(m)  # resolved for m (ConfigureJob's is for the job's m)
         if info is None:
             return own
-        c = info.config
-        prep = {1: "l2", 2: "none"}.get(c.preprocessing, own.preprocessing)
-        params = SketchParams(
-            # A job the daemon already knows keeps its n_a; unset there means the default.
-            n_a=int(c.n_a) if c.HasField("n_a") and c.n_a > 0 else default_n_a(info.m or m),
-            seed=int(c.seed) if c.HasField("seed") else own.seed,
-            rho=float(c.rho) if c.HasField("rho") else own.rho,
-            preprocessing=prep)
+        c = info.config  # effective: every field set, n_a for m
+        params = SketchParams(n_a=int(c.n_a), seed=int(c.seed), rho=float(c.rho),
+                              preprocessing={1: "l2", 2: "none"}.get(c.preprocessing, own.preprocessing))
         if info.generations_sealed > 0:
             self._fixed_params = params
         return params
@@ -521,13 +520,12 @@ class Monitor:
         pb2 = self.pb2
         if gen.m is None:
             # A rank with no rows still finishes its share (else the snapshot never seals):
-            # it needs the job's m, which the daemon knows once any rank has opened.
-            info = self._job_info_proto()
-            m = info.m if info is not None else 0
+            # it needs the tap's m and dtype, which the daemon knows once any rank has opened.
+            m, kind = self._empty_share_shape(gen.k)
             if m <= 0:
                 raise invalid(f"rank {self.rank} sent no rows for generation {gen.k} and the "
                               f"daemon does not know the dimension m of job {self.job!r} yet")
-            gen.m, gen.kind = m, gen._dtype_guess or "fp32"
+            gen.m, gen.kind = m, kind or self._last_kind or "fp32"
         open_msg = pb2.OpenSnapshot(job=self.job, tap=self.tap, generation=gen.k, rank=self.rank,
                                     world_size=self.world_size, m=gen.m or 0,
                                     dtype=DTYPE_ENUM.get(gen.kind, 0), config=self._own_config())

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .tensors import DTYPE_NAME
+
 
 @dataclass(frozen=True)
 class Alert:
@@ -123,6 +125,14 @@ class JobConfig:
 
 
 @dataclass(frozen=True)
+class TapInfo:
+    tap: str
+    m: int                        # 0 while unknown
+    dtype: str                    # "fp32", ...; "" when sigmad knows none since it started
+    open: tuple[int, ...] = ()    # open generations (GetJob only)
+
+
+@dataclass(frozen=True)
 class JobInfo:
     job: str
     config: JobConfig
@@ -130,6 +140,7 @@ class JobInfo:
     generations_sealed: int
     last_generation: int
     m: int
+    tap_info: tuple[TapInfo, ...] = ()
 
 
 # ---------------------------------------------------------------- conversion
@@ -182,6 +193,8 @@ def config_from_proto(msg) -> JobConfig:
 
 
 def job_info_from_proto(msg) -> JobInfo:
+    taps = tuple(TapInfo(tap=t.tap, m=t.m, dtype=DTYPE_NAME.get(t.dtype, ""),
+                         open=tuple(o.generation for o in t.open)) for t in msg.tap_info)
     return JobInfo(job=msg.job, config=config_from_proto(msg.config), taps=tuple(msg.taps),
                    generations_sealed=msg.generations_sealed, last_generation=msg.last_generation,
-                   m=msg.m)
+                   m=msg.m, tap_info=taps)

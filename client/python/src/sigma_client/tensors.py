@@ -13,6 +13,7 @@ from .sketch import row_squares
 
 FP32, FP16, BF16, FP64 = "fp32", "fp16", "bf16", "fp64"
 DTYPE_ENUM = {FP32: 1, FP16: 2, BF16: 3, FP64: 4}
+DTYPE_NAME = {v: k for k, v in DTYPE_ENUM.items()}  # wire enum -> name (0: none)
 _NP = {FP32: np.dtype("<f4"), FP16: np.dtype("<f2"), BF16: np.dtype("<u2"), FP64: np.dtype("<f8")}
 
 

@@ -21,8 +21,17 @@ enum class DType : int {
   kFloat64 = 3,
 };
 
-// Bytes per element of `dtype`.
-size_t DTypeWidth(DType dtype);
+// Bytes per element of `dtype` (inline: the C++ client's wire mapping,
+// sigma/v1/wire.h, uses it without linking the kernels).
+constexpr size_t DTypeWidth(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat16: return 2;
+    case DType::kBFloat16: return 2;
+    case DType::kFloat64: return 8;
+  }
+  return 0;
+}
 
 // "fp32", "fp16", "bf16", "fp64".
 std::string_view DTypeName(DType dtype);

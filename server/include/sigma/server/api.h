@@ -59,6 +59,12 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
   grpc::ServerUnaryReactor* ConfigureJob(grpc::CallbackServerContext* context,
                                          const sigma::v1::ConfigureJobRequest* request,
                                          sigma::v1::JobInfo* response) override;
+  // GetJob / GetReport block: read-only roles (as GetHistory); refusals counted.
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context, const sigma::v1::GetJobRequest* request,
+                                   sigma::v1::JobInfo* response) override;
+  grpc::ServerUnaryReactor* GetReport(grpc::CallbackServerContext* context,
+                                      const sigma::v1::GetReportRequest* request,
+                                      sigma::v1::GenerationReport* response) override;
 
  private:
   // The caller's token entry (null when auth is off), or UNAUTHENTICATED.

@@ -3,7 +3,7 @@
 // The tokens file is YAML, a list of entries:
 //
 //   - token_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
-//     role: write               # write: everything for its jobs; read: GetHistory, ListJobs
+//     role: write               # write: everything for its jobs; read: GetHistory, ListJobs, GetJob, GetReport
 //     job_prefixes: [team-a.]   # job names it may touch ("" matches every job)
 //     name: team-a-trainer      # optional, for operators; never the token
 //     max_streams: 16           # optional: concurrent Ingest streams (else --max-streams-per-client)
@@ -42,7 +42,10 @@ std::string HexDigest(const Sha256Digest& digest);  // 64 lower-case hex digits
 enum class Role { kRead, kWrite };
 
 // The RPCs as the authoriser sees them.
-enum class Rpc { kIngest, kCloseGeneration, kGetHistory, kListJobs, kConfigureJob };
+enum class Rpc {
+  kIngest, kCloseGeneration, kGetHistory, kListJobs, kConfigureJob,
+  kGetJob, kGetReport,  // GetJob / GetReport block: read-only like GetHistory and ListJobs
+};
 const char* RpcName(Rpc rpc);
 
 struct TokenEntry {

@@ -24,6 +24,9 @@ struct JobState {
   std::map<std::string, int32_t> taps;  // tap -> m (0: no snapshot holds or sealed rows yet)
   int64_t open_snapshots = 0;
   bool has_sealed = false;
+  // GetJob block: tap -> dtype of its latest snapshot opened since start
+  // (not stored: absent after a restart until one opens).
+  std::map<std::string, sigma::v1::DType> tap_dtypes;
 };
 
 class JobRegistry {
@@ -49,6 +52,8 @@ class JobRegistry {
   // the m of the next OpenSnapshot again (as after a restart).
   void CloseSnapshot(const std::string& job, const std::string& tap, bool still_open_on_tap, bool tap_sealed);
   void MarkSealed(const std::string& job);
+  // GetJob block: the dtype of a snapshot of (job, tap) that OpenSnapshot admitted.
+  void NoteTapDType(const std::string& job, const std::string& tap, sigma::v1::DType dtype);
 
   // ConfigureJob: the job's configuration with `request` merged in, or a
   // refusal (threshold order; sketch parameters fixed once sealed or while
@@ -63,8 +68,9 @@ class JobRegistry {
 
   const JobState* Find(const std::string& job) const;
   const std::map<std::string, JobState>& jobs() const { return jobs_; }
-  // Information for ListJobs: the effective configuration at the job's m,
-  // with the sealed generation count and the highest one (ReportHistory).
+  // Information for ListJobs and GetJob: the effective configuration at the
+  // job's m, with the sealed generation count and the highest one
+  // (ReportHistory), and each tap's m and dtype (tap_info).
   sigma::v1::JobInfo Info(const std::string& name, const JobState& job, int64_t generations, int64_t last) const;
 
  private:

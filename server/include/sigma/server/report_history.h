@@ -98,7 +98,8 @@ class ReportHistory {
   bool TapSealed(const std::string& job, const std::string& tap) const;
   // Sealed generations of `job` (distinct over taps) and the highest (-1: none).
   int64_t Generations(const std::string& job, int64_t* last) const;
-  // One report: from the cache, else SQLite (NOT_FOUND when there is none).
+  // One report: from the cache, else the store (NOT_FOUND when there is none;
+  // a shared store is asked for reports this daemon does not know of).
   absl::StatusOr<ReportPtr> Read(const std::string& job, const std::string& tap, int64_t generation) const;
   // Every report of `job` (of `tap` when not empty), by generation then tap.
   absl::Status Reports(const std::string& job, const std::string& tap,

@@ -17,8 +17,6 @@ namespace sigma::server {
 // The tap of a request ("" means "default").
 inline std::string TapName(const std::string& tap) { return tap.empty() ? "default" : tap; }
 
-sigma::Preprocessing MapPrep(sigma::v1::Preprocessing p);
-
 // An OpenSnapshot's fields (names, ranks, m, dtype, corpus size, config);
 // returns the row dtype.
 absl::StatusOr<sigma::DType> ValidateOpen(const sigma::v1::OpenSnapshot& open, const DaemonOptions& options);
@@ -30,6 +28,10 @@ absl::Status ValidateBatch(const sigma::v1::Batch& batch, const Snapshot::Params
 
 // A job (and optional tap) name of a unary request.
 absl::Status ValidateNames(const std::string& job, const std::string* tap);
+
+// The snapshot a unary request names (CloseGeneration, GetReport): the names,
+// the tap ("" = "default") and generation >= 0.
+absl::StatusOr<SnapshotKey> ValidateKey(const std::string& job, const std::string& tap, int64_t generation);
 
 // A ConfigureJob request's own fields.
 absl::Status ValidateConfigure(const sigma::v1::ConfigureJobRequest& request);

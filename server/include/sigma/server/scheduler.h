@@ -10,6 +10,7 @@
 //   ReportHistory  (report_history.h) sealed reports, baselines, forecast inputs, the gauges' rule; own mutex
 //   BuildReport    (report_builder.h) the pure report computation
 //   the sealer     (sealer.cc)        gather -> compute -> commit -> publish, on a seal lane
+//   queries        (engine_queries.cc) GetJob (memory, under mu_) and GetReport (task lane)
 //
 // Threading: gRPC callback reactors call Open/Batch/EndShare/Close/... and
 // never wait and never touch SQLite: per-batch work is validation, the NaN
@@ -71,8 +72,9 @@ struct IngestSession {
 // The energy statistics PreprocessRows would give for `block` (after
 // preprocessing `p`: 1 per non-zero l2 row, else ||x||^2; > rho counts as a
 // violation), in one pass over the wire bytes without conversion buffers.
-// INVALID_ARGUMENT from CheckFinite when an element is NaN or Inf; `stats` is
-// unchanged then.
+// Refusals (INVALID_ARGUMENT, `stats` unchanged): reason non_finite when an
+// element is NaN or Inf (CheckFinite names it), invalid_norm when a row's norm
+// is refused (RowRefusal: norm 0 under l2, norm or ||x||^2 beyond float64).
 absl::Status BatchEnergy(const sigma::RowBlock& block, sigma::Preprocessing p, double rho,
                          sigma::EnergyStats* stats);
 
@@ -135,6 +137,14 @@ class Engine {
   // there), plus the jobs only this replica holds; otherwise inline from memory.
   void ListJobs(sigma::v1::ListJobsResponse* response, std::function<void(const absl::Status&)> done);
 
+  // GetJob / GetReport block (engine_queries.cc).
+  // One job's effective settings (n_a for request.m, else the job's m), taps
+  // and open snapshots: memory only, under mu_ (no store I/O).
+  absl::Status GetJob(const sigma::v1::GetJobRequest& request, sigma::v1::JobInfo* info);
+  // One sealed report; `done` runs once, on the task lane (the report may be
+  // read back from the store) or inline for a refusal or NOT_FOUND.
+  void GetReport(const sigma::v1::GetReportRequest& request, ReportCallback done);
+
   // A stream was refused after its OpenSnapshot: the snapshot it opened is
   // discarded when no other stream holds it and it never got a row.
   void Abandon(IngestSession* session);
@@ -169,6 +179,11 @@ class Engine {
   void Discard(const std::shared_ptr<Snapshot>& snap, const absl::Status& error);
   // Replies with the report of an already sealed generation (read on the task lane).
   void ReplySealed(const SnapshotKey& key, ReportCallback done);
+  // A sealed report from the cache or the store (task lane). UNAVAILABLE
+  // naming `key` when the store read fails, or finds nothing although the
+  // history lists it; NOT_FOUND when there is none and `may_be_absent` (a
+  // shared store asked for what another replica may have sealed).
+  absl::StatusOr<ReportPtr> ReadSealed(const SnapshotKey& key, bool may_be_absent = false) const;
   absl::Status OpenNew(const sigma::v1::OpenSnapshot& open, const SnapshotKey& key, sigma::DType dtype,
                        IngestSession* session);  // mu_ held
   void RunConfigure(const sigma::v1::ConfigureJobRequest& request, const Tenant& tenant,

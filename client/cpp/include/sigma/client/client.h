@@ -176,9 +176,8 @@ size_t DTypeBytes(v1::DType dtype);
 // code, same message (the two code spaces coincide).
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
-// The spec's default sub-sample size max(4096, 16 m), and priority(seed, id) =
-// splitmix64(id ^ splitmix64(seed)) (spec §2): the daemon's own definitions.
-using sigma::DefaultNA;
+// priority(seed, id) = splitmix64(id ^ splitmix64(seed)) (spec §2): the
+// daemon's own definition. (The default n_a is the daemon's to resolve: GetJob.)
 using sigma::SketchPriority;
 
 // Rendezvous hashing (see the top of this file).
@@ -230,10 +229,9 @@ class Client {
                                                                const ShareOptions& share = {});
 
   // The sketch parameters `job` uses for dimension `m`: the daemon's effective
-  // configuration when it knows the job (an unset n_a there means DefaultNA); an
-  // unknown job is first created with `own` (ConfigureJob, as the first share's
-  // OpenSnapshot.config would), so the daemon's config-file `defaults:`/`jobs.NAME`
-  // settings apply.
+  // configuration resolved for m (GetJob); an unknown job is first created
+  // with `own` (ConfigureJob, as the first share's OpenSnapshot.config would),
+  // so the daemon's config-file `defaults:`/`jobs.NAME` settings apply.
   absl::StatusOr<SketchParams> EffectiveSketchParams(std::string_view job, int32_t m,
                                                      const v1::JobConfig& own = {});
 
@@ -244,6 +242,13 @@ class Client {
                                                               std::string_view tap = "");
   // The jobs of every target, merged (sorted by job name).
   absl::StatusOr<std::vector<v1::JobInfo>> ListJobs();
+  // GetJob / GetReport block.
+  // One job's effective settings as its daemon resolves them (n_a for `m`
+  // when given, else for the job's m), its taps (m, dtype) and open
+  // snapshots. NOT_FOUND when the daemon does not know the job.
+  absl::StatusOr<v1::JobInfo> GetJob(std::string_view job, std::optional<int32_t> m = std::nullopt);
+  // One sealed report; NOT_FOUND (naming job, tap, generation) while it has not sealed.
+  absl::StatusOr<v1::GenerationReport> GetReport(const SnapshotId& snapshot);
   // Creates or updates `job`'s configuration; returns the effective one.
   absl::StatusOr<v1::JobInfo> ConfigureJob(std::string_view job, const v1::JobConfig& config);
   // grpc.health.v1.Health/Check on `target` ("" = the whole server).
@@ -265,6 +270,9 @@ class Client {
   // the retries are used up.
   template <typename Fn>
   absl::Status WithRetries(Fn&& attempt);
+  // One unary call of the stub's `method` on the daemon of `job`, with retries.
+  template <typename Response, typename Request, typename Method>
+  absl::StatusOr<Response> Unary(std::string_view job, Method method, const Request& request);
   absl::Duration Backoff(int retry);
 
   std::vector<std::string> targets_;
