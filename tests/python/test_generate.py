@@ -25,8 +25,9 @@ def test_stubs_match_the_proto():
     pb2, grpc_mod = _pb.load()
     assert pb2.DESCRIPTOR.package == "sigma.v1"
     svc = pb2.DESCRIPTOR.services_by_name["SigmaMonitor"]
-    assert {m.name for m in svc.methods} == {"Ingest", "CloseGeneration", "GetHistory",
-                                             "ListJobs", "ConfigureJob"}
+    assert {m.name for m in svc.methods} >= {"Ingest", "CloseGeneration", "GetHistory",
+                                             "ListJobs", "ConfigureJob", "DeleteJob",
+                                             "FinishJob", "ListSnapshots"}
     assert hasattr(grpc_mod, "SigmaMonitorStub")
 
 

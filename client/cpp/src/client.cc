@@ -510,7 +510,7 @@ absl::StatusOr<SketchParams> Client::EffectiveSketchParams(std::string_view job,
   // OpenSnapshot.config would do) and take the effective configuration it answers.
   absl::StatusOr<v1::JobInfo> created;
   if (config == nullptr) {
-    created = ConfigureJob(job, own);
+    created = ConfigureJob(job, own, /*create=*/true);
     if (absl::IsFailedPrecondition(created.status())) {
       // Another rank opened the job meanwhile with other sketch settings: its win.
       absl::StatusOr<std::vector<v1::JobInfo>> again = ListJobsOn(TargetFor(job));
@@ -544,19 +544,27 @@ absl::StatusOr<std::vector<v1::JobInfo>> Client::ListJobs() {
   return jobs;
 }
 
-absl::StatusOr<v1::JobInfo> Client::ConfigureJob(std::string_view job, const v1::JobConfig& config) {
-  auto stub = v1::SigmaMonitor::NewStub(ChannelFor(TargetFor(job)));
+absl::StatusOr<v1::JobInfo> Client::ConfigureJob(std::string_view job, const v1::JobConfig& config, bool create) {
   v1::ConfigureJobRequest request;
   request.set_job(std::string(job));
   *request.mutable_config() = config;
+  request.set_create(create);
   v1::JobInfo info;
-  absl::Status status = WithRetries([&] {
-    grpc::ClientContext context;
-    PrepareContext(context, options_);
-    return FromGrpcStatus(stub->ConfigureJob(&context, request, &info));
+  absl::Status status = Unary(TargetFor(job), [&](v1::SigmaMonitor::Stub& stub, grpc::ClientContext& context) {
+    return stub.ConfigureJob(&context, request, &info);
   });
   if (!status.ok()) return status;
   return info;
+}
+
+absl::Status Client::Unary(const std::string& target,
+                           const std::function<grpc::Status(v1::SigmaMonitor::Stub&, grpc::ClientContext&)>& call) {
+  auto stub = v1::SigmaMonitor::NewStub(ChannelFor(target));
+  return WithRetries([&] {
+    grpc::ClientContext context;
+    PrepareContext(context, options_);
+    return FromGrpcStatus(call(*stub, context));
+  });
 }
 
 absl::StatusOr<ServingStatus> Client::Health(const std::string& target, std::string_view service) {

@@ -130,6 +130,8 @@ class JobInfo:
     generations_sealed: int
     last_generation: int
     m: int
+    finished: bool = False        # FinishJob was called (Monitor.finish)
+    finished_unix_ms: int = 0
 
 
 # ---------------------------------------------------------------- conversion
@@ -184,4 +186,4 @@ def config_from_proto(msg) -> JobConfig:
 def job_info_from_proto(msg) -> JobInfo:
     return JobInfo(job=msg.job, config=config_from_proto(msg.config), taps=tuple(msg.taps),
                    generations_sealed=msg.generations_sealed, last_generation=msg.last_generation,
-                   m=msg.m)
+                   m=msg.m, finished=msg.finished, finished_unix_ms=msg.finished_unix_ms)

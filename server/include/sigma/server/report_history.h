@@ -88,6 +88,9 @@ class ReportHistory {
   // no-op for a store only this daemon writes.
   void CatchUp(const std::string& job, const std::string& tap);
 
+  // DeleteJob: forgets every tap of `job` (the store rows are gone).
+  void Forget(const std::string& job);
+
   bool Contains(const std::string& job, const std::string& tap, int64_t generation) const;
   // True when the tap has any sealed report.
   bool TapSealed(const std::string& job, const std::string& tap) const;
