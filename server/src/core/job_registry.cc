@@ -146,11 +146,11 @@ StoredJob JobRegistry::Stored(const std::string& name, const JobState& job) {
   return s;
 }
 
-std::optional<StoredJob> JobRegistry::Finish(const std::string& job, int64_t unix_ms) {
+bool JobRegistry::Finish(const std::string& job, int64_t unix_ms) {
   auto it = jobs_.find(job);
-  if (it == jobs_.end()) return std::nullopt;
+  if (it == jobs_.end()) return false;
   if (it->second.finished_unix_ms == 0) it->second.finished_unix_ms = unix_ms;
-  return Stored(job, it->second);
+  return true;
 }
 
 std::optional<JobState> JobRegistry::Remove(const std::string& job) {

@@ -105,11 +105,15 @@ void Engine::RunDelete(const std::string& job, const std::string& why, const Del
 void Engine::FinishJob(const v1::FinishJobRequest& request, InfoDone done) {
   if (absl::Status s = ValidateNames(request.job(), nullptr); !s.ok()) return done(s, {});
   const std::string job = request.job();
+  // Commit first, apply after: a failed commit leaves the job as it was.
   auto run = [this, job, done] {
     std::optional<StoredJob> row;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      row = registry_.Finish(job, WallMs());
+      if (const JobState* state = registry_.Find(job)) {
+        row = JobRegistry::Stored(job, *state);
+        if (row->finished_unix_ms == 0) row->finished_unix_ms = WallMs();  // the first time is kept
+      }
     }
     if (!row) return done(UnknownJob(job), {});
     const absl::Status committed = store_->Commit({*row}, {});
@@ -118,17 +122,18 @@ void Engine::FinishJob(const v1::FinishJobRequest& request, InfoDone done) {
       metrics_->StoreCommitFailed();
       return done(absl::UnavailableError(absl::StrCat("store: ", committed.message())), {});
     }
-    metrics_->SetJobFinished(job, true);
     v1::JobInfo info;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (!registry_.Finish(job, row->finished_unix_ms)) return done(UnknownJob(job), {});  // deleted meanwhile
       const JobState* state = registry_.Find(job);
-      if (state == nullptr) return done(UnknownJob(job), {});  // deleted meanwhile
       int64_t last = -1;
       const int64_t generations = history_->Generations(job, &last);
       info = registry_.Info(job, *state, generations, last);
     }
-    logger_.Log(LogLevel::kInfo, "finish_job", {{"job", job}, {"finished_unix_ms", absl::StrCat(row->finished_unix_ms)}});
+    metrics_->SetJobFinished(job, true);
+    logger_.Log(LogLevel::kInfo, "finish_job",
+                {{"job", job}, {"finished_unix_ms", absl::StrCat(row->finished_unix_ms)}});
     done(absl::OkStatus(), info);
   };
   if (!queue_.TryEnqueueTask(std::move(run)))
@@ -183,7 +188,8 @@ std::vector<std::string> Engine::SweepLifecycle() {
   }
   for (const std::string& name : retired) {
     queue_.EnqueueTask([this, name] {
-      RunDelete(name, absl::StrCat("--retention-days ", options_.retention_days), [](const absl::Status&, const auto&) {});
+      RunDelete(name, absl::StrCat("--retention-days ", options_.retention_days),
+                [](const absl::Status&, const v1::DeleteJobResponse&) {});
     });
   }
   return retired;

@@ -68,10 +68,11 @@ class JobRegistry {
   // Applies a committed PrepareConfigure result (creating the job for `tenant`).
   void ApplyConfigure(const StoredJob& updated, const std::string& tenant = "");
 
-  // Job lifecycle (issue 15 item 4). Finish: records FinishJob's time (kept
-  // when already finished); returns the job's row to commit. Remove: forgets
-  // the job (its slot is free) and returns its state; nullopt when unknown.
-  std::optional<StoredJob> Finish(const std::string& job, int64_t unix_ms);
+  // Job lifecycle (issue 15 item 4). Finish: records FinishJob's committed
+  // time (kept when already finished); false when the job is unknown.
+  // Remove: forgets the job (its slot is free) and returns its state; nullopt
+  // when unknown.
+  bool Finish(const std::string& job, int64_t unix_ms);
   std::optional<JobState> Remove(const std::string& job);
   void MarkSeriesRemoved(const std::string& job);
   // The store row of a known job (name, configuration, m, finished time).
