@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "sigma/client/json.h"
 
 namespace sigma::cli {
 
@@ -33,6 +34,18 @@ void Int64AsNumbers(const google::protobuf::Descriptor* d, nlohmann::json& json)
       convert(*it);
     }
   }
+}
+
+int PrintJson(const google::protobuf::Message& message, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<std::string> json = client::MessageToJson(message);
+  if (!json.ok()) {
+    err << "sigmactl: " << json.status().message() << "\n";
+    return 1;
+  }
+  nlohmann::json doc = nlohmann::json::parse(*json);
+  Int64AsNumbers(message.GetDescriptor(), doc);
+  out << doc.dump() << "\n";
+  return 0;
 }
 
 }  // namespace sigma::cli

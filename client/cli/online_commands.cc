@@ -43,23 +43,6 @@ using ::sigma::client::Client;
 using ::sigma::client::ClientOptions;
 
 
-constexpr char kCommonFlagsHelp[] =
-    "common flags:\n"
-    "  --target HOST:PORT    sigmad address; repeat or give a comma list to spread jobs over\n"
-    "                        several daemons by rendezvous hashing of the job name\n"
-    "                        (default: $SIGMA_TARGET, else 127.0.0.1:50051)\n"
-    "  --timeout SECONDS     deadline of each attempt of each RPC (default 120)\n"
-    "  --retries N           retries on UNAVAILABLE / DEADLINE_EXCEEDED, with exponential\n"
-    "                        backoff; a share is re-sent whole, which is safe (default 5)\n"
-    "  --tls                 connect with TLS, checking the server against the system roots\n"
-    "  --tls-ca FILE         ... against this PEM CA bundle instead (implies --tls)\n"
-    "  --tls-cert FILE --tls-key FILE   client certificate and key, PEM (mutual TLS)\n"
-    "  --tls-server-name N   expect this name in the server certificate\n"
-    "  --token-file FILE     bearer token for sigmad --tokens, read from FILE (surrounding\n"
-    "                        whitespace stripped); default: $SIGMA_TOKEN, else none\n"
-    "  -h, --help            print this help\n"
-    "exit status: 0 ok, 1 error (\"sigmactl: CODE: message\" for RPC errors), 2 usage\n";
-
 constexpr char kConfigFlagsHelp[] =
     "  --n-a K               sub-sample size n_A (default max(4096, 16 m))\n"
     "  --delta D             regulariser, > 0 (default 1e-6)\n"
@@ -116,10 +99,12 @@ constexpr char kJobsUsage[] =
     "%s";
 
 constexpr char kConfigureUsage[] =
-    "usage: sigmactl configure --job J [config flags] [--json] [common flags]\n"
-    "Creates or updates a job's configuration and prints the effective one. Unset flags\n"
-    "leave the setting as it is. Sketch parameters are fixed once a generation sealed.\n"
+    "usage: sigmactl configure --job J [--create] [config flags] [--json] [common flags]\n"
+    "Updates a job's configuration and prints the effective one. Unset flags leave the\n"
+    "setting as it is. Sketch parameters are fixed once a generation sealed.\n"
     "  --job J               job name (required)\n"
+    "  --create              create the job when sigmad does not know it (without it, an\n"
+    "                        unknown job is refused: NOT_FOUND, so a typo makes no ghost job)\n"
     "%s"
     "  --baseline-generation B   pin the baseline generation (default: first sealed)\n"
     "  --baseline-job J2     compare against job J2's baseline generation\n"
@@ -160,18 +145,6 @@ constexpr char kCloseUsage[] =
 // ---- output (online_output.h) ----------------------------------------------
 
 const char* CommonFlagsHelp() { return kCommonFlagsHelp; }
-
-int PrintJson(const google::protobuf::Message& message, std::ostream& out, std::ostream& err) {
-  absl::StatusOr<std::string> json = client::MessageToJson(message);
-  if (!json.ok()) {
-    err << "sigmactl: " << json.status().message() << "\n";
-    return 1;
-  }
-  nlohmann::json doc = nlohmann::json::parse(*json);
-  Int64AsNumbers(message.GetDescriptor(), doc);
-  out << doc.dump() << "\n";
-  return 0;
-}
 
 std::string PreprocessingText(v1::Preprocessing p) {
   switch (p) {
@@ -473,7 +446,7 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
        {"seed", true}, {"baseline-generation", true}, {"baseline-job", true},
        {"drift-warning", true}, {"drift-critical", true}, {"divergence-warning", true},
        {"track1-stable", true}, {"probe", true}, {"trend-k", true}, {"trend-z", true},
-       {"trend-floor", true}, {"json", false}},
+       {"trend-floor", true}, {"create", false}, {"json", false}},
       false);
   if (!p.ok()) return UsageError(err, usage, p.status());
   if (p->help) {
@@ -507,7 +480,7 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
   if (absl::Status s = ParseSignificanceFlags(*p, &config); !s.ok()) return UsageError(err, usage, s);
   absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
   if (!c.ok()) return ClientError(err, usage, c.status());
-  absl::StatusOr<v1::JobInfo> info = (*c)->ConfigureJob(*job, config);
+  absl::StatusOr<v1::JobInfo> info = (*c)->ConfigureJob(*job, config, p->Has("create"));
   if (!info.ok()) return RpcError(err, info.status());
   if (p->Has("json")) return PrintJson(*info, out, err);
   const v1::JobConfig& cfg = info->config();

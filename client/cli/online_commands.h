@@ -32,7 +32,7 @@ int RunReport(const Args& args, std::ostream& out, std::ostream& err);
 // sigmactl jobs [--json]
 int RunJobs(const Args& args, std::ostream& out, std::ostream& err);
 
-// sigmactl configure --job J [--n-a ...] [--drift-warning ...] [--json]
+// sigmactl configure --job J [--create] [--n-a ...] [--drift-warning ...] [--json]
 int RunConfigure(const Args& args, std::ostream& out, std::ostream& err);
 
 // sigmactl health [--service S] [--json]
@@ -43,6 +43,14 @@ int RunJob(const Args& args, std::ostream& out, std::ostream& err);
 
 // sigmactl close --job J [--tap T] --generation K [--json]
 int RunClose(const Args& args, std::ostream& out, std::ostream& err);
+
+// Job lifecycle (issue 15 item 4; lifecycle_commands.cc):
+// sigmactl delete-job --job J [--run R] [--json]
+int RunDeleteJob(const Args& args, std::ostream& out, std::ostream& err);
+// sigmactl finish-job --job J [--json]
+int RunFinishJob(const Args& args, std::ostream& out, std::ostream& err);
+// sigmactl snapshots [--job J] [--json]
+int RunSnapshots(const Args& args, std::ostream& out, std::ostream& err);
 
 }  // namespace sigma::cli
 

@@ -29,6 +29,24 @@ struct FlagSpec {
   bool takes_value;
 };
 
+// The help text of the common flags (every online command prints it).
+inline constexpr char kCommonFlagsHelp[] =
+    "common flags:\n"
+    "  --target HOST:PORT    sigmad address; repeat or give a comma list to spread jobs over\n"
+    "                        several daemons by rendezvous hashing of the job name\n"
+    "                        (default: $SIGMA_TARGET, else 127.0.0.1:50051)\n"
+    "  --timeout SECONDS     deadline of each attempt of each RPC (default 120)\n"
+    "  --retries N           retries on UNAVAILABLE / DEADLINE_EXCEEDED, with exponential\n"
+    "                        backoff; a share is re-sent whole, which is safe (default 5)\n"
+    "  --tls                 connect with TLS, checking the server against the system roots\n"
+    "  --tls-ca FILE         ... against this PEM CA bundle instead (implies --tls)\n"
+    "  --tls-cert FILE --tls-key FILE   client certificate and key, PEM (mutual TLS)\n"
+    "  --tls-server-name N   expect this name in the server certificate\n"
+    "  --token-file FILE     bearer token for sigmad --tokens, read from FILE (surrounding\n"
+    "                        whitespace stripped); default: $SIGMA_TOKEN, else none\n"
+    "  -h, --help            print this help\n"
+    "exit status: 0 ok, 1 error (\"sigmactl: CODE: message\" for RPC errors), 2 usage\n";
+
 inline constexpr FlagSpec kCommonFlags[] = {
     {"target", true},  {"timeout", true},  {"retries", true},  {"tls", false},
     {"tls-ca", true},  {"tls-cert", true}, {"tls-key", true},  {"tls-server-name", true},

@@ -25,10 +25,13 @@ constexpr Command kCommands[] = {
     {"jobs", sigma::cli::RunJobs, "[--json]   list jobs and their configuration"},
     {"job", sigma::cli::RunJob, "--job J [--m M] [--json]   one job's effective settings, taps, open snapshots"},
     {"configure", sigma::cli::RunConfigure,
-     "--job J [--n-a K ...] [--drift-warning X ...]   create or update a job's configuration"},
+     "--job J [--create] [--n-a K ...] [--drift-warning X ...]   update (or create) a job's configuration"},
     {"close", sigma::cli::RunClose,
      "--job J [--tap T] --generation K   seal a snapshot now and print its report"},
     {"health", sigma::cli::RunHealth, "[--service S]   gRPC health check of each target"},
+    {"snapshots", sigma::cli::RunSnapshots, "[--job J]   open snapshots: age, ranks finished and missing"},
+    {"finish-job", sigma::cli::RunFinishJob, "--job J   mark a job finished (history kept, no new generations)"},
+    {"delete-job", sigma::cli::RunDeleteJob, "--job J   delete a job: reports, snapshots, metrics (admin)"},
 };
 
 int Usage(std::ostream& os) {

@@ -436,6 +436,57 @@ grpc::ServerUnaryReactor* MonitorService::GetJob(grpc::CallbackServerContext* co
   return reactor;
 }
 
+grpc::ServerUnaryReactor* MonitorService::DeleteJob(grpc::CallbackServerContext* context,
+                                                   const v1::DeleteJobRequest* request,
+                                                   v1::DeleteJobResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (grpc::Status s = Check(context, Rpc::kDeleteJob, &request->job()); !s.ok()) {
+    reactor->Finish(s);
+    return reactor;
+  }
+  engine_->DeleteJob(*request, [this, reactor, response](const absl::Status& s, const v1::DeleteJobResponse& r) {
+    if (s.ok()) *response = r;
+    reactor->Finish(Answer(metrics_, engine_->logger(), "DeleteJob", s));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* MonitorService::FinishJob(grpc::CallbackServerContext* context,
+                                                   const v1::FinishJobRequest* request, v1::JobInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (grpc::Status s = Check(context, Rpc::kFinishJob, &request->job()); !s.ok()) {
+    reactor->Finish(s);
+    return reactor;
+  }
+  engine_->FinishJob(*request, [this, reactor, response](const absl::Status& s, const v1::JobInfo& info) {
+    if (s.ok()) *response = info;
+    reactor->Finish(Answer(metrics_, engine_->logger(), "FinishJob", s));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* MonitorService::ListSnapshots(grpc::CallbackServerContext* context,
+                                                       const v1::ListSnapshotsRequest* request,
+                                                       v1::ListSnapshotsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const TokenEntry* token = nullptr;
+  const std::string* job = request->job().empty() ? nullptr : &request->job();
+  if (grpc::Status s = Check(context, Rpc::kListSnapshots, job, "", &token); !s.ok()) {
+    reactor->Finish(s);
+    return reactor;
+  }
+  grpc::Status s = Answer(metrics_, engine_->logger(), "ListSnapshots", engine_->ListSnapshots(*request, response));
+  if (s.ok() && token != nullptr) {  // only the jobs within the token's prefixes
+    v1::ListSnapshotsResponse all;
+    all.Swap(response);
+    for (v1::SnapshotInfo& snap : *all.mutable_snapshots()) {
+      if (Authorizer::JobAllowed(*token, snap.job())) response->add_snapshots()->Swap(&snap);
+    }
+  }
+  reactor->Finish(s);
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* MonitorService::GetReport(grpc::CallbackServerContext* context,
                                                     const v1::GetReportRequest* request,
                                                     v1::GenerationReport* response) {

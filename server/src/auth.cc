@@ -142,6 +142,9 @@ const char* RpcName(Rpc rpc) {
     case Rpc::kConfigureJob: return "ConfigureJob";
     case Rpc::kGetJob: return "GetJob";
     case Rpc::kGetReport: return "GetReport";
+    case Rpc::kDeleteJob: return "DeleteJob";
+    case Rpc::kFinishJob: return "FinishJob";
+    case Rpc::kListSnapshots: return "ListSnapshots";
   }
   return "?";
 }
@@ -188,7 +191,8 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Parse(const std::string&
           const std::string r = v.IsScalar() ? v.as<std::string>() : "";
           if (r == "write") e.role = Role::kWrite;
           else if (r == "read") e.role = Role::kRead;
-          else return bad(at + ": role must be write or read, got '" + r.substr(0, 40) + "'");
+          else if (r == "admin") e.role = Role::kAdmin;
+          else return bad(at + ": role must be write, read or admin, got '" + r.substr(0, 40) + "'");
           has_role = true;
         } else if (key == "job_prefixes") {
           if (!v.IsSequence()) return bad(at + ": job_prefixes must be a list (\"\" matches every job)");
@@ -265,11 +269,15 @@ absl::Status Authorizer::Authenticate(const std::vector<std::string_view>& autho
 }
 
 absl::Status Authorizer::CheckRole(const TokenEntry& entry, Rpc rpc) {
-  const bool read_only =
-      rpc == Rpc::kGetHistory || rpc == Rpc::kListJobs || rpc == Rpc::kGetJob || rpc == Rpc::kGetReport;
-  if (!read_only && entry.role != Role::kWrite)
-    return absl::PermissionDeniedError(absl::StrCat(RpcName(rpc), " needs a write token; token '", entry.name,
-                                     "' has role read"));
+  const bool read_only = rpc == Rpc::kGetHistory || rpc == Rpc::kListJobs || rpc == Rpc::kListSnapshots ||
+                         rpc == Rpc::kGetJob || rpc == Rpc::kGetReport;
+  const Role needed = rpc == Rpc::kDeleteJob ? Role::kAdmin : read_only ? Role::kRead : Role::kWrite;
+  if (entry.role < needed) {  // read < write < admin
+    const char* names[] = {"read", "write", "admin"};
+    return absl::PermissionDeniedError(absl::StrCat(RpcName(rpc), " needs a", needed == Role::kAdmin ? "n " : " ",
+                                                    names[static_cast<int>(needed)], " token; token '", entry.name,
+                                                    "' has role ", names[static_cast<int>(entry.role)]));
+  }
   return absl::OkStatus();
 }
 

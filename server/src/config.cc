@@ -105,6 +105,8 @@ absl::Status ApplyOption(const std::string& key_in, const std::string& value, Da
   else if (key == "small_seal_max_m") return as_int(&o->small_seal_max_m);
   else if (key == "snapshot_idle_timeout_s") return as_int(&o->snapshot_idle_timeout_s);
   else if (key == "stream_idle_timeout_s") return as_int(&o->stream_idle_timeout_s);
+  else if (key == "finished_series_ttl_s") return as_int(&o->finished_series_ttl_s);
+  else if (key == "retention_days") return as_int(&o->retention_days);
   else if (key == "log_format") o->log_format = value;
   else if (key == "log_level") o->log_level = value;
   else return absl::InvalidArgumentError(absl::StrCat("unknown option '", key_in, "'"));
@@ -179,7 +181,7 @@ std::string UsageText() {
   --port-file FILE              write {"grpc_port","metrics_port","pid"} once listening
   --tls-cert FILE --tls-key FILE  serve gRPC over TLS (PEM); default plaintext
   --tls-client-ca FILE          with TLS: require client certificates signed by this CA
-  --tokens FILE                 YAML list of bearer tokens {token_sha256, role: write|read,
+  --tokens FILE                 YAML list of bearer tokens {token_sha256, role: write|read|admin,
                                 job_prefixes: [...]}; requests need 'authorization: Bearer T'
                                 (default: no authorisation)
   --metrics-basic-auth-file FILE  /metrics requires HTTP basic auth; lines USER:SHA256HEX
@@ -213,6 +215,10 @@ std::string UsageText() {
                                 naming the expiry), default 3600
   --stream-idle-timeout-s N     Ingest streams with no message for N s are cancelled with
                                 DEADLINE_EXCEEDED (0: never), default 600
+  --finished-series-ttl-s N     a finished job's series (FinishJob) leave /metrics N s after it
+                                finished, default 86400 (0: at once)
+  --retention-days N            a job finished N days ago is deleted with its reports
+                                (as DeleteJob), default 0 (kept for ever)
   --log-format text|json        one line per event (seal, refusal, store failure, expiry),
                                 default text
   --log-level LEVEL             debug, info, warning or error, default info
@@ -298,6 +304,12 @@ absl::Status ValidateOptions(const DaemonOptions& o) {
                  positive("snapshot-idle-timeout-s", o.snapshot_idle_timeout_s)}) {
     if (!s.ok()) return s;
   }
+  if (o.finished_series_ttl_s < 0)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--finished-series-ttl-s must be >= 0, got %d", o.finished_series_ttl_s));
+  if (o.retention_days < 0 || o.retention_days > 365000)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--retention-days must be in [0, 365000], got %d", o.retention_days));
   if (o.max_message_bytes > (int64_t{1} << 31) - (int64_t{1} << 20))
     return absl::InvalidArgumentError("--max-message-bytes must be < 2 GiB - 1 MiB");
   if (o.gpu_min_m < 0 || o.gpu_min_m > (1 << 20))

@@ -157,6 +157,36 @@ void Metrics::SetJobFinished(const std::string& job, bool finished) {
   JobGauges(job).finished->Set(finished ? 1 : 0);
 }
 
+void Metrics::RemoveJob(const std::string& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = series_.lower_bound({job, ""}); it != series_.end() && it->first.first == job;) {
+    TapSeries& s = it->second;
+    for (auto [family, gauge] : {std::pair{f_track1_upper_, s.track1_upper}, {f_track1_lower_, s.track1_lower},
+                                 {f_track2_, s.track2}, {f_track2_half_, s.track2_ci_halfwidth},
+                                 {f_track1_drift_, s.track1_drift}, {f_track2_drift_, s.track2_drift},
+                                 {f_divergence_, s.divergence}, {f_drift_half_, s.drift_halfwidth},
+                                 {f_track2_pop_half_, s.track2_pop_halfwidth},
+                                 {f_drift_half_used_, s.drift_halfwidth_used}, {f_drift_zscore_, s.drift_zscore},
+                                 {f_track1_drift_pd_, s.track1_drift_per_dim},
+                                 {f_track2_drift_pd_, s.track2_drift_per_dim},
+                                 {f_divergence_pd_, s.divergence_per_dim}, {f_generation_, s.generation},
+                                 {f_corpus_size_, s.corpus_size}, {f_sample_size_, s.sample_size},
+                                 {f_dimension_, s.dimension}, {f_last_seal_, s.last_seal_timestamp},
+                                 {f_forecast_, s.forecast}}) {
+      if (gauge != nullptr) family->Remove(gauge);
+    }
+    f_rho_violations_->Remove(s.rho_violations);
+    f_seal_failures_->Remove(s.seal_failures);
+    for (auto& [key, gauge] : s.alerts) f_alert_->Remove(gauge);
+    it = series_.erase(it);
+  }
+  if (auto j = jobs_series_.find(job); j != jobs_series_.end()) {
+    for (prometheus::Gauge* g : j->second.thresholds) f_threshold_->Remove(g);
+    f_job_finished_->Remove(j->second.finished);
+    jobs_series_.erase(j);
+  }
+}
+
 void Metrics::PublishReport(const sigma::v1::GenerationReport& r,
                             const sigma::AlertThresholds& t) {
   std::lock_guard<std::mutex> lock(mu_);

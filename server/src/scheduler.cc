@@ -19,6 +19,7 @@ Engine::Engine(DaemonOptions options, std::unique_ptr<Store> store, std::unique_
                Metrics* metrics, EngineHooks hooks)
     : options_(std::move(options)),
       clock_(std::move(hooks.clock)),
+      wall_clock_(hooks.wall_clock),
       logger_(Logger::Options{ParseLogFormat(options_.log_format).value_or(LogFormat::kText),
                               ParseLogLevel(options_.log_level).value_or(LogLevel::kInfo)},
               std::move(hooks.log_sink), std::move(hooks.wall_clock)),
@@ -64,6 +65,7 @@ void Engine::ReaperLoop() {
   while (!reaper_cv_.wait_for(lock, period, [this] { return reaper_stop_; })) {
     lock.unlock();
     ExpireIdle();
+    SweepLifecycle();
     lock.lock();
   }
 }
@@ -102,6 +104,9 @@ absl::Status Engine::Restore() {
   for (const ReportPtr& r : history_->Replay(std::move(reports))) {
     const JobState* job = registry_.Find(r->job());
     metrics_->PublishReport(*r, Thresholds(registry_.Effective(*job, r->m())));
+  }
+  for (const auto& [name, job] : registry_.jobs()) {
+    if (job.finished_unix_ms > 0) metrics_->SetJobFinished(name, true);  // the sweep removes them after the TTL
   }
   metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
   metrics_->SetOpenSnapshots(0);
@@ -172,7 +177,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
     return Refusal(StatusCode::kResourceExhausted, refused_by->naming().reason,
                    absl::StrFormat("the sketch of n_a = %d would bring open snapshots to %d bytes > %s = %d",
                                    effective->n_a(), would_hold, refused_by->naming().limit, refused_by->limit()));
-  registry_.OpenSnapshot(key.job, key.tap, open.m(), open.config());
+  registry_.OpenSnapshot(key.job, key.tap, open.m(), open.config(), tenant.limited() ? tenant.key : "");
   registry_.NoteTapDType(key.job, key.tap, open.dtype());
   if (new_job) {
     tenants_.JobCreated(tenant);
@@ -191,6 +196,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
   p.k = p.config.n_a();
   p.row_bytes = static_cast<size_t>(open.m()) * sigma::DTypeWidth(dtype);
   p.tenant = tenant.limited() ? tenant.key : "";
+  p.job_incarnation = registry_.Find(key.job)->incarnation;
   std::optional<int64_t> corpus;
   if (open.has_corpus_size()) corpus = open.corpus_size();
   auto snap = std::make_shared<Snapshot>(std::move(p), corpus, std::move(charge), clock_());
@@ -430,7 +436,9 @@ void Engine::ListJobs(v1::ListJobsResponse* response, std::function<void(const a
 
 void Engine::AdoptStoredJobLocked(const StoredJob& stored) {
   const JobState* known = registry_.Find(stored.name);
-  registry_.Restore(StoredJob{stored.name, stored.config, known && known->m ? known->m : stored.m});
+  StoredJob refreshed = stored;  // keeps every stored field (finished_unix_ms, ...)
+  if (known && known->m) refreshed.m = known->m;
+  registry_.Restore(refreshed);
 }
 
 void Engine::RefreshJobs(const std::set<std::string>& names) {
@@ -458,7 +466,7 @@ absl::StatusOr<StoredJob> Engine::PrepareConfigureLocked(const v1::ConfigureJobR
   if (registry_.Find(request.job()) == nullptr) {
     if (absl::Status s = tenants_.AdmitJob(tenant); !s.ok()) return s;
   }
-  return registry_.PrepareConfigure(request.job(), request.config());
+  return registry_.PrepareConfigure(request.job(), request.config(), request.create());
 }
 
 // Prepare under mu_, commit (fsync) without it, apply under mu_. Configure
@@ -490,7 +498,7 @@ void Engine::RunConfigure(const v1::ConfigureJobRequest& request, const Tenant& 
     absl::StatusOr<StoredJob> again = PrepareConfigureLocked(request, tenant);
     if (again.ok()) {
       const bool created = registry_.Find(request.job()) == nullptr;
-      registry_.ApplyConfigure(*again);
+      registry_.ApplyConfigure(*again, tenant.limited() ? tenant.key : "");
       if (created) {
         tenants_.JobCreated(tenant);
         metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
@@ -501,7 +509,7 @@ void Engine::RunConfigure(const v1::ConfigureJobRequest& request, const Tenant& 
       metrics_->SetThresholds(request.job(), Thresholds(info.config()));  // at once (issue 15 item 5)
     } else {
       status = again.status();
-      if (const JobState* job = registry_.Find(request.job())) restore = StoredJob{request.job(), job->config, job->m};
+      if (const JobState* job = registry_.Find(request.job())) restore = JobRegistry::Stored(request.job(), *job);
     }
   }
   if (restore) store_ok_.store(store_->Commit({*restore}, {}).ok());

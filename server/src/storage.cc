@@ -69,6 +69,7 @@ class SqliteStore final : public Store {
                       const std::vector<sigma::v1::GenerationReport>& reports) override;
   absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) override;
   absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) override;
+  absl::StatusOr<int64_t> DeleteJob(const std::string& job) override;
   absl::Status Health() override { return absl::OkStatus(); }
   int schema_version() const override { return schema_version_; }
   const char* kind() const override { return "sqlite"; }
@@ -80,6 +81,7 @@ class SqliteStore final : public Store {
   absl::Status InsertReport(const sigma::v1::GenerationReport& report);
   absl::Status ImportLocked(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log);
   absl::Status MigrateTo2();
+  absl::Status Migrate(int next);
 
   sqlite3* db_;
   int lock_fd_ = -1;  // flock(LOCK_EX) on the database's ".lock" file, -1 for ":memory:"
@@ -290,7 +292,7 @@ absl::Status SqliteStore::Init() {
   // crash mid-way leaves the database at its old version).
   while (schema_version_ < kSchemaVersion) {
     const int next = schema_version_ + 1;
-    absl::Status s = next == 2 ? MigrateTo2() : absl::InternalError(absl::StrCat("no migration to ", next));
+    absl::Status s = Migrate(next);
     if (s.ok()) {
       Stmt q(db_, "UPDATE schema_version SET version = ?1;");
       q.Int(1, next);
@@ -310,7 +312,7 @@ absl::Status SqliteStore::LoadAll(std::vector<StoredJob>* jobs,
                             std::vector<sigma::v1::GenerationReport>* reports) {
   std::lock_guard<std::mutex> lock(mu_);
   {
-    Stmt q(db_, "SELECT name, config, m FROM jobs ORDER BY name;");
+    Stmt q(db_, "SELECT name, config, m, finished_unix_ms FROM jobs ORDER BY name;");
     if (auto s = q.status(); !s.ok()) return s;
     int rc;
     while ((rc = q.Step()) == SQLITE_ROW) {
@@ -319,6 +321,7 @@ absl::Status SqliteStore::LoadAll(std::vector<StoredJob>* jobs,
       if (!job.config.ParseFromString(q.ColumnBlob(1)))
         return absl::DataLossError(absl::StrCat("--db: job ", job.name, ": unreadable config"));
       job.m = sqlite3_column_int(q.get(), 2);
+      job.finished_unix_ms = sqlite3_column_int64(q.get(), 3);
       jobs->push_back(std::move(job));
     }
     if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
@@ -352,14 +355,17 @@ absl::Status SqliteStore::UpsertJob(const StoredJob& job) {
   const int64_t now = NowMs();
   {
     Stmt q(db_,
-           "INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms) VALUES (?1, ?2, ?3, ?4, ?4) "
+           "INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms, finished_unix_ms) "
+           "VALUES (?1, ?2, ?3, ?4, ?4, ?5) "
            "ON CONFLICT(name) DO UPDATE SET config = excluded.config, m = excluded.m, "
-           "updated_unix_ms = excluded.updated_unix_ms;");
+           "updated_unix_ms = excluded.updated_unix_ms, "
+           "finished_unix_ms = MAX(finished_unix_ms, excluded.finished_unix_ms);");
     if (auto s = q.status(); !s.ok()) return s;
     q.Text(1, job.name);
     q.Blob(2, blob);
     q.Int(3, job.m);
     q.Int(4, now);
+    q.Int(5, job.finished_unix_ms);
     if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   }
   if (!exists || old != blob) {
@@ -404,6 +410,39 @@ absl::Status SqliteStore::MigrateTo2() {
     if (u.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   }
   return absl::OkStatus();
+}
+
+// The migration to schema version `next` (storage.h lists them).
+absl::Status SqliteStore::Migrate(int next) {
+  switch (next) {
+    case 2: return MigrateTo2();
+    // Version 3 (job lifecycle, issue 15 item 4): FinishJob's time, 0 = not finished.
+    case 3: return Exec("ALTER TABLE jobs ADD COLUMN finished_unix_ms INTEGER NOT NULL DEFAULT 0;");
+  }
+  return absl::InternalError(absl::StrCat("no migration to ", next));
+}
+
+absl::StatusOr<int64_t> SqliteStore::DeleteJob(const std::string& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+  int64_t reports = 0;
+  const char* const kSql[] = {"DELETE FROM reports WHERE job = ?1;", "DELETE FROM configs WHERE job = ?1;",
+                              "DELETE FROM jobs WHERE name = ?1;"};
+  for (int i = 0; i < 3; ++i) {
+    Stmt q(db_, kSql[i]);
+    absl::Status s = q.status();
+    if (s.ok()) {
+      q.Text(1, job);
+      if (q.Step() != SQLITE_DONE) s = absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+    }
+    if (!s.ok()) {
+      Exec("ROLLBACK;").IgnoreError();
+      return s;
+    }
+    if (i == 0) reports = sqlite3_changes(db_);
+  }
+  if (auto s = Exec("COMMIT;"); !s.ok()) return s;
+  return reports;
 }
 
 std::string ReportSeverity(const sigma::v1::GenerationReport& report) {

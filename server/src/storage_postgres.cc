@@ -190,6 +190,7 @@ class PgStore final : public Store {
   bool shared() const override { return true; }
   absl::StatusOr<StoredJob> LoadJob(const std::string& name) override;
   absl::StatusOr<std::vector<JobSummary>> ListJobs() override;
+  absl::StatusOr<int64_t> DeleteJob(const std::string& job) override;
   int schema_version() const override { return schema_version_; }
   const char* kind() const override { return "postgresql"; }
 
@@ -197,6 +198,8 @@ class PgStore final : public Store {
   absl::Status InitLocked();
   absl::Status MigrateTo2();
   absl::Status LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports);
+  absl::Status Migrate(int next);
+  absl::StatusOr<int64_t> DeleteJobOnce(const std::string& job);
   absl::Status CommitOnce(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports);
   absl::Status UpsertJob(const StoredJob& job, int64_t now);
   absl::Status EnsureJob(const StoredJob& job, int64_t now);
@@ -276,7 +279,7 @@ absl::Status PgStore::InitLocked() {
   // Migrations v-1 -> v, in order, inside this transaction (storage.h).
   while (schema_version_ < kSchemaVersion) {
     const int next = schema_version_ + 1;
-    absl::Status s = next == 2 ? MigrateTo2() : absl::InternalError(absl::StrCat("no migration to ", next));
+    absl::Status s = Migrate(next);
     if (s.ok()) s = conn_.Run("UPDATE schema_version SET version = $1", {Int(next)});
     if (!s.ok())
       return absl::Status(s.code(), absl::StrCat("--db: migrating the schema to version ", next, ": ", s.message()));
@@ -308,6 +311,38 @@ absl::Status PgStore::MigrateTo2() {
   return absl::OkStatus();
 }
 
+// The migration to schema version `next` (storage.h lists them; as in storage.cc).
+absl::Status PgStore::Migrate(int next) {
+  switch (next) {
+    case 2: return MigrateTo2();
+    // Version 3 (job lifecycle, issue 15 item 4): FinishJob's time, 0 = not finished.
+    case 3: return conn_.Run("ALTER TABLE jobs ADD COLUMN finished_unix_ms BIGINT NOT NULL DEFAULT 0");
+  }
+  return absl::InternalError(absl::StrCat("no migration to ", next));
+}
+
+absl::StatusOr<int64_t> PgStore::DeleteJobOnce(const std::string& job) {
+  if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
+  auto deleted = conn_.Exec("WITH d AS (DELETE FROM reports WHERE job = $1 RETURNING 1) SELECT count(*) FROM d",
+                            {Text(job)});
+  absl::Status s = deleted.status();
+  if (s.ok()) s = conn_.Run("DELETE FROM configs WHERE job = $1", {Text(job)});
+  if (s.ok()) s = conn_.Run("DELETE FROM jobs WHERE name = $1", {Text(job)});
+  if (s.ok()) s = conn_.Run("COMMIT");
+  if (!s.ok()) {
+    conn_.Rollback();
+    return s;
+  }
+  return GetInt(deleted->get(), 0, 0);
+}
+
+absl::StatusOr<int64_t> PgStore::DeleteJob(const std::string& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<int64_t> r = WithRetry([&] { return DeleteJobOnce(job); });
+  Remember(r.status());
+  return r;
+}
+
 absl::Status PgStore::LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) {
   std::lock_guard<std::mutex> lock(mu_);
   // Reading the whole history at start-up may take longer than statement_timeout.
@@ -318,7 +353,7 @@ absl::Status PgStore::LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v
 }
 
 absl::Status PgStore::LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) {
-  auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m FROM jobs ORDER BY name"); });
+  auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m, finished_unix_ms FROM jobs ORDER BY name"); });
   if (!j.ok()) return j.status();
   for (int i = 0; i < PQntuples(j->get()); ++i) {
     StoredJob job;
@@ -326,6 +361,7 @@ absl::Status PgStore::LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<si
     if (!job.config.ParseFromString(GetBytes(j->get(), i, 1)))
       return absl::DataLossError(absl::StrCat("--db: job ", job.name, ": unreadable config"));
     job.m = static_cast<int32_t>(GetInt(j->get(), i, 2));
+    job.finished_unix_ms = GetInt(j->get(), i, 3);
     jobs->push_back(std::move(job));
   }
   auto r = WithRetry([&] { return conn_.Exec("SELECT report FROM reports ORDER BY id"); });
@@ -343,10 +379,11 @@ absl::Status PgStore::UpsertJob(const StoredJob& job, int64_t now) {
   auto old = conn_.Exec("SELECT config FROM jobs WHERE name = $1 FOR UPDATE", {Text(job.name)});
   if (!old.ok()) return old.status();
   const bool changed = PQntuples(old->get()) == 0 || GetBytes(old->get(), 0, 0) != blob;
-  if (auto s = conn_.Run("INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms)"
-                         " VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config,"
-                         " m = EXCLUDED.m, updated_unix_ms = EXCLUDED.updated_unix_ms",
-                         {Text(job.name), Bytes(blob), Int(job.m), Int(now)});
+  if (auto s = conn_.Run("INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms, finished_unix_ms)"
+                         " VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config,"
+                         " m = EXCLUDED.m, updated_unix_ms = EXCLUDED.updated_unix_ms,"
+                         " finished_unix_ms = GREATEST(jobs.finished_unix_ms, EXCLUDED.finished_unix_ms)",
+                         {Text(job.name), Bytes(blob), Int(job.m), Int(now), Int(job.finished_unix_ms)});
       !s.ok())
     return s;
   if (!changed) return absl::OkStatus();
@@ -373,7 +410,8 @@ absl::Status PgStore::EnsureJob(const StoredJob& job, int64_t now) {
 
 absl::StatusOr<StoredJob> PgStore::LoadJob(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto r = WithRetry([&] { return conn_.Exec("SELECT config, m FROM jobs WHERE name = $1", {Text(name)}); });
+  auto r = WithRetry(
+      [&] { return conn_.Exec("SELECT config, m, finished_unix_ms FROM jobs WHERE name = $1", {Text(name)}); });
   if (!r.ok()) return r.status();
   if (PQntuples(r->get()) == 0) return absl::NotFoundError(absl::StrCat("no stored job ", name));
   StoredJob job;
@@ -381,6 +419,7 @@ absl::StatusOr<StoredJob> PgStore::LoadJob(const std::string& name) {
   if (!job.config.ParseFromString(GetBytes(r->get(), 0, 0)))
     return absl::DataLossError(absl::StrCat("--db: job ", name, ": unreadable config"));
   job.m = static_cast<int32_t>(GetInt(r->get(), 0, 1));
+  job.finished_unix_ms = GetInt(r->get(), 0, 2);
   return job;
 }
 

@@ -26,7 +26,8 @@ def test_stubs_match_the_proto():
     assert pb2.DESCRIPTOR.package == "sigma.v1"
     svc = pb2.DESCRIPTOR.services_by_name["SigmaMonitor"]
     assert {m.name for m in svc.methods} == {"Ingest", "CloseGeneration", "GetHistory",
-                                             "ListJobs", "ConfigureJob", "GetJob", "GetReport"}
+                                             "ListJobs", "ConfigureJob", "GetJob", "GetReport",
+                                             "DeleteJob", "FinishJob", "ListSnapshots"}
     assert hasattr(grpc_mod, "SigmaMonitorStub")
 
 

@@ -74,6 +74,7 @@ TEST_F(AlertsTest, ThresholdGaugesFollowConfigureJobAtOnce) {
 
   grpc::ClientContext ctx;
   v1::ConfigureJobRequest req;
+  req.set_create(true);
   req.set_job("th");
   req.mutable_config()->mutable_thresholds()->set_drift_warning(0.4);
   v1::JobInfo info;
@@ -213,6 +214,7 @@ TEST_F(AlertsTest, SignificanceSettingsInTheConfigFileAndConfigureJob) {
   auto configure = [&](const v1::JobConfig& c, v1::JobInfo* info) {
     grpc::ClientContext ctx;
     v1::ConfigureJobRequest req;
+    req.set_create(true);
     req.set_job("cfg");
     *req.mutable_config() = c;
     return d_->stub->ConfigureJob(&ctx, req, info);

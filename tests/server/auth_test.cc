@@ -108,6 +108,18 @@ TEST(AuthorizerTest, ParsesAndDecides) {
     EXPECT_EQ(static_cast<C>(Authorizer::CheckRole(*ra, rpc).code()), C::PERMISSION_DENIED) << RpcName(rpc);
     EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*ra, rpc, "teamA.x").code()), C::PERMISSION_DENIED) << RpcName(rpc);
   }
+  // Job lifecycle: ListSnapshots is a read; FinishJob a write; DeleteJob needs admin.
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckRole(*ra, Rpc::kListSnapshots).code()), C::OK);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckRole(*ra, Rpc::kFinishJob).code()), C::PERMISSION_DENIED);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*wa, Rpc::kFinishJob, "teamA.x").code()), C::OK);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*wa, Rpc::kDeleteJob, "teamA.x").code()), C::PERMISSION_DENIED);
+  auto admin = Authorizer::Parse("[{token: t-admin, role: admin, job_prefixes: [teamA.]}]", "x");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  const TokenEntry* ad = Auth(**admin, "Bearer t-admin", &code);
+  ASSERT_NE(ad, nullptr);
+  for (Rpc rpc : {Rpc::kDeleteJob, Rpc::kIngest, Rpc::kFinishJob, Rpc::kGetHistory})
+    EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*ad, rpc, "teamA.x").code()), C::OK) << RpcName(rpc);
+  EXPECT_EQ(static_cast<C>(Authorizer::CheckJob(*ad, Rpc::kDeleteJob, "teamB.x").code()), C::PERMISSION_DENIED);
   // "" matches every job.
   auto all = Authorizer::Parse("[{token: t0123, role: read, job_prefixes: [\"\"]}]", "x");
   ASSERT_TRUE(all.ok()) << all.status();
@@ -126,7 +138,7 @@ TEST(AuthorizerTest, RefusesBadFiles) {
       "[{role: write, job_prefixes: [a]}]",                                  // no token
       "[{token: secret-1, job_prefixes: [a]}]",                              // no role
       "[{token: secret-1, role: write}]",                                    // no prefixes
-      "[{token: secret-1, role: admin, job_prefixes: [a]}]",                 // bad role
+      "[{token: secret-1, role: root, job_prefixes: [a]}]",                  // bad role
       "[{token_sha256: abc, role: read, job_prefixes: [a]}]",                // not 64 hex
       "[{token: secret-1, token_sha256: " + std::string(64, 'a') + ", role: read, job_prefixes: [a]}]",
       "[{token: secret-1, role: read, job_prefixes: a}]",                    // not a list
@@ -236,6 +248,7 @@ Outcome CallAll(v1::SigmaMonitor::Stub* stub, const std::optional<std::string>& 
     grpc::ClientContext ctx;
     SetAuth(&ctx, header);
     v1::ConfigureJobRequest req;
+    req.set_create(true);
     req.set_job(job);
     req.mutable_config()->mutable_thresholds()->set_drift_warning(0.2);  // allowed after a seal
     v1::JobInfo info;
@@ -327,6 +340,7 @@ TEST_F(AuthDaemonTest, EveryCredentialAgainstEveryRpc) {
     grpc::ClientContext ctx;
     SetAuth(&ctx, Bearer(kWriteA));
     v1::ConfigureJobRequest req;
+    req.set_create(true);
     req.set_job("teamA.job");
     req.mutable_config()->set_baseline_job("teamB.job");
     v1::JobInfo info;
@@ -397,6 +411,7 @@ TEST_F(AuthDaemonTest, StatusMessagesNeverCarryTheToken) {
     grpc::ClientContext ctx;
     SetAuth(&ctx, header);
     v1::ConfigureJobRequest req;
+    req.set_create(true);
     req.set_job("teamA.job");
     v1::JobInfo info;
     grpc::Status s = d_->stub->ConfigureJob(&ctx, req, &info);

@@ -451,6 +451,7 @@ TEST_F(IngestTest, CloseGenerationConfigureAndListJobs) {
 
   // Sketch parameters are fixed now; thresholds are not.
   v1::ConfigureJobRequest cj;
+  cj.set_create(true);
   cj.set_job("closing");
   cj.mutable_config()->set_delta(1e-3);
   v1::JobInfo info;
@@ -469,6 +470,7 @@ TEST_F(IngestTest, CloseGenerationConfigureAndListJobs) {
 
   // A new job configured before its first snapshot.
   v1::ConfigureJobRequest nj;
+  nj.set_create(true);
   nj.set_job("preconfigured");
   nj.mutable_config()->set_n_a(64);
   nj.mutable_config()->set_preprocessing(v1::PREPROCESSING_NONE);

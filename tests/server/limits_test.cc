@@ -419,6 +419,7 @@ class QuotaTest : public LimitsTest {
   }
   grpc::Status Configure(const std::string& token, const std::string& job) {
     v1::ConfigureJobRequest req;
+    req.set_create(true);
     req.set_job(job);
     req.mutable_config()->set_n_a(128);
     v1::JobInfo info;

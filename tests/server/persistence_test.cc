@@ -154,6 +154,7 @@ TEST(PersistenceTest, PinnedAndCrossJobBaselines) {
   }
   // Pin generation 1 as the baseline of the reference job itself.
   v1::ConfigureJobRequest cj;
+  cj.set_create(true);
   cj.set_job("reference");
   cj.mutable_config()->set_baseline_generation(1);
   v1::JobInfo info;

@@ -170,6 +170,7 @@ TEST(SharedStoreTest, ConfigurationChangesReachTheOtherReplicas) {
   Seal(a, "c", 0);
   Seal(b, "c", 1);  // B learns the job
   v1::ConfigureJobRequest req;
+  req.set_create(true);
   req.set_job("c");
   req.mutable_config()->mutable_thresholds()->set_divergence_warning(0.375);
   v1::JobInfo info;

@@ -116,7 +116,7 @@ TEST(StorageSchemaTest, VersionOneIsMigratedWithReportsIntact) {
   {
     auto store = Store::Open(path);
     ASSERT_TRUE(store.ok()) << store.status();
-    EXPECT_EQ((*store)->schema_version(), 2);
+    EXPECT_EQ((*store)->schema_version(), kSchemaVersion);
     std::vector<StoredJob> jobs;
     std::vector<v1::GenerationReport> reports;
     ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
@@ -133,12 +133,14 @@ TEST(StorageSchemaTest, VersionOneIsMigratedWithReportsIntact) {
             (std::vector<std::string>{"ok", "warning", "critical", "critical"}));
   EXPECT_EQ(Column(path, "SELECT compute_seconds FROM reports ORDER BY generation;"),
             (std::vector<std::string>{"0.25", "0.5", "0.75", "1.0"}));
-  EXPECT_EQ(Column(path, "SELECT version FROM schema_version;"), std::vector<std::string>{"2"});
+  EXPECT_EQ(Column(path, "SELECT version FROM schema_version;"),
+            std::vector<std::string>{std::to_string(kSchemaVersion)});
+  EXPECT_EQ(Column(path, "SELECT finished_unix_ms FROM jobs;"), std::vector<std::string>{"0"});  // version 3
   EXPECT_EQ(Column(path, "PRAGMA integrity_check;"), std::vector<std::string>{"ok"});
   // Opening again is a no-op.
   auto again = Store::Open(path);
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ((*again)->schema_version(), 2);
+  EXPECT_EQ((*again)->schema_version(), kSchemaVersion);
 }
 
 TEST(StorageSchemaTest, FreshDatabaseStartsAtTheLatestVersion) {

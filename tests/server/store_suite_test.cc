@@ -114,7 +114,43 @@ TEST_P(StoreSuite, FreshStoreRoundTripsJobsAndReportsInSealOrder) {
   EXPECT_EQ(Column("SELECT job FROM configs ORDER BY id"), (std::vector<std::string>{"b", "a", "b"}));
   EXPECT_EQ(Column("SELECT severity FROM reports ORDER BY id"),
             (std::vector<std::string>{"warning", "warning", "critical"}));
-  EXPECT_EQ(Column("SELECT version FROM schema_version"), std::vector<std::string>{"2"});
+  EXPECT_EQ(Column("SELECT version FROM schema_version"),
+            std::vector<std::string>{std::to_string(kSchemaVersion)});
+}
+
+// Job lifecycle (issue 15 item 4): the finished time round-trips and is
+// sticky (an upsert without it keeps it); DeleteJob removes the job's
+// reports, configs and row and nothing of the others.
+TEST_P(StoreSuite, FinishedTimeIsStickyAndDeleteJobRemovesOneJob) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  StoredJob fin = Job("fin", 64);
+  fin.finished_unix_ms = 1'700'000'123'456;
+  ASSERT_TRUE((*store)->Commit({Job("fin", 64)}, {Report("fin", "default", 0, -1), Report("fin", "t", 0, -2)}).ok());
+  ASSERT_TRUE((*store)->Commit({Job("other", 64)}, {Report("other", "default", 0, -3)}).ok());
+  ASSERT_TRUE((*store)->Commit({fin}, {}).ok());                 // FinishJob
+  ASSERT_TRUE((*store)->Commit({Job("fin", 32)}, {}).ok());      // a later ConfigureJob without it
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].name, "fin");
+  EXPECT_EQ(jobs[0].finished_unix_ms, 1'700'000'123'456);
+  EXPECT_EQ(jobs[1].finished_unix_ms, 0);
+  absl::StatusOr<int64_t> deleted = (*store)->DeleteJob("fin");
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 2);
+  EXPECT_EQ(*(*store)->DeleteJob("never-stored"), 0);
+  jobs.clear();
+  reports.clear();
+  ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].name, "other");
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].job(), "other");
+  EXPECT_EQ(Column("SELECT job FROM configs ORDER BY id"), std::vector<std::string>{"other"});
+  // The name can be used again.
+  EXPECT_TRUE((*store)->Commit({Job("fin", 64)}, {Report("fin", "default", 0, -4)}).ok());
 }
 
 TEST_P(StoreSuite, HistoryReaderSeesCommittedReports) {
@@ -322,7 +358,7 @@ TEST(PostgresStoreTest, VersionOneIsMigratedWithReportsIntact) {
                   .ok());
   auto store = Store::Open(db);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->schema_version(), 2);
+  EXPECT_EQ((*store)->schema_version(), kSchemaVersion);
   std::vector<StoredJob> jobs;
   std::vector<v1::GenerationReport> reports;
   ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
@@ -330,7 +366,9 @@ TEST(PostgresStoreTest, VersionOneIsMigratedWithReportsIntact) {
   EXPECT_EQ(reports[0].SerializeAsString(), old.SerializeAsString());
   EXPECT_EQ(*pg->Query(db, "SELECT severity || ' ' || compute_seconds FROM reports"),
             std::vector<std::string>{"critical 0.125"});
-  EXPECT_EQ(*pg->Query(db, "SELECT version FROM schema_version"), std::vector<std::string>{"2"});
+  EXPECT_EQ(*pg->Query(db, "SELECT version FROM schema_version"),
+            std::vector<std::string>{std::to_string(kSchemaVersion)});
+  EXPECT_EQ(*pg->Query(db, "SELECT finished_unix_ms FROM jobs"), std::vector<std::string>{"0"});  // version 3
 }
 
 // Two replicas' Stores on one database: each sees the other's commits; the

@@ -180,6 +180,7 @@ TEST_F(ValidationTest, LimitsGiveResourceExhausted) {
   // Bytes in memory: job j4 (n_a 2048: a 96 KiB sketch) exceeds 200 KiB with its first 1000 rows.
   {
     v1::ConfigureJobRequest cj;
+    cj.set_create(true);
     cj.set_job("j4");
     cj.mutable_config()->set_n_a(2048);
     v1::JobInfo info;
@@ -195,6 +196,7 @@ TEST_F(ValidationTest, LimitsGiveResourceExhausted) {
   ExpectStatus(SendBad("", MakeOpen("j5", 0, 0, 1, kM, v1::DTYPE_FP32), false), StatusCode::RESOURCE_EXHAUSTED,
                "too many jobs");
   v1::ConfigureJobRequest cj;
+  cj.set_create(true);
   cj.set_job("j6");
   v1::JobInfo info;
   grpc::ClientContext ctx;
@@ -264,6 +266,7 @@ TEST_F(ValidationTest, BadNamesAndGenerationsInQueriesAreInvalidArgument) {
 TEST_F(ValidationTest, WarningAboveCriticalIsRefusedAndChangesNothing) {
   auto configure = [&](std::optional<double> warning, std::optional<double> critical, v1::JobInfo* info) {
     v1::ConfigureJobRequest req;
+    req.set_create(true);
     req.set_job("thresholds");
     if (warning) req.mutable_config()->mutable_thresholds()->set_drift_warning(*warning);
     if (critical) req.mutable_config()->mutable_thresholds()->set_drift_critical(*critical);
@@ -471,6 +474,7 @@ TEST(RefusalCountTest, UnaryRefusalsAreCounted) {
   {
     grpc::ClientContext ctx;
     v1::ConfigureJobRequest req;
+    req.set_create(true);
     req.set_job("j");
     req.mutable_config()->set_n_a(0);
     v1::JobInfo info;

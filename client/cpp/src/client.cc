@@ -491,7 +491,7 @@ absl::StatusOr<SketchParams> Client::EffectiveSketchParams(std::string_view job,
     // A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its seed or
     // n_a, which the pre-sketch must use. Create it with `own` (what the first share's
     // OpenSnapshot.config would do) and read back what the daemon resolves for m.
-    absl::StatusOr<v1::JobInfo> created = ConfigureJob(job, own);
+    absl::StatusOr<v1::JobInfo> created = ConfigureJob(job, own, /*create=*/true);
     // FAILED_PRECONDITION: another rank opened the job meanwhile with other sketch
     // settings; its win.
     if (!created.ok() && !absl::IsFailedPrecondition(created.status())) return created.status();
@@ -521,24 +521,16 @@ absl::StatusOr<std::vector<v1::JobInfo>> Client::ListJobs() {
 
 // ---- GetJob / GetReport block
 
-template <typename Response, typename Request, typename Method>
-absl::StatusOr<Response> Client::Unary(std::string_view job, Method method, const Request& request) {
-  auto stub = v1::SigmaMonitor::NewStub(ChannelFor(TargetFor(job)));
-  Response response;
-  absl::Status status = WithRetries([&] {
-    grpc::ClientContext context;
-    PrepareContext(context, options_);
-    return FromGrpcStatus(((*stub).*method)(&context, request, &response));
-  });
-  if (!status.ok()) return status;
-  return response;
-}
-
 absl::StatusOr<v1::JobInfo> Client::GetJob(std::string_view job, std::optional<int32_t> m) {
   v1::GetJobRequest request;
   request.set_job(std::string(job));
   if (m) request.set_m(*m);
-  return Unary<v1::JobInfo>(job, &v1::SigmaMonitor::Stub::GetJob, request);
+  v1::JobInfo info;
+  absl::Status status = Unary(TargetFor(job), [&](v1::SigmaMonitor::Stub& stub, grpc::ClientContext& context) {
+    return stub.GetJob(&context, request, &info);
+  });
+  if (!status.ok()) return status;
+  return info;
 }
 
 absl::StatusOr<v1::GenerationReport> Client::GetReport(const SnapshotId& snapshot) {
@@ -546,24 +538,37 @@ absl::StatusOr<v1::GenerationReport> Client::GetReport(const SnapshotId& snapsho
   request.set_job(snapshot.job);
   request.set_tap(snapshot.tap);
   request.set_generation(snapshot.generation);
-  return Unary<v1::GenerationReport>(snapshot.job, &v1::SigmaMonitor::Stub::GetReport, request);
+  v1::GenerationReport report;
+  absl::Status status = Unary(TargetFor(snapshot.job), [&](v1::SigmaMonitor::Stub& stub, grpc::ClientContext& context) {
+    return stub.GetReport(&context, request, &report);
+  });
+  if (!status.ok()) return status;
+  return report;
 }
 
 // ---- end of the GetJob / GetReport block
 
-absl::StatusOr<v1::JobInfo> Client::ConfigureJob(std::string_view job, const v1::JobConfig& config) {
-  auto stub = v1::SigmaMonitor::NewStub(ChannelFor(TargetFor(job)));
+absl::StatusOr<v1::JobInfo> Client::ConfigureJob(std::string_view job, const v1::JobConfig& config, bool create) {
   v1::ConfigureJobRequest request;
   request.set_job(std::string(job));
   *request.mutable_config() = config;
+  request.set_create(create);
   v1::JobInfo info;
-  absl::Status status = WithRetries([&] {
-    grpc::ClientContext context;
-    PrepareContext(context, options_);
-    return FromGrpcStatus(stub->ConfigureJob(&context, request, &info));
+  absl::Status status = Unary(TargetFor(job), [&](v1::SigmaMonitor::Stub& stub, grpc::ClientContext& context) {
+    return stub.ConfigureJob(&context, request, &info);
   });
   if (!status.ok()) return status;
   return info;
+}
+
+absl::Status Client::Unary(const std::string& target,
+                           const std::function<grpc::Status(v1::SigmaMonitor::Stub&, grpc::ClientContext&)>& call) {
+  auto stub = v1::SigmaMonitor::NewStub(ChannelFor(target));
+  return WithRetries([&] {
+    grpc::ClientContext context;
+    PrepareContext(context, options_);
+    return FromGrpcStatus(call(*stub, context));
+  });
 }
 
 absl::StatusOr<ServingStatus> Client::Health(const std::string& target, std::string_view service) {

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "sigma/server/refusal.h"
 
 namespace sigma::server {
@@ -34,6 +35,15 @@ absl::StatusOr<v1::JobConfig> JobRegistry::AdmitOpen(const std::string& job, con
                      absl::StrFormat("job '%s' already has %d taps (--max-taps-per-job)", job,
                                      options_.max_taps_per_job));
     }
+    if (it->second.finished_unix_ms > 0) {
+      const std::string at = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(it->second.finished_unix_ms),
+                                              absl::UTCTimeZone());
+      return Refusal(absl::StatusCode::kFailedPrecondition, "job_finished",
+                     absl::StrFormat("job '%s' is finished (FinishJob at %s): its history is kept and takes no new "
+                                     "generation; send to a new job name, or delete it first to reuse the name "
+                                     "(sigmactl delete-job --job %s, admin)",
+                                     job, at, job));
+    }
     return Effective(it->second, m);
   }
   if (static_cast<int64_t>(jobs_.size()) >= options_.max_jobs)
@@ -49,12 +59,13 @@ absl::StatusOr<v1::JobConfig> JobRegistry::AdmitOpen(const std::string& job, con
 }
 
 void JobRegistry::OpenSnapshot(const std::string& job, const std::string& tap, int32_t m,
-                               const v1::JobConfig& request) {
+                               const v1::JobConfig& request, const std::string& tenant) {
   auto it = jobs_.find(job);
   if (it == jobs_.end()) {
-    JobState fresh;
+    JobState& fresh = Create(job);
     fresh.config = Initial(job, request);
-    it = jobs_.emplace(job, std::move(fresh)).first;
+    fresh.tenant = tenant;
+    it = jobs_.find(job);
   }
   JobState& state = it->second;
   state.taps[tap] = m;
@@ -84,10 +95,16 @@ void JobRegistry::NoteTapDType(const std::string& job, const std::string& tap, v
   if (auto j = jobs_.find(job); j != jobs_.end()) j->second.tap_dtypes[tap] = dtype;
 }
 
-absl::StatusOr<StoredJob> JobRegistry::PrepareConfigure(const std::string& job, const v1::JobConfig& request) const {
+absl::StatusOr<StoredJob> JobRegistry::PrepareConfigure(const std::string& job, const v1::JobConfig& request,
+                                                        bool create) const {
   auto it = jobs_.find(job);
   JobState fresh;
   if (it == jobs_.end()) {
+    if (!create && !options_.job_configs.contains(job))
+      return Refusal(absl::StatusCode::kNotFound, "not_found",
+                     absl::StrCat("unknown job '", job,
+                                  "': ConfigureJob creates a job only when asked (create: true; sigmactl configure "
+                                  "--create); check the name (sigmactl jobs)"));
     if (static_cast<int64_t>(jobs_.size()) >= options_.max_jobs)
       return Refusal(absl::StatusCode::kResourceExhausted, "too_many_jobs",
                      absl::StrFormat("too many jobs: %d exist (--max-jobs = %d)", jobs_.size(), options_.max_jobs));
@@ -109,19 +126,60 @@ absl::StatusOr<StoredJob> JobRegistry::PrepareConfigure(const std::string& job, 
   if (sketch_changed && current.open_snapshots > 0)
     return Refusal(absl::StatusCode::kFailedPrecondition, "sketch_fixed",
                    absl::StrCat("job '", job, "': sketch parameters cannot change while snapshots are open"));
-  return StoredJob{job, updated.config, updated.m};
+  return Stored(job, updated);
 }
 
-void JobRegistry::ApplyConfigure(const StoredJob& updated) { jobs_[updated.name].config = updated.config; }
+void JobRegistry::ApplyConfigure(const StoredJob& updated, const std::string& tenant) {
+  auto it = jobs_.find(updated.name);
+  if (it == jobs_.end()) {
+    Create(updated.name).tenant = tenant;
+    it = jobs_.find(updated.name);
+  }
+  it->second.config = updated.config;
+}
+
+JobState& JobRegistry::Create(const std::string& job) {
+  JobState& state = jobs_[job];
+  state.incarnation = next_incarnation_++;
+  return state;
+}
+
+StoredJob JobRegistry::Stored(const std::string& name, const JobState& job) {
+  StoredJob s{name, job.config, job.m};
+  s.finished_unix_ms = job.finished_unix_ms;
+  return s;
+}
+
+bool JobRegistry::Finish(const std::string& job, int64_t unix_ms) {
+  auto it = jobs_.find(job);
+  if (it == jobs_.end()) return false;
+  if (it->second.finished_unix_ms == 0) it->second.finished_unix_ms = unix_ms;
+  return true;
+}
+
+std::optional<JobState> JobRegistry::Remove(const std::string& job) {
+  auto it = jobs_.find(job);
+  if (it == jobs_.end()) return std::nullopt;
+  JobState state = std::move(it->second);
+  jobs_.erase(it);
+  return state;
+}
+
+void JobRegistry::MarkSeriesRemoved(const std::string& job) {
+  if (auto it = jobs_.find(job); it != jobs_.end()) it->second.series_removed = true;
+}
 
 void JobRegistry::Restore(const StoredJob& job) {
-  JobState& state = jobs_[job.name];
+  auto it = jobs_.find(job.name);
+  JobState& state = it == jobs_.end() ? Create(job.name) : it->second;
   state.config = job.config;
   state.m = job.m;
+  state.finished_unix_ms = std::max(state.finished_unix_ms, job.finished_unix_ms);
 }
 
 void JobRegistry::RestoreTap(const std::string& job, const std::string& tap, int32_t m) {
-  JobState& state = jobs_[job];
+  auto it = jobs_.find(job);
+  JobState& state = it == jobs_.end() ? Create(job) : it->second;
   state.taps[tap] = m;
   if (state.m == 0) state.m = m;
   state.has_sealed = true;
@@ -146,6 +204,8 @@ v1::JobInfo JobRegistry::Info(const std::string& name, const JobState& job, int6
   info.set_generations_sealed(generations);
   info.set_last_generation(last);
   info.set_m(job.m);
+  info.set_finished(job.finished_unix_ms > 0);
+  info.set_finished_unix_ms(job.finished_unix_ms);
   return info;
 }
 

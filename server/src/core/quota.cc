@@ -31,6 +31,10 @@ void TenantBook::Opened(const Tenant& t) {
   if (t.limited()) ++held_[t.key].open_snapshots;
 }
 
+void TenantBook::JobDeleted(const std::string& key) {
+  if (auto it = held_.find(key); it != held_.end() && it->second.jobs > 0) --it->second.jobs;
+}
+
 void TenantBook::Closed(const std::string& key) {
   if (auto it = held_.find(key); it != held_.end()) --it->second.open_snapshots;
 }

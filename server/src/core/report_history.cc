@@ -102,6 +102,11 @@ absl::Status ReportHistory::CatchUp(const std::string& job, const std::string& t
   return absl::OkStatus();
 }
 
+void ReportHistory::Forget(const std::string& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = taps_.lower_bound({job, ""}); it != taps_.end() && it->first.first == job;) it = taps_.erase(it);
+}
+
 bool ReportHistory::Contains(const std::string& job, const std::string& tap, int64_t generation) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto t = taps_.find({job, tap});

@@ -72,6 +72,7 @@ void Engine::ProcessSeals(SealQueue::Batch batch) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (SealWork& w : works) w.compute_seconds = seconds;
   BuildReports(works);
+  std::shared_lock<std::shared_mutex> no_delete(commit_mu_);  // DeleteJob waits (scheduler.h)
   CommitReports(works);
   Publish(works);
 }
@@ -171,11 +172,16 @@ void Engine::CommitReports(std::vector<SealWork>& works) {
   std::map<std::string, StoredJob> jobs;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const SealWork& w : works) {
+    for (SealWork& w : works) {
       if (!w.error.ok()) continue;
+      if (!SameJobLocked(*w.snap)) {  // DeleteJob ran while it sealed: nothing of it is stored
+        w.error = absl::AbortedError(absl::StrCat(KeyString(w.snap->key()), ": the job was deleted while it sealed"));
+        w.report.reset();
+        continue;
+      }
       reports.push_back(*w.report);
-      if (const JobState* job = registry_.Find(w.snap->key().job))
-        jobs[w.snap->key().job] = StoredJob{w.snap->key().job, job->config, job->m};
+      const JobState* job = registry_.Find(w.snap->key().job);
+      jobs[w.snap->key().job] = JobRegistry::Stored(w.snap->key().job, *job);
     }
   }
   if (reports.empty()) return;

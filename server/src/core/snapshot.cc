@@ -141,6 +141,7 @@ Snapshot::Snapshot(Params params, std::optional<int64_t> corpus_size, MemoryBudg
       sketch_(std::make_unique<sigma::BottomKSketch>(p_.config.seed(), p_.k)),
       charge_(std::move(charge)),
       ranks_(static_cast<size_t>(p_.world_size)),
+      opened_(now),
       last_activity_(now) {}
 
 absl::Status Snapshot::Join(int32_t world_size, int32_t m, sigma::DType dtype, std::optional<int64_t> corpus_size,
@@ -326,6 +327,29 @@ std::vector<ReportCallback> Snapshot::Settle(const absl::Status& status, ReportP
 }
 
 std::vector<ReportCallback> Snapshot::Fail(const absl::Status& error) { return Settle(error, nullptr); }
+
+bool Snapshot::Cancel(const absl::Status& error, std::vector<ReportCallback>* waiters) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (state_ != State::kOpen) return false;
+  state_ = State::kFailed;
+  error_ = error;
+  expired_ = true;  // as after an expiry: its ranks' later Batches get `error`
+  ReleaseRows();
+  *waiters = std::move(waiters_);
+  return true;
+}
+
+Snapshot::Progress Snapshot::progress() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Progress p;
+  p.state = state_;
+  for (int32_t r = 0; r < static_cast<int32_t>(ranks_.size()); ++r)
+    (ranks_[static_cast<size_t>(r)].finished ? p.ranks_finished : p.ranks_missing).push_back(r);
+  p.rows = total_rows_;
+  p.opened = opened_;
+  p.last_activity = last_activity_;
+  return p;
+}
 
 void Snapshot::ReleaseRows() {
   charge_.Release();

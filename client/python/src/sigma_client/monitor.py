@@ -452,10 +452,21 @@ class Monitor:
             if val is not None:
                 setattr(self, name, val)
         self.thresholds.update({k: v for k, v in th.items() if v is not None})
-        req = self.pb2.ConfigureJobRequest(job=self.job, config=cfg)
+        # The Monitor names its job on purpose: configure() creates it when new.
+        req = self.pb2.ConfigureJobRequest(job=self.job, config=cfg, create=True)
         info = self._call("ConfigureJob", self._stub.ConfigureJob, req)
         self._fixed_params = None
         return job_info_from_proto(info)
+
+    def finish(self) -> JobInfo:
+        """Marks the job finished (FinishJob; call it once, after the last generation): its
+        history stays, new generations are refused, the stale-job alert stops, and its series
+        leave /metrics after sigmad's --finished-series-ttl-s. Idempotent. Async mode: flushes
+        first, so that queued shares reach the daemon before it."""
+        if self._async is not None:
+            self.flush()
+        req = self.pb2.FinishJobRequest(job=self.job)
+        return job_info_from_proto(self._call("FinishJob", self._stub.FinishJob, req))
 
     def close_generation(self, k: int) -> GenerationReport:
         """Seals generation k now with whatever ranks have sent (explicit close)."""
@@ -499,7 +510,8 @@ class Monitor:
             # A new job: the daemon's config file (`defaults:`, `jobs.NAME`) may set its
             # seed or n_a, which the pre-sketch must use. Create the job with this
             # monitor's settings (what OpenSnapshot.config would do) and read them back.
-            req = self.pb2.ConfigureJobRequest(job=self.job, config=self._own_config())
+            req = self.pb2.ConfigureJobRequest(job=self.job, config=self._own_config(),
+                                               create=True)
             try:
                 info = self._call("ConfigureJob", self._stub.ConfigureJob, req)
             except SigmaError as e:

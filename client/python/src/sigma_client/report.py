@@ -141,6 +141,8 @@ class JobInfo:
     last_generation: int
     m: int
     tap_info: tuple[TapInfo, ...] = ()
+    finished: bool = False        # FinishJob was called (Monitor.finish)
+    finished_unix_ms: int = 0
 
 
 # ---------------------------------------------------------------- conversion
@@ -197,4 +199,5 @@ def job_info_from_proto(msg) -> JobInfo:
                          open=tuple(o.generation for o in t.open)) for t in msg.tap_info)
     return JobInfo(job=msg.job, config=config_from_proto(msg.config), taps=tuple(msg.taps),
                    generations_sealed=msg.generations_sealed, last_generation=msg.last_generation,
-                   m=msg.m, tap_info=taps)
+                   m=msg.m, tap_info=taps, finished=msg.finished,
+                   finished_unix_ms=msg.finished_unix_ms)

@@ -65,6 +65,16 @@ class MonitorService final : public sigma::v1::SigmaMonitor::CallbackService {
   grpc::ServerUnaryReactor* GetReport(grpc::CallbackServerContext* context,
                                       const sigma::v1::GetReportRequest* request,
                                       sigma::v1::GenerationReport* response) override;
+  // Job lifecycle (issue 15 item 4).
+  grpc::ServerUnaryReactor* DeleteJob(grpc::CallbackServerContext* context,
+                                      const sigma::v1::DeleteJobRequest* request,
+                                      sigma::v1::DeleteJobResponse* response) override;
+  grpc::ServerUnaryReactor* FinishJob(grpc::CallbackServerContext* context,
+                                      const sigma::v1::FinishJobRequest* request,
+                                      sigma::v1::JobInfo* response) override;
+  grpc::ServerUnaryReactor* ListSnapshots(grpc::CallbackServerContext* context,
+                                          const sigma::v1::ListSnapshotsRequest* request,
+                                          sigma::v1::ListSnapshotsResponse* response) override;
 
  private:
   // The caller's token entry (null when auth is off), or UNAUTHENTICATED.

@@ -3,7 +3,8 @@
 // The tokens file is YAML, a list of entries:
 //
 //   - token_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
-//     role: write               # write: everything for its jobs; read: GetHistory, ListJobs, GetJob, GetReport
+//     role: write               # write: everything for its jobs but DeleteJob; read: GetHistory,
+//                               #   ListJobs, GetJob, GetReport, ListSnapshots; admin: write plus DeleteJob
 //     job_prefixes: [team-a.]   # job names it may touch ("" matches every job)
 //     name: team-a-trainer      # optional, for operators; never the token
 //     max_streams: 16           # optional: concurrent Ingest streams (else --max-streams-per-client)
@@ -39,12 +40,13 @@ using Sha256Digest = std::array<uint8_t, 32>;
 Sha256Digest Sha256(std::string_view data);
 std::string HexDigest(const Sha256Digest& digest);  // 64 lower-case hex digits
 
-enum class Role { kRead, kWrite };
+enum class Role { kRead, kWrite, kAdmin };
 
 // The RPCs as the authoriser sees them.
 enum class Rpc {
   kIngest, kCloseGeneration, kGetHistory, kListJobs, kConfigureJob,
   kGetJob, kGetReport,  // GetJob / GetReport block: read-only like GetHistory and ListJobs
+  kDeleteJob, kFinishJob, kListSnapshots  // job lifecycle (issue 15 item 4)
 };
 const char* RpcName(Rpc rpc);
 

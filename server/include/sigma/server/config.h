@@ -52,6 +52,11 @@ struct DaemonOptions {
   int64_t small_seal_max_m = 1024;                 // seals with m up to this use the small lane (seal_queue.h)
   int64_t snapshot_idle_timeout_s = 3600;          // open snapshots without data this long are discarded
   int64_t stream_idle_timeout_s = 600;             // Ingest streams without a message this long are cancelled; 0: never
+  // Job lifecycle (issue 15 item 4): a finished job's series leave /metrics
+  // this long after FinishJob (0: at the next sweep); reports of jobs finished
+  // this many days ago are deleted with the job (0: kept for ever).
+  int64_t finished_series_ttl_s = 86400;
+  int64_t retention_days = 0;
   std::string log_format = "text";                 // text | json (log.h)
   std::string log_level = "info";                  // debug | info | warning | error
   // Test hook, no flag: the clock of the per-client rate limiter (limits.h).

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,13 @@ struct JobState {
   // GetJob block: tap -> dtype of its latest snapshot opened since start
   // (not stored: absent after a restart until one opens).
   std::map<std::string, sigma::v1::DType> tap_dtypes;
+  // Job lifecycle (issue 15 item 4).
+  int64_t finished_unix_ms = 0;  // FinishJob's time (persisted), 0: not finished
+  bool series_removed = false;   // its /metrics series left after --finished-series-ttl-s
+  // Distinct for every creation of a job name (a job deleted and created again
+  // has a new one): a seal in flight across a DeleteJob finds it changed.
+  uint64_t incarnation = 0;
+  std::string tenant;            // Tenant::key of the token that created it ("": none; quota.h)
 };
 
 class JobRegistry {
@@ -44,9 +52,10 @@ class JobRegistry {
   // (new job: `request` merged in, threshold order checked). Changes nothing.
   absl::StatusOr<sigma::v1::JobConfig> AdmitOpen(const std::string& job, const std::string& tap, int32_t m,
                                                  const sigma::v1::JobConfig& request) const;
-  // Records the snapshot admitted by AdmitOpen.
+  // Records the snapshot admitted by AdmitOpen; `tenant` created the job
+  // when it is new.
   void OpenSnapshot(const std::string& job, const std::string& tap, int32_t m,
-                    const sigma::v1::JobConfig& request);
+                    const sigma::v1::JobConfig& request, const std::string& tenant = "");
   // A snapshot left the table: `tap_sealed` whether the tap has a sealed
   // report. A tap that never held a row and has nothing open or sealed takes
   // the m of the next OpenSnapshot again (as after a restart).
@@ -56,11 +65,23 @@ class JobRegistry {
   void NoteTapDType(const std::string& job, const std::string& tap, sigma::v1::DType dtype);
 
   // ConfigureJob: the job's configuration with `request` merged in, or a
-  // refusal (threshold order; sketch parameters fixed once sealed or while
-  // snapshots are open; the job cap). Changes nothing.
-  absl::StatusOr<StoredJob> PrepareConfigure(const std::string& job, const sigma::v1::JobConfig& request) const;
-  // Applies a committed PrepareConfigure result (creating the job).
-  void ApplyConfigure(const StoredJob& updated);
+  // refusal (an unknown job without `create` that the configuration file does
+  // not name: NOT_FOUND; threshold order; sketch parameters fixed once sealed
+  // or while snapshots are open; the job cap). Changes nothing.
+  absl::StatusOr<StoredJob> PrepareConfigure(const std::string& job, const sigma::v1::JobConfig& request,
+                                             bool create = true) const;
+  // Applies a committed PrepareConfigure result (creating the job for `tenant`).
+  void ApplyConfigure(const StoredJob& updated, const std::string& tenant = "");
+
+  // Job lifecycle (issue 15 item 4). Finish: records FinishJob's committed
+  // time (kept when already finished); false when the job is unknown.
+  // Remove: forgets the job (its slot is free) and returns its state; nullopt
+  // when unknown.
+  bool Finish(const std::string& job, int64_t unix_ms);
+  std::optional<JobState> Remove(const std::string& job);
+  void MarkSeriesRemoved(const std::string& job);
+  // The store row of a known job (name, configuration, m, finished time).
+  static StoredJob Stored(const std::string& name, const JobState& job);
 
   // Restart: a stored job, and the m of a stored report's tap.
   void Restore(const StoredJob& job);
@@ -74,8 +95,11 @@ class JobRegistry {
   sigma::v1::JobInfo Info(const std::string& name, const JobState& job, int64_t generations, int64_t last) const;
 
  private:
+  JobState& Create(const std::string& job);  // a new entry with a fresh incarnation
+
   const DaemonOptions& options_;
   std::map<std::string, JobState> jobs_;
+  uint64_t next_incarnation_ = 1;
 };
 
 }  // namespace sigma::server

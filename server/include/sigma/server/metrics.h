@@ -30,7 +30,7 @@ inline constexpr const char* kRejectReasons[] = {
     "too_many_taps", "too_many_open_snapshots", "memory_exhausted", "not_open",
     "invalid_request", "finished_rank", "corpus_exceeded", "too_many_rows", "m_too_large",
     "too_many_streams", "rate_limited", "not_found", "queue_full", "sketch_fixed", "expired",
-    "quota_jobs", "quota_open_snapshots", "quota_memory", "invalid_norm"};
+    "quota_jobs", "quota_open_snapshots", "quota_memory", "invalid_norm", "job_finished"};
 
 class Metrics {
  public:
@@ -54,6 +54,10 @@ class Metrics {
   // sigma_job_finished{job_name}: 0 from the job's first series, 1 once
   // finished (FinishJob sets it; the SigmaStaleJob rule ignores finished jobs).
   void SetJobFinished(const std::string& job, bool finished);
+  // Removes every per-job series of `job` (every tap's, its thresholds and
+  // sigma_job_finished) from /metrics: DeleteJob, and a finished job after
+  // --finished-series-ttl-s. A later report of the job creates them again.
+  void RemoveJob(const std::string& job);
   // Counts a sealed report (every one, also older generations and, on restart,
   // the stored ones): rho violations and Cholesky failures.
   void CountSeal(const sigma::v1::GenerationReport& report);

@@ -6,8 +6,8 @@
 //
 // What is counted against a token:
 //   jobs            jobs created (by OpenSnapshot or ConfigureJob) by its
-//                   requests since the daemon started (jobs restored from the
-//                   store at start count for no token);
+//                   requests since the daemon started and not deleted since
+//                   (jobs restored from the store at start count for no token);
 //   open snapshots  snapshots its OpenSnapshot opened, until they leave the table;
 //   memory          the bytes those snapshots hold (a MemoryBudget chained
 //                   to the daemon's: a charge must fit both).
@@ -52,6 +52,9 @@ class TenantBook {
   absl::Status AdmitOpen(const Tenant& t) const;
   void JobCreated(const Tenant& t);
   void Opened(const Tenant& t);
+  // A job created by tenant `key` was deleted (DeleteJob, retention): its
+  // slot in the max_jobs quota is free again.
+  void JobDeleted(const std::string& key);
   // A snapshot opened by tenant `key` left the table.
   void Closed(const std::string& key);
   // The budget `t`'s snapshots charge: its quota's (chained to the global

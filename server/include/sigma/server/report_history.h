@@ -93,6 +93,9 @@ class ReportHistory {
   absl::Status CatchUp(const std::string& job, const std::string& tap, int64_t before, int recent, int with_drift,
                int64_t pinned);
 
+  // DeleteJob: forgets every tap of `job` (the store rows are gone).
+  void Forget(const std::string& job);
+
   bool Contains(const std::string& job, const std::string& tap, int64_t generation) const;
   // True when the tap has any sealed report.
   bool TapSealed(const std::string& job, const std::string& tap) const;

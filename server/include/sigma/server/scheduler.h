@@ -31,6 +31,7 @@
 #include <condition_variable>
 #include <deque>
 #include <set>
+#include <shared_mutex>
 #include <thread>
 #include <functional>
 #include <map>
@@ -145,6 +146,26 @@ class Engine {
   // read back from the store) or inline for a refusal or NOT_FOUND.
   void GetReport(const sigma::v1::GetReportRequest& request, ReportCallback done);
 
+  // Job lifecycle (issue 15 item 4; lifecycle.cc). `done` runs once, on the
+  // task lane (store I/O) or inline for a refusal.
+  using DeleteDone = std::function<void(const absl::Status&, const sigma::v1::DeleteJobResponse&)>;
+  using InfoDone = std::function<void(const absl::Status&, const sigma::v1::JobInfo&)>;
+  // Removes the job: store rows, open snapshots (their waiters get ABORTED),
+  // state, series. A seal in flight for it is dropped at its commit.
+  void DeleteJob(const sigma::v1::DeleteJobRequest& request, DeleteDone done);
+  // Marks the job finished (persisted); later OpenSnapshots of new
+  // generations are refused. Idempotent (the first time is kept).
+  void FinishJob(const sigma::v1::FinishJobRequest& request, InfoDone done);
+  absl::Status ListSnapshots(const sigma::v1::ListSnapshotsRequest& request,
+                             sigma::v1::ListSnapshotsResponse* response) const;
+  // The reaper's lifecycle sweep (wall clock): removes the series of jobs
+  // finished --finished-series-ttl-s ago and queues the deletion of jobs
+  // finished --retention-days ago (store I/O on the task lane, never under
+  // mu_). Returns the jobs queued for deletion.
+  std::vector<std::string> SweepLifecycle();
+  // Blocks until every task queued before the call has run (tests).
+  void WaitForTasks();
+
   // A stream was refused after its OpenSnapshot: the snapshot it opened is
   // discarded when no other stream holds it and it never got a row.
   void Abandon(IngestSession* session);
@@ -194,9 +215,18 @@ class Engine {
 
   void ReaperLoop();
   absl::Status ExpiredError(const SnapshotKey& key) const;
+  // DeleteJob's work on the task lane; `why` ("DeleteJob", "retention") is logged.
+  void RunDelete(const std::string& job, const std::string& why, const DeleteDone& done);
+  // Takes `job`'s open snapshots out of the table and the job out of the
+  // registry (mu_ held); returns the snapshots.
+  std::vector<std::shared_ptr<Snapshot>> DetachJobLocked(const std::string& job);
+  // True when `w`'s job still exists as the one the snapshot was opened in (mu_ held).
+  bool SameJobLocked(const Snapshot& snap) const;
+  int64_t WallMs() const { return absl::ToUnixMillis(wall_clock_()); }
 
   const DaemonOptions options_;
   const Clock clock_;
+  const std::function<absl::Time()> wall_clock_;  // FinishJob times, the lifecycle sweep
   Logger logger_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<sigma::Backend> backend_;
@@ -206,6 +236,10 @@ class Engine {
   std::unique_ptr<ReportHistory> history_;  // created by Restore
   SealQueue queue_;
 
+  // A seal's commit and publish hold it shared, DeleteJob exclusive: a delete
+  // never falls between a seal's check that its job exists and its publish.
+  // Taken before mu_.
+  std::shared_mutex commit_mu_;
   mutable std::mutex mu_;
   JobRegistry registry_;
   TenantBook tenants_;

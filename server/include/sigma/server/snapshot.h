@@ -182,6 +182,7 @@ class Snapshot {
     int64_t k = 0;           // n_A
     size_t row_bytes = 0;    // m x dtype width
     std::string tenant;      // Tenant::key of the token that opened it ("": none; quota.h)
+    uint64_t job_incarnation = 0;  // JobState::incarnation at open (a DeleteJob changes it)
   };
 
   // What the caller of an event must do.
@@ -231,6 +232,18 @@ class Snapshot {
   std::vector<ReportCallback> Settle(const absl::Status& status, ReportPtr report);
   // Any state -> kFailed with `error` (rows released); returns the waiters.
   std::vector<ReportCallback> Fail(const absl::Status& error);
+  // DeleteJob: kOpen -> kFailed with `error` (rows released), the waiters
+  // moved to *waiters; false (nothing changed) once a seal holds it.
+  bool Cancel(const absl::Status& error, std::vector<ReportCallback>* waiters);
+
+  // What ListSnapshots shows of it (a consistent copy).
+  struct Progress {
+    State state = State::kOpen;
+    std::vector<int32_t> ranks_finished, ranks_missing;
+    int64_t rows = 0;
+    SteadyTime opened, last_activity;
+  };
+  Progress progress() const;
 
   // kSealing: moves I_A and the energies into `job` and returns the rows'
   // memory to the budget.
@@ -267,8 +280,9 @@ class Snapshot {
   int32_t finished_ = 0;
   int64_t total_rows_ = 0;
   bool closed_explicitly_ = false;
-  bool expired_ = false;
+  bool expired_ = false;  // Expire or Cancel: later Batches get error_
   int32_t attached_ = 0;
+  const SteadyTime opened_;
   SteadyTime last_activity_;
   SteadyTime seal_requested_;
   std::vector<ReportCallback> waiters_;

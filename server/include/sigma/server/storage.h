@@ -9,7 +9,8 @@
 // Schema history (the same in both; migrations run at Open in one
 // transaction, a schema newer than this sigmad is refused):
 //   1: the tables above;
-//   2: reports.severity (highest alert severity) and reports.compute_seconds.
+//   2: reports.severity (highest alert severity) and reports.compute_seconds;
+//   3: jobs.finished_unix_ms (FinishJob; 0 = not finished).
 // Durability: Commit returns OK only once the transaction is durable (SQLite
 // fsync; PostgreSQL COMMIT acknowledged by the server).
 // Timeouts (PostgreSQL): every statement runs under the server-side
@@ -37,12 +38,15 @@
 
 namespace sigma::server {
 
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 struct StoredJob {
   std::string name;
   sigma::v1::JobConfig config;  // as configured (unset fields = defaults)
   int32_t m = 0;
+  // FinishJob's time (0: not finished). Sticky in the store: an upsert never
+  // clears it (a stale replica cannot un-finish a job); DeleteJob removes it.
+  int64_t finished_unix_ms = 0;
 };
 
 // How Store::Open and HistoryReader::Open connect (PostgreSQL only; SQLite
@@ -114,6 +118,10 @@ class Store {
   // stored (same job, time and config) is not appended again, so a second
   // run after an interruption copies nothing twice.
   virtual absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) = 0;
+  // Removes `job` (every run): its reports, its configs and its row, in one
+  // transaction. Returns the number of reports removed (0 when the store never
+  // held the job). UNAVAILABLE when the database cannot be reached.
+  virtual absl::StatusOr<int64_t> DeleteJob(const std::string& job) = 0;
 
   // OK when the store can take commits now; UNAVAILABLE with the reason
   // otherwise (PostgreSQL: the server is unreachable, or DEADLINE_EXCEEDED: the

@@ -42,6 +42,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -55,9 +56,11 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/status.h"
 #include "sigma/kernels/ingest_rules.h"
+#include "sigma/v1/sigma.grpc.pb.h"
 #include "sigma/v1/sigma.pb.h"
 
 namespace sigma::client {
@@ -249,8 +252,15 @@ class Client {
   absl::StatusOr<v1::JobInfo> GetJob(std::string_view job, std::optional<int32_t> m = std::nullopt);
   // One sealed report; NOT_FOUND (naming job, tap, generation) while it has not sealed.
   absl::StatusOr<v1::GenerationReport> GetReport(const SnapshotId& snapshot);
-  // Creates or updates `job`'s configuration; returns the effective one.
-  absl::StatusOr<v1::JobInfo> ConfigureJob(std::string_view job, const v1::JobConfig& config);
+  // Updates `job`'s configuration; returns the effective one. An unknown job
+  // is NOT_FOUND unless `create` (ConfigureJobRequest.create).
+  absl::StatusOr<v1::JobInfo> ConfigureJob(std::string_view job, const v1::JobConfig& config, bool create = false);
+  // Job lifecycle (issue 15 item 4; lifecycle.cc). DeleteJob: every run when
+  // `run` is empty (admin token). FinishJob: idempotent. ListSnapshots: the
+  // open snapshots of every target (of `job` only, on its target, when set).
+  absl::StatusOr<v1::DeleteJobResponse> DeleteJob(std::string_view job, std::string_view run = "");
+  absl::StatusOr<v1::JobInfo> FinishJob(std::string_view job);
+  absl::StatusOr<std::vector<v1::SnapshotInfo>> ListSnapshots(std::string_view job = "");
   // grpc.health.v1.Health/Check on `target` ("" = the whole server).
   absl::StatusOr<ServingStatus> Health(const std::string& target, std::string_view service = "");
 
@@ -266,13 +276,13 @@ class Client {
                                                const ShareOptions& share,
                                                const v1::EndOfShare& end);
   absl::StatusOr<std::vector<v1::JobInfo>> ListJobsOn(const std::string& target);
+  // One unary call on `target` with the retries (`call` makes the attempt).
+  absl::Status Unary(const std::string& target,
+                     const std::function<grpc::Status(v1::SigmaMonitor::Stub&, grpc::ClientContext&)>& call);
   // Runs `attempt` until it succeeds, fails with a non-retryable status, or
   // the retries are used up.
   template <typename Fn>
   absl::Status WithRetries(Fn&& attempt);
-  // One unary call of the stub's `method` on the daemon of `job`, with retries.
-  template <typename Response, typename Request, typename Method>
-  absl::StatusOr<Response> Unary(std::string_view job, Method method, const Request& request);
   absl::Duration Backoff(int retry);
 
   std::vector<std::string> targets_;
