@@ -43,21 +43,30 @@ def test_report_dataclass_covers_every_proto_field():
         assert {f.name for f in dataclasses.fields(cls)} == {f.name for f in msg.DESCRIPTOR.fields}, cls
 
 
-def test_missing_or_stale_stubs_are_regenerated_on_import(tmp_path):
+def _package_copy(tmp_path):
+    """(the package copied without stubs, load): load(code) runs `code` in a fresh
+    interpreter after `pb2, g = p.load()` on the copy and returns the finished process."""
     import shutil
 
     pkg = tmp_path / "sigma_client"
-    shutil.copytree(SRC / "sigma_client", pkg,
-                    ignore=shutil.ignore_patterns("_proto", "__pycache__"))
-    code = ("import sigma_client._pb as p; pb2, g = p.load(); "
-            "print(pb2.__file__); assert hasattr(g, 'SigmaMonitorStub')")
+    shutil.copytree(SRC / "sigma_client", pkg, ignore=shutil.ignore_patterns("_proto", "__pycache__"))
     env = {"PYTHONPATH": str(tmp_path), "SIGMA_PROTO_ROOT": str(REPO / "proto"), "PATH": "/usr/bin:/bin"}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+    def load(code):
+        return subprocess.run([sys.executable, "-c", "import sigma_client._pb as p; pb2, g = p.load(); " + code],
+                              capture_output=True, text=True, env=env)
+    return pkg, load
+
+
+def test_missing_or_stale_stubs_are_regenerated_on_import(tmp_path):
+    pkg, load = _package_copy(tmp_path)
+    code = "print(pb2.__file__); assert hasattr(g, 'SigmaMonitorStub')"
+    p = load(code)
     assert p.returncode == 0, p.stderr
     assert str(pkg / "_proto" / "sigma_pb2.py") in p.stdout
     # A stub the runtime rejects (here: one that fails to import) is replaced.
     (pkg / "_proto" / "sigma_pb2.py").write_text("raise ImportError('stale gencode')\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    p = load(code)
     assert p.returncode == 0, p.stderr
     assert "stale" not in (pkg / "_proto" / "sigma_pb2.py").read_text()
 
@@ -65,21 +74,15 @@ def test_missing_or_stale_stubs_are_regenerated_on_import(tmp_path):
 def test_stubs_of_another_proto_are_regenerated_on_import(tmp_path):
     """Stubs generated before sigma.proto changed (new RPCs) are regenerated: the copy of
     the proto they were made from differs from the source's."""
-    import shutil
-
-    pkg = tmp_path / "sigma_client"
-    shutil.copytree(SRC / "sigma_client", pkg,
-                    ignore=shutil.ignore_patterns("_proto", "__pycache__"))
-    code = ("import sigma_client._pb as p; pb2, g = p.load(); "
-            "assert hasattr(pb2, 'GetReportRequest'), 'stale stubs'")
-    env = {"PYTHONPATH": str(tmp_path), "SIGMA_PROTO_ROOT": str(REPO / "proto"), "PATH": "/usr/bin:/bin"}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    pkg, load = _package_copy(tmp_path)
+    code = "assert hasattr(pb2, 'GetReportRequest'), 'stale stubs'"
+    p = load(code)
     assert p.returncode == 0, p.stderr
     # Stubs of an older proto: without GetReport, and the copy of that proto.
     copy = pkg / "_proto" / "proto" / "sigma" / "v1" / "sigma.proto"
     copy.write_text(copy.read_text() + "\n// an older revision\n")
     stub = pkg / "_proto" / "sigma_pb2.py"
     stub.write_text(stub.read_text() + "\ndel GetReportRequest\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    p = load(code)
     assert p.returncode == 0, p.stderr
     assert copy.read_text() == (REPO / "proto/sigma/v1/sigma.proto").read_text()
