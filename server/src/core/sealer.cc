@@ -140,6 +140,7 @@ void Engine::BuildReports(std::vector<SealWork>& works) {
     in.closed_explicitly = w.job.closed_explicitly;
     in.world_size = p.world_size;
     in.ranks_finished = w.job.ranks_finished;
+    in.shares = w.job.shares;
     in.compute_seconds = w.compute_seconds;
     in.sealed_unix_ms = sealed_ms;
     const sigma::TrackValues vals = Estimate(in);

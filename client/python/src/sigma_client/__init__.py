@@ -7,7 +7,7 @@
 """
 from .errors import SigmaError
 from .generation import NotSealedError
-from .monitor import Generation, Monitor, default_n_a, detect_rank
+from .monitor import Generation, Monitor, WorldSizeWarning, default_n_a, detect_rank
 from .report import (Alert, GenerationReport, JobConfig, JobInfo, PerDimension, ReportFlags,
                      Thresholds)
 from .sketch import bottom_k, pick_target, priorities, rendezvous_score, splitmix64
@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Monitor", "Generation", "SigmaError", "NotSealedError", "GenerationReport", "ReportFlags", "PerDimension",
-    "Alert", "JobInfo", "JobConfig", "Thresholds", "default_n_a", "detect_rank", "bottom_k",
+    "Alert", "JobInfo", "JobConfig", "Thresholds", "default_n_a", "detect_rank", "WorldSizeWarning", "bottom_k",
     "priorities", "splitmix64", "pick_target", "rendezvous_score", "__version__",
 ]

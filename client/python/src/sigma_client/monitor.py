@@ -8,6 +8,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 import weakref
 from typing import Any, Mapping, Optional, Sequence
@@ -89,20 +90,38 @@ def default_n_a(m: int) -> int:
     return max(4096, 16 * int(m))
 
 
-def detect_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else env RANK /
-    WORLD_SIZE, else (0, 1)."""
+def detect_world() -> tuple[int, int, str]:
+    """(rank, world_size, source): from torch.distributed when initialised ("torch"),
+    else env RANK / WORLD_SIZE ("env"), else (0, 1, "default"): the caller cannot tell."""
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
             dist = torch.distributed
             if dist.is_available() and dist.is_initialized():
-                return int(dist.get_rank()), int(dist.get_world_size())
+                return int(dist.get_rank()), int(dist.get_world_size()), "torch"
         except Exception:
             pass
     if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    return 0, 1
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "env"
+    return 0, 1, "default"
+
+
+def detect_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else env RANK /
+    WORLD_SIZE, else (0, 1)."""
+    rank, world, _ = detect_world()
+    return rank, world
+
+
+class WorldSizeWarning(UserWarning):
+    """The Monitor could not tell the world size and sends as rank 0 of 1."""
+
+
+UNKNOWN_WORLD = ("sigma_client: cannot tell the world size (torch.distributed is not initialised "
+                 "and RANK/WORLD_SIZE are not set): job {job!r} sends as rank 0 of 1. In a "
+                 "multi-process job create the Monitor after torch.distributed.init_process_group "
+                 "(or set RANK and WORLD_SIZE, or pass rank= and world_size=): a second process "
+                 "sending as rank 0 is refused by sigmad (ALREADY_EXISTS), its rows are not merged.")
 
 
 @dataclass(frozen=True)
@@ -169,9 +188,15 @@ class Monitor:
         self.target = pick_target(self.targets, job)
         self.job = job
         self.tap = tap
-        r, w = detect_rank()
+        r, w, source = detect_world()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
+        # Where rank and world_size came from: "torch", "env", "default" or "argument".
+        self.world_source = "argument" if rank is not None and world_size is not None else source
+        if self.world_source == "default" and world_size is None:
+            msg = UNKNOWN_WORLD.format(job=job)
+            log.warning("%s", msg)
+            warnings.warn(msg, WorldSizeWarning, stacklevel=2)
         if self.rank < 0 or self.world_size < 1:
             raise ValueError(f"rank {self.rank} / world_size {self.world_size}: need rank >= 0 "
                              "and world_size >= 1")
