@@ -172,7 +172,7 @@ absl::StatusOr<bool> Snapshot::AddRows(int32_t rank_index, const v1::Batch& batc
                      absl::StrFormat("%s: rank %d already sent batch seq %d of %s with other rows: two senders claim "
                                      "rank %d of %d (give each process its RANK and WORLD_SIZE, or create the "
                                      "Monitor after init_process_group), or a retry sent different data; send it "
-                                     "under a new run or the next generation",
+                                     "as the next generation or under another job name",
                                      where, rank_index, batch.seq(), KeyString(p_.key), rank_index, p_.world_size));
     case BatchLog::Seen::kNew: break;
   }
