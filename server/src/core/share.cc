@@ -13,20 +13,37 @@ namespace v1 = sigma::v1;
 namespace {
 constexpr uint64_t kRowSeed = 0x5349474d41524f57ull;  // "SIGMAROW"
 
+constexpr uint64_t kLaneMul = 0x9e3779b97f4a7c15ull;
+
+uint64_t Rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+// One step of a lane: a bijection of the lane for a fixed word w, so one
+// changed word always changes the lane; the rotation carries high bits down.
+uint64_t Step(uint64_t lane, uint64_t w) { return Rotl((lane ^ w) * kLaneMul, 29); }
+
+// Four independent lanes over the 8-byte words (no long dependency chain:
+// several GB/s), the tail zero-padded, the id mixed in, then SplitMix64.
 uint64_t RowHash(const uint8_t* row, size_t bytes, bool has_id, uint64_t id) {
-  uint64_t h = sigma::SplitMix64(kRowSeed ^ bytes);
+  uint64_t lane[4] = {kRowSeed ^ bytes, kRowSeed + 1, kRowSeed + 2, kRowSeed + 3};
   size_t i = 0;
+  for (; i + 32 <= bytes; i += 32) {
+    uint64_t w[4];
+    std::memcpy(w, row + i, 32);
+    for (int k = 0; k < 4; ++k) lane[k] = Step(lane[k], w[k]);
+  }
   for (; i + 8 <= bytes; i += 8) {
     uint64_t w;
     std::memcpy(&w, row + i, 8);
-    h = sigma::SplitMix64(h ^ w);
+    lane[0] = Step(lane[0], w);
   }
   if (i < bytes) {
     uint64_t w = 0;
     std::memcpy(&w, row + i, bytes - i);
-    h = sigma::SplitMix64(h ^ w);
+    lane[1] = Step(lane[1], w);
   }
-  if (has_id) h = sigma::SplitMix64(h ^ sigma::SplitMix64(id + 1));
+  if (has_id) lane[2] = Step(lane[2], sigma::SplitMix64(id + 1));
+  uint64_t h = sigma::SplitMix64(lane[0]);
+  for (int k = 1; k < 4; ++k) h = sigma::SplitMix64(h ^ lane[k]);
   return h;
 }
 }  // namespace

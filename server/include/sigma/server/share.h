@@ -2,9 +2,9 @@
 // and the row store that keeps a share apart until it is committed (atomic
 // shares, issue 15 item 2).
 //
-// Digest: a row's hash is SplitMix64-chained over its wire bytes (8 at a time,
-// the tail zero-padded) and its explicit sample id (default ids depend on the
-// arrival order and are left out); a batch's digest is the sum of its rows'
+// Digest: a row's hash runs four multiply-rotate lanes over its wire bytes (8
+// at a time, the tail zero-padded) and its explicit sample id (default ids
+// depend on the arrival order and are left out), finished with SplitMix64; a batch's digest is the sum of its rows'
 // hashes mod 2^64 and a share's the sum over its distinct batch seqs. So the
 // digest does not depend on the order of rows or batches, nor on how the rows
 // were cut into batches. Not cryptographic: it tells a retry of the same data
