@@ -265,20 +265,6 @@ absl::StatusOr<std::vector<NpyArray>> LoadArrays(const std::vector<std::string>&
 
 std::string WithCommon(const char* usage) { return absl::StrFormat(usage, kCommonFlagsHelp); }
 
-// The share row sigmad named as a file and row of `paths` (the files are
-// sent concatenated in order), for the message of a refused send.
-std::string FileRowNote(const std::vector<NpyArray>& arrays, const std::vector<std::string>& paths, int64_t row) {
-  int64_t first = 0;
-  for (size_t i = 0; i < arrays.size() && i < paths.size(); ++i) {
-    if (row < first + arrays[i].rows)
-      return absl::StrFormat("sigmactl: share row %d is row %d of %s (counting from 0); nothing of this share was "
-                             "kept, send the corrected file(s) again\n",
-                             row, row - first, paths[i]);
-    first += arrays[i].rows;
-  }
-  return "";
-}
-
 }  // namespace
 
 int RunSend(const Args& args, std::ostream& out, std::ostream& err) {

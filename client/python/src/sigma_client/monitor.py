@@ -5,7 +5,6 @@ import atexit
 import logging
 import os
 import random
-import sys
 import threading
 import time
 import warnings
@@ -22,6 +21,7 @@ from .report import (GenerationReport, JobInfo, job_info_from_proto, report_from
 from .sketch import parse_targets, pick_target
 from .spool import DEFAULT_MAX_BYTES, Spool, default_spool_dir, read_messages
 from .tensors import DTYPE_ENUM
+from .world import UNKNOWN_WORLD, WorldSizeWarning, detect_rank, detect_world  # noqa: F401 (re-exported)
 
 log = logging.getLogger("sigma_client")
 
@@ -88,40 +88,6 @@ MAX_MESSAGE = 64 << 20
 def default_n_a(m: int) -> int:
     """The spec's default sub-sample size: max(4096, 16 m)."""
     return max(4096, 16 * int(m))
-
-
-def detect_world() -> tuple[int, int, str]:
-    """(rank, world_size, source): from torch.distributed when initialised ("torch"),
-    else env RANK / WORLD_SIZE ("env"), else (0, 1, "default"): the caller cannot tell."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            dist = torch.distributed
-            if dist.is_available() and dist.is_initialized():
-                return int(dist.get_rank()), int(dist.get_world_size()), "torch"
-        except Exception:
-            pass
-    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "env"
-    return 0, 1, "default"
-
-
-def detect_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else env RANK /
-    WORLD_SIZE, else (0, 1)."""
-    rank, world, _ = detect_world()
-    return rank, world
-
-
-class WorldSizeWarning(UserWarning):
-    """The Monitor could not tell the world size and sends as rank 0 of 1."""
-
-
-UNKNOWN_WORLD = ("sigma_client: cannot tell the world size (torch.distributed is not initialised "
-                 "and RANK/WORLD_SIZE are not set): job {job!r} sends as rank 0 of 1. In a "
-                 "multi-process job create the Monitor after torch.distributed.init_process_group "
-                 "(or set RANK and WORLD_SIZE, or pass rank= and world_size=): a second process "
-                 "sending as rank 0 is refused by sigmad (ALREADY_EXISTS), its rows are not merged.")
 
 
 @dataclass(frozen=True)
