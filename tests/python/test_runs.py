@@ -57,5 +57,7 @@ def test_retry_of_the_same_share_gets_the_stored_report(server, job):
     x = rows(3)
     with mon.generation(0) as g:
         g.send(x)
+    assert [(d.rank, d.rows, d.finished) for d in g.report.shares] == [(0, 256, True)]  # pre-sketched
+    assert len(g.report.data_digest) == 16
     again = mon._send_share(g)  # the same share again, as a retry would
     assert again.sealed and again.report.track2 == g.report.track2
