@@ -133,4 +133,16 @@ absl::Status WriteNpy(const std::string& path, const NpyArray& array) {
   return absl::OkStatus();
 }
 
+std::string FileRowNote(const std::vector<NpyArray>& arrays, const std::vector<std::string>& paths, int64_t row) {
+  int64_t first = 0;
+  for (size_t i = 0; i < arrays.size() && i < paths.size(); ++i) {
+    if (row < first + arrays[i].rows)
+      return absl::StrFormat("sigmactl: share row %d is row %d of %s (counting from 0); nothing of this share was "
+                             "kept, send the corrected file(s) again\n",
+                             row, row - first, paths[i]);
+    first += arrays[i].rows;
+  }
+  return "";
+}
+
 }  // namespace sigma::cli

@@ -30,6 +30,11 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path);
 // Writes a 2-D array (used by tests and tools).
 absl::Status WriteNpy(const std::string& path, const NpyArray& array);
 
+// The share row sigmad named (rows of `arrays` concatenated in order, as
+// sigmactl send streams them) as a file and row of `paths`, as a message line
+// for a refused send; "" when the row is beyond them.
+std::string FileRowNote(const std::vector<NpyArray>& arrays, const std::vector<std::string>& paths, int64_t row);
+
 }  // namespace sigma::cli
 
 #endif  // SIGMA_CLIENT_CLI_NPY_H_

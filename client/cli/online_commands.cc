@@ -58,7 +58,8 @@ constexpr char kSendUsage[] =
     "Streams the rows of the .npy files (2-D [rows, m], float16/float32/float64, all with\n"
     "the same m; concatenated in order) as this rank's share of snapshot (job, tap,\n"
     "generation). Files of different dtypes are sent as float64 (exact). Prints the\n"
-    "report when this rank completed the snapshot, else the ingest counts.\n"
+    "report when this rank completed the snapshot, else the ingest counts. A refused share\n"
+    "leaves nothing in the snapshot (the error names the file row): fix it and send again.\n"
     "  --job J               job name, [A-Za-z0-9_.:-]{1,128} (required)\n"
     "  --tap T               tap (layer) name (default \"default\")\n"
     "  --generation K        generation number, >= 0 (required)\n"
@@ -330,7 +331,12 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
     blocks.push_back(client::Embeddings{a.data.data(), dtype, a.rows, m, {}});
   }
   absl::StatusOr<v1::IngestResponse> response = c.SendGeneration(snapshot, blocks, share);
-  if (!response.ok()) return RpcError(err, response.status());
+  if (!response.ok()) {
+    RpcError(err, response.status());
+    const std::optional<int64_t> row = client::RefusedShareRow(response.status());
+    if (row && !share.presketch) err << FileRowNote(*arrays, p->positional, *row);
+    return 1;
+  }
   const bool json = p->Has("json");
   if (!response->sealed() && p->Has("close")) {
     absl::StatusOr<v1::GenerationReport> report = c.CloseGeneration(snapshot);

@@ -114,12 +114,12 @@ Bits Load(const unsigned char* p) {
 }
 }  // namespace
 
-absl::Status CheckFinite(const RowBlock& block) {
+absl::Status CheckFinite(const RowBlock& block, int64_t first_row) {
   const size_t count = static_cast<size_t>(block.num_rows) * static_cast<size_t>(block.m);
   const auto* bytes = static_cast<const unsigned char*>(block.data);
   auto fail = [&](size_t i) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "non-finite value (NaN or Inf) at row %d, column %d", static_cast<int64_t>(i / block.m),
+        "non-finite value (NaN or Inf) at row %d, column %d", first_row + static_cast<int64_t>(i / block.m),
         static_cast<int64_t>(i % block.m)));
   };
   switch (block.dtype) {

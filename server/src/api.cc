@@ -19,6 +19,9 @@ namespace {
 // Trailing metadata key of a rate-limit refusal: milliseconds until the
 // client's bucket holds the refused batch (the clients wait that long).
 constexpr char kRetryAfterKey[] = "sigma-retry-after-ms";
+// Trailing metadata key of a refused batch: the row within the rank's share
+// the refusal names (clients map it to their own rows: sigmactl's file row).
+constexpr char kShareRowKey[] = "sigma-share-row";
 
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
@@ -187,7 +190,12 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, p
         break;
       case v1::IngestRequest::kBatch:
         status = RateLimit(request.batch());
-        if (status.ok()) status = Answer(metrics_, engine_->logger(), "Ingest", engine_->Batch(&session_, request.batch()));
+        if (status.ok()) {
+          const absl::Status taken = engine_->Batch(&session_, request.batch());
+          if (const std::optional<int64_t> row = ShareRow(taken))
+            context_->AddTrailingMetadata(kShareRowKey, absl::StrCat(*row));
+          status = Answer(metrics_, engine_->logger(), "Ingest", taken);
+        }
         break;
       case v1::IngestRequest::kEnd:
         if (!share_ended_) {

@@ -28,15 +28,16 @@ absl::Status NormRefusal(sigma::RowCheck check, int64_t row) {
 // overflows (then the scaled norm decides). One CheckFinite pass per block.
 class FiniteGuard {
  public:
-  explicit FiniteGuard(const sigma::RowBlock& block) : block_(block) {}
+  FiniteGuard(const sigma::RowBlock& block, int64_t first_row) : block_(block), first_row_(first_row) {}
   absl::Status Check() {
-    if (!checked_) status_ = sigma::CheckFinite(block_);
+    if (!checked_) status_ = sigma::CheckFinite(block_, first_row_);
     checked_ = true;
     return status_;
   }
 
  private:
   const sigma::RowBlock& block_;
+  const int64_t first_row_;
   bool checked_ = false;
   absl::Status status_;
 };
@@ -62,20 +63,20 @@ double PlainSquares(const uint8_t* row, int64_t m, size_t width, const Load& loa
 // Energies of every row of `block` (EnergyOfRow), element bytes read by `load`.
 template <typename Load>
 absl::Status RowEnergies(const sigma::RowBlock& block, Load load, sigma::Preprocessing p,
-                         double rho, sigma::EnergyStats* stats) {
+                         double rho, sigma::EnergyStats* stats, int64_t first_row) {
   const auto* data = static_cast<const uint8_t*>(block.data);
   const size_t width = sigma::DTypeWidth(block.dtype);
-  FiniteGuard finite(block);
+  FiniteGuard finite(block, first_row);
   for (int64_t r = 0; r < block.num_rows; ++r) {
     const uint8_t* row = data + static_cast<size_t>(r * block.m) * width;
     const double plain = PlainSquares(row, block.m, width, load);
     if (!std::isfinite(plain)) {
-      if (absl::Status s = finite.Check(); !s.ok()) return NonFinite(s);
+      if (absl::Status s = finite.Check(); !s.ok()) return WithShareRow(NonFinite(s), first_row + r);
     }
     const sigma::ScaledSquares sq = sigma::RowSquares(
         block.m, plain, [&](int64_t c) { return load(row + static_cast<size_t>(c) * width); });
     const sigma::RowEnergy e = sigma::EnergyOfRow(p, sq);
-    if (e.check != sigma::RowCheck::kOk) return NormRefusal(e.check, r);
+    if (e.check != sigma::RowCheck::kOk) return WithShareRow(NormRefusal(e.check, first_row + r), first_row + r);
     sigma::AddRowEnergy(e.energy, rho, stats);
   }
   return absl::OkStatus();
@@ -87,7 +88,7 @@ absl::Status RowEnergies(const sigma::RowBlock& block, Load load, sigma::Preproc
 // row has norm 0 and is refused).
 template <typename Word>
 absl::Status L2RowEnergies(const sigma::RowBlock& block, Word exp_mask, double rho,
-                           sigma::EnergyStats* stats) {
+                           sigma::EnergyStats* stats, int64_t first_row) {
   const auto* data = static_cast<const uint8_t*>(block.data);
   const Word magnitude = static_cast<Word>(~(Word{1} << (sizeof(Word) * 8 - 1)));
   for (int64_t r = 0; r < block.num_rows; ++r) {
@@ -100,11 +101,11 @@ absl::Status L2RowEnergies(const sigma::RowBlock& block, Word exp_mask, double r
       nonzero |= static_cast<Word>(w & magnitude);
       bad |= static_cast<Word>((w & exp_mask) == exp_mask);
     }
-    if (bad) return NonFinite(sigma::CheckFinite(block));
+    if (bad) return WithShareRow(NonFinite(sigma::CheckFinite(block, first_row)), first_row + r);
     // Any positive stand-in for ||x||^2 gives a nonzero narrow row's verdict.
     const sigma::RowEnergy e =
         sigma::EnergyOfRow(sigma::Preprocessing::kL2, sigma::ScaledSquares{0, nonzero ? 1.0 : 0.0});
-    if (e.check != sigma::RowCheck::kOk) return NormRefusal(e.check, r);
+    if (e.check != sigma::RowCheck::kOk) return WithShareRow(NormRefusal(e.check, first_row + r), first_row + r);
     sigma::AddRowEnergy(e.energy, rho, stats);
   }
   return absl::OkStatus();
@@ -129,32 +130,32 @@ Word LoadWord(const uint8_t* q) {
 }  // namespace
 
 absl::Status BatchEnergy(const sigma::RowBlock& block, sigma::Preprocessing p, double rho,
-                         sigma::EnergyStats* stats) {
+                         sigma::EnergyStats* stats, int64_t first_row) {
   sigma::EnergyStats local;
   absl::Status status;
   const bool l2 = p == sigma::Preprocessing::kL2;
   switch (block.dtype) {
     case sigma::DType::kFloat32:
-      status = l2 ? L2RowEnergies<uint32_t>(block, 0x7f800000u, rho, &local)
+      status = l2 ? L2RowEnergies<uint32_t>(block, 0x7f800000u, rho, &local, first_row)
                   : RowEnergies(block, [](const uint8_t* q) { return static_cast<double>(LoadWord<float>(q)); },
-                                p, rho, &local);
+                                p, rho, &local, first_row);
       break;
     case sigma::DType::kFloat64:
-      status = RowEnergies(block, [](const uint8_t* q) { return LoadWord<double>(q); }, p, rho, &local);
+      status = RowEnergies(block, [](const uint8_t* q) { return LoadWord<double>(q); }, p, rho, &local, first_row);
       break;
     case sigma::DType::kBFloat16:
-      status = l2 ? L2RowEnergies<uint16_t>(block, 0x7f80u, rho, &local)
+      status = l2 ? L2RowEnergies<uint16_t>(block, 0x7f80u, rho, &local, first_row)
                   : RowEnergies(block, [](const uint8_t* q) { return sigma::BFloat16ToDouble(LoadWord<uint16_t>(q)); },
-                                p, rho, &local);
+                                p, rho, &local, first_row);
       break;
     case sigma::DType::kFloat16: {
       if (l2) {
-        status = L2RowEnergies<uint16_t>(block, 0x7c00u, rho, &local);
+        status = L2RowEnergies<uint16_t>(block, 0x7c00u, rho, &local, first_row);
         break;
       }
       const float* table = HalfTable();
       status = RowEnergies(block, [table](const uint8_t* q) { return static_cast<double>(table[LoadWord<uint16_t>(q)]); },
-                           p, rho, &local);
+                           p, rho, &local, first_row);
       break;
     }
   }

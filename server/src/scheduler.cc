@@ -136,7 +136,8 @@ absl::Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) 
     session->snapshot = it->second;
     session->snapshot->Attach();
   } else if (history_->Contains(key.job, key.tap, key.generation)) {
-    session->sealed = key;  // a retry: batches are ignored, the response carries the report
+    session->sealed = key;  // a retry: its digest is compared at EndShare, the response carries the report
+    session->row_bytes = static_cast<size_t>(open.m()) * sigma::DTypeWidth(*dtype);
   } else if (absl::Status s = OpenNew(open, key, *dtype, session); !s.ok()) {
     return s;
   }
@@ -217,20 +218,27 @@ absl::Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
   if (!session->opened) return Refusal(StatusCode::kFailedPrecondition, "not_open", "Batch before OpenSnapshot");
   if (session->ended) return Refusal(StatusCode::kFailedPrecondition, "invalid_request", "Batch after EndOfShare");
   v1::IngestResponse& resp = session->response;
-  if (session->sealed || IsDuplicate(*session, batch.seq())) {
+  if (session->sealed) {  // a resend to a sealed generation: its digest decides at EndShare
+    if (session->resent_seqs.insert(batch.seq()).second) {
+      session->resent.set_rows(session->resent.rows() + batch.rows());
+      session->resent.set_digest(session->resent.digest() + BatchDigest(batch, session->row_bytes));
+    }
     resp.set_batches_duplicate(resp.batches_duplicate() + 1);
     return absl::OkStatus();
   }
   Snapshot& snap = *session->snapshot;
-  const std::string where = absl::StrFormat("batch seq %d of rank %d", batch.seq(), session->rank);
-  if (absl::Status s = ValidateBatch(batch, snap.params(), options_, where); !s.ok()) return s;
-  // One pass: NaN/Inf check (CheckFinite names the element) and the energies.
-  const sigma::RowBlock block{batch.data().data(), snap.params().dtype, batch.rows(), snap.params().m};
-  sigma::EnergyStats energy;
-  if (absl::Status s = BatchEnergy(block, snap.params().prep, snap.params().rho, &energy); !s.ok())
-    return Refusal(s.code(), RefusalReason(s), absl::StrCat(where, ": ", s.message()));
-  absl::StatusOr<bool> added = snap.AddRows(session->rank, batch, energy, where, clock_());
-  if (!added.ok()) return added.status();
+  const int64_t first = snap.ShareRows(session->rank);
+  const std::string where = absl::StrFormat("rank %d's share of %s, batch seq %d (share rows %d..%d)", session->rank,
+                                            KeyString(snap.key()), batch.seq(), first,
+                                            first + std::max<int64_t>(batch.rows(), 1) - 1);
+  absl::StatusOr<bool> added = AddBatch(snap, session->rank, batch, first, where);
+  if (!added.ok()) {
+    // Atomic shares (issue 15 item 2): a refused batch drops the whole share,
+    // unless the refusal is about another sender or a share already finished.
+    const std::string reason = RefusalReason(added.status());
+    if (reason != "share_conflict" && reason != "finished_rank" && reason != "expired") snap.DropShare(session->rank);
+    return added.status();
+  }
   if (!*added) {
     resp.set_batches_duplicate(resp.batches_duplicate() + 1);
     return absl::OkStatus();
@@ -239,6 +247,22 @@ absl::Status Engine::Batch(IngestSession* session, const v1::Batch& batch) {
   resp.set_rows_accepted(resp.rows_accepted() + batch.rows());
   metrics_->Ingested(static_cast<int64_t>(batch.data().size()), batch.rows());
   return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Engine::AddBatch(Snapshot& snap, int32_t rank, const v1::Batch& batch, int64_t first_row,
+                                      const std::string& where) {
+  const uint64_t digest = BatchDigest(batch, snap.params().row_bytes);
+  if (snap.IsDuplicate(rank, batch.seq()))  // the same rows again, or a conflict AddRows names
+    return snap.AddRows(rank, batch, sigma::EnergyStats(), digest, where, clock_());
+  if (absl::Status s = ValidateBatch(batch, snap.params(), options_, where); !s.ok()) return s;
+  // One pass: NaN/Inf check (naming the share row and column) and the energies.
+  const sigma::RowBlock block{batch.data().data(), snap.params().dtype, batch.rows(), snap.params().m};
+  sigma::EnergyStats energy;
+  if (absl::Status s = BatchEnergy(block, snap.params().prep, snap.params().rho, &energy, first_row); !s.ok()) {
+    absl::Status refusal = Refusal(s.code(), RefusalReason(s), absl::StrCat(where, ": ", s.message()));
+    return ShareRow(s) ? WithShareRow(std::move(refusal), *ShareRow(s)) : refusal;
+  }
+  return snap.AddRows(rank, batch, energy, digest, where, clock_());
 }
 
 void Engine::EndShare(IngestSession* session, const v1::EndOfShare* end, IngestDone done) {
@@ -259,7 +283,12 @@ void Engine::EndShare(IngestSession* session, const v1::EndOfShare* end, IngestD
   };
   if (session->sealed) {
     session->ended = true;
-    return ReplySealed(*session->sealed, reply);
+    return ReplySealed(*session->sealed, [this, session, reply](const absl::Status& s, ReportPtr report) {
+      if (s.ok() && report) {
+        if (absl::Status c = CheckResent(*session, *report); !c.ok()) return reply(c, nullptr);
+      }
+      reply(s, std::move(report));
+    });
   }
   std::shared_ptr<Snapshot> snap = session->snapshot;
   const Snapshot::Step step = snap->EndShare(session->rank, end, reply, clock_());
@@ -273,6 +302,25 @@ void Engine::EndShare(IngestSession* session, const v1::EndOfShare* end, IngestD
       Discard(snap, step.status);
       return done(step.status, session->response);
   }
+}
+
+absl::Status Engine::CheckResent(const IngestSession& session, const v1::GenerationReport& report) const {
+  // A stream that only opened (no batch) asks for the report; reports sealed
+  // before digests were stored cannot be compared and are answered as before.
+  if (session.resent_seqs.empty() || report.shares_size() == 0) return absl::OkStatus();
+  const v1::ShareDigest* sealed = nullptr;
+  for (const v1::ShareDigest& d : report.shares())
+    if (d.rank() == session.rank) sealed = &d;
+  if (sealed && sealed->rows() == session.resent.rows() && sealed->digest() == session.resent.digest())
+    return absl::OkStatus();
+  const std::string was = sealed ? absl::StrCat("sealed with rank ", session.rank, "'s share ",
+                                                DigestString(sealed->rows(), sealed->digest()))
+                                 : absl::StrCat("sealed without a share of rank ", session.rank);
+  return Refusal(StatusCode::kAlreadyExists, "share_conflict",
+                 absl::StrFormat("%s was %s; this share (%s) has other data, and a sealed generation never changes: "
+                                 "send it as the next generation or under another job name",
+                                 KeyString(*session.sealed), was,
+                                 DigestString(session.resent.rows(), session.resent.digest())));
 }
 
 void Engine::Close(const v1::CloseGenerationRequest& request, ReportCallback done) {

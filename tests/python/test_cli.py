@@ -128,3 +128,31 @@ def test_report_honours_sigma_target_and_the_console_entry(server, job, pythonpa
     monkeypatch.delenv("SIGMA_TARGET", raising=False)
     assert report_main(["--target", server.target, "--job", job, "--csv", "-"]) == 0
     assert capsys.readouterr().out.count("\n") == 3
+
+
+def test_send_refused_share_leaves_nothing_and_names_the_file_row(server, job, tmp_path):
+    """Issue 15 item 2, as reported: a file with a NaN at row 5000 is refused at batch seq 2
+    after batches 0-1 were taken; the clean file sent next must seal exactly what the clean
+    file alone seals (track2 was a mixture), and the error names the share and file row."""
+    rng = np.random.default_rng(15)
+    clean = rng.standard_normal((8000, 16)).astype(np.float32)
+    other = rng.standard_normal((8000, 16)).astype(np.float32)  # another file ...
+    other[5000, 3] = np.nan                                      # ... with a NaN at row 5000
+    np.save(tmp_path / "clean.npy", clean)
+    np.save(tmp_path / "head.npy", other[:3000])
+    np.save(tmp_path / "tail.npy", other[3000:])
+    common = ["--target", server.target, "--generation", "0", "--batch-rows", "2048",
+              "--n-a", "4096", "--json"]
+    alone = run([sigmactl(), "send", str(tmp_path / "clean.npy"), "--job", job + ".alone", *common])
+    assert alone.returncode == 0, alone.stderr
+    bad = run([sigmactl(), "send", str(tmp_path / "head.npy"), str(tmp_path / "tail.npy"),
+               "--job", job, *common])
+    assert bad.returncode == 1
+    assert "batch seq 2 (share rows 3000..5047)" in bad.stderr, bad.stderr  # batches end at file ends
+    assert "at row 5000, column 3" in bad.stderr, bad.stderr
+    assert f"share row 5000 is row 2000 of {tmp_path / 'tail.npy'}" in bad.stderr, bad.stderr
+    fixed = run([sigmactl(), "send", str(tmp_path / "clean.npy"), "--job", job, *common])
+    assert fixed.returncode == 0, fixed.stderr
+    a, f = json.loads(alone.stdout), json.loads(fixed.stdout)
+    assert f["track2"] == a["track2"] and f["n"] == a["n"] == 8000
+    assert f["data_digest"] == a["data_digest"]

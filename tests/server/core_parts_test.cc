@@ -161,15 +161,15 @@ TEST(MemoryBudgetTest, BackendScratchCountsAgainstTheDaemonsBudget) {
 TEST(SnapshotTest, LastEndOfShareRequestsTheSealAndSettleAnswersEveryWaiter) {
   MemoryBudget budget(1 << 20);
   auto snap = NewSnapshot(&budget, /*world_size=*/2);
-  ASSERT_TRUE(*snap->AddRows(0, Batch(0, 3), sigma::EnergyStats(), "b", kT0));
-  EXPECT_FALSE(*snap->AddRows(0, Batch(0, 3), sigma::EnergyStats(), "b", kT0));  // duplicate seq
+  ASSERT_TRUE(*snap->AddRows(0, Batch(0, 3), sigma::EnergyStats(), 0, "b", kT0));
+  EXPECT_FALSE(*snap->AddRows(0, Batch(0, 3), sigma::EnergyStats(), 0, "b", kT0));  // duplicate seq
   EXPECT_GT(budget.used(), 0);
   std::vector<absl::Status> got;
   auto waiter = [&got](const absl::Status& s, ReportPtr) { got.push_back(s); };
   v1::EndOfShare end;
   EXPECT_EQ(snap->EndShare(0, &end, waiter, kT0).kind, Snapshot::Step::kReply);  // rank 1 still streaming
   // A finished rank may not send more rows.
-  EXPECT_EQ(RefusalReason(snap->AddRows(0, Batch(1, 1), sigma::EnergyStats(), "b", kT0).status()), "finished_rank");
+  EXPECT_EQ(RefusalReason(snap->AddRows(0, Batch(1, 1), sigma::EnergyStats(), 0, "b", kT0).status()), "finished_rank");
   EXPECT_EQ(snap->EndShare(1, &end, waiter, kT0).kind, Snapshot::Step::kSeal);
   EXPECT_EQ(snap->state(), Snapshot::State::kSealing);
   EXPECT_EQ(snap->Close(waiter, kT0).kind, Snapshot::Step::kWait);  // joins the seal
@@ -202,30 +202,50 @@ TEST(SnapshotTest, NoRowsGivesDiscardOrRefusal) {
 TEST(SnapshotTest, BadEndOfShareIsRefusedAndLeavesTheRankOpen) {
   MemoryBudget budget(1 << 20);
   auto snap = NewSnapshot(&budget);
-  ASSERT_TRUE(*snap->AddRows(0, Batch(0, 5), sigma::EnergyStats(), "b", kT0));
+  ASSERT_TRUE(*snap->AddRows(0, Batch(0, 5), sigma::EnergyStats(), 0, "b", kT0));
   v1::EndOfShare end;
   end.set_count(2);  // fewer than sent
   const Snapshot::Step step = snap->EndShare(0, &end, [](const absl::Status&, ReportPtr) {}, kT0);
   EXPECT_EQ(step.status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(RefusalReason(step.status), "invalid_request");
-  EXPECT_TRUE(*snap->AddRows(0, Batch(1, 1), sigma::EnergyStats(), "b", kT0));
+  EXPECT_TRUE(*snap->AddRows(0, Batch(1, 1), sigma::EnergyStats(), 0, "b", kT0));
 }
 
 TEST(SnapshotTest, ExpireOnlyWhenIdleAndOpen) {
   MemoryBudget budget(1 << 20);
   auto snap = NewSnapshot(&budget);
   const SteadyTime t1 = kT0 + std::chrono::seconds(10);
-  ASSERT_TRUE(*snap->AddRows(0, Batch(0, 2), sigma::EnergyStats(), "b", t1));
+  ASSERT_TRUE(*snap->AddRows(0, Batch(0, 2), sigma::EnergyStats(), 0, "b", t1));
   EXPECT_FALSE(snap->Expire(kT0 + std::chrono::seconds(5), absl::FailedPreconditionError("expired")));
   EXPECT_TRUE(snap->Expire(t1, absl::FailedPreconditionError("expired")));
   EXPECT_EQ(snap->state(), Snapshot::State::kFailed);
   EXPECT_EQ(budget.used(), 0);
 }
 
+// Atomic shares: DropShare forgets a rank's rows, seqs and memory (the rank
+// resends from scratch); a taken seq with other rows is a share_conflict.
+TEST(SnapshotTest, DropShareForgetsTheRankAndConflictsAreNamed) {
+  MemoryBudget budget(1 << 20);
+  auto snap = NewSnapshot(&budget, /*world_size=*/2);
+  const int64_t empty = budget.used();
+  ASSERT_TRUE(*snap->AddRows(1, Batch(0, 2), sigma::EnergyStats(), 7, "b", kT0));
+  ASSERT_TRUE(*snap->AddRows(0, Batch(0, 3), sigma::EnergyStats(), 5, "b", kT0));
+  const int64_t with_rank1 = budget.used();
+  EXPECT_EQ(RefusalReason(snap->AddRows(0, Batch(0, 3), sigma::EnergyStats(), 6, "b", kT0).status()),
+            "share_conflict");
+  EXPECT_EQ(snap->Digest(0).digest(), 5u);
+  snap->DropShare(0);
+  EXPECT_EQ(snap->total_rows(), 2);
+  EXPECT_EQ(snap->Digest(0).rows(), 0);
+  EXPECT_LT(budget.used(), with_rank1);
+  EXPECT_GT(budget.used(), empty);  // rank 1's rows stay
+  EXPECT_TRUE(*snap->AddRows(0, Batch(0, 3), sigma::EnergyStats(), 6, "b", kT0));  // from scratch, any rows
+}
+
 TEST(SnapshotTest, MemoryRefusalChangesNothing) {
   MemoryBudget budget(100);  // less than one 16-slot row store (16 x 16 bytes)
   auto snap = NewSnapshot(&budget);
-  absl::StatusOr<bool> r = snap->AddRows(0, Batch(0, 10), sigma::EnergyStats(), "b", kT0);
+  absl::StatusOr<bool> r = snap->AddRows(0, Batch(0, 10), sigma::EnergyStats(), 0, "b", kT0);
   EXPECT_EQ(RefusalReason(r.status()), "memory_exhausted");
   EXPECT_EQ(snap->total_rows(), 0);
   EXPECT_EQ(budget.used(), 0);

@@ -250,16 +250,20 @@ TEST_F(LimitsTest, DimensionAboveMaxMIsRefusedAtOpen) {
   EXPECT_EQ(jobs.jobs(0).job(), "b.ok");
 }
 
-TEST_F(LimitsTest, TooManyRowsInOneBatchLeavesTheSnapshotUnchanged) {
-  // b.x: 100 good rows, then a 101-row batch (refused), then the rest.
+TEST_F(LimitsTest, TooManyRowsInOneBatchDropsTheShare) {
+  // b.x: 100 good rows, then a 101-row batch (refused: the share is atomic, so
+  // the 100 rows go too), then the whole share again.
   v1::IngestResponse resp;
   ASSERT_TRUE(Send(d_->stub.get(), kTokenB, {Open("b.x"), MakeBatch(rows_, 0, 100, 0, v1::DTYPE_FP32)}).ok());
   ExpectStatus(Send(d_->stub.get(), kTokenB, {Open("b.x"), MakeBatch(rows_, 100, 201, 1, v1::DTYPE_FP32)}),
                StatusCode::RESOURCE_EXHAUSTED, "101 rows exceed --max-rows-per-batch = 100");
   EXPECT_GE(Rejected("too_many_rows"), 1);
   ASSERT_TRUE(Send(d_->stub.get(), kTokenB,
-                   {Open("b.x"), MakeBatch(rows_, 100, 200, 1, v1::DTYPE_FP32), MakeEnd()}, &resp).ok());
+                   {Open("b.x"), MakeBatch(rows_, 0, 100, 0, v1::DTYPE_FP32),
+                    MakeBatch(rows_, 100, 200, 1, v1::DTYPE_FP32), MakeEnd()},
+                   &resp).ok());
   ASSERT_TRUE(resp.sealed());
+  EXPECT_EQ(resp.batches_accepted(), 2);  // from scratch
   // The same 200 rows without the refused batch: identical values.
   OtherClientIsServed("b.ref");
   ExpectSameValues(resp.report(), CloseGen(d_->stub.get(), kTokenB, "b.ref"));
@@ -494,24 +498,25 @@ TEST_F(QuotaTest, OpenSnapshotQuotaRefusesTeamAWhileTeamBStillOpens) {
 
 TEST_F(QuotaTest, MemoryQuotaRefusesTeamAWhileTeamBStillIngests) {
   // n_a = 128, m = 16 fp32: a snapshot holds 6144 bytes of sketch bookkeeping
-  // at open, then 64 bytes per kept row (at most 128) and 64 per seq run.
-  ASSERT_NO_FATAL_FAILURE(StartWithQuota("  max_memory_bytes: 20000\n"));
+  // at open; its rank's own row store 64 + 48 bytes per kept row (at most
+  // 128) until its EndOfShare (atomic shares), and 32 per batch seq.
+  ASSERT_NO_FATAL_FAILURE(StartWithQuota("  max_memory_bytes: 24000\n"));
   auto a1 = Start(d_->stub.get(), kTokenA);
   ASSERT_TRUE(a1->writer->Write(Open("a.one")));
   ASSERT_TRUE(a1->writer->Write(MakeBatch(rows_, 0, 50, 0, v1::DTYPE_FP32)));
-  WaitForRows(50);  // a.one holds 6144 + 3200 + 64 = 9408 bytes
-  // A batch that would take team a past 20000 bytes is refused...
+  WaitForRows(50);  // a.one holds 6144 + 50 x (64 + 48) + 32 = 11776 bytes
+  // A batch that would take team a past 24000 bytes is refused...
   ExpectQuotaRefusal(Send(d_->stub.get(), kTokenA, {Open("a.two"), MakeBatch(rows_, 0, 100, 0, v1::DTYPE_FP32)}),
-                     "> the max_memory_bytes quota of token 'team-a' = 20000");
-  // ... and so is an OpenSnapshot once team a holds 14400 bytes.
+                     "> the max_memory_bytes quota of token 'team-a' = 24000");
+  // ... and so is an OpenSnapshot once team a holds 6144 + 128 x 112 + 64 = 20544 bytes.
   ASSERT_TRUE(a1->writer->Write(MakeBatch(rows_, 50, 150, 1, v1::DTYPE_FP32)));
   WaitForRows(150);
   ExpectQuotaRefusal(
       Send(d_->stub.get(), kTokenA, {Open("a.three")}),
-      "would bring open snapshots to 20544 bytes > the max_memory_bytes quota of token 'team-a' = 20000");
+      "would bring open snapshots to 26688 bytes > the max_memory_bytes quota of token 'team-a' = 24000");
   EXPECT_EQ(Rejected("quota_memory"), 2);
   EXPECT_EQ(Rejected("memory_exhausted"), 0);
-  // Team b is not limited by team a's quota: 3 x 14400 bytes at once.
+  // Team b is not limited by team a's quota: 3 x 20544 bytes at once.
   std::vector<std::unique_ptr<OpenStream>> b;
   for (const char* job : {"b.1", "b.2", "b.3"}) {
     b.push_back(Start(d_->stub.get(), kTokenB));

@@ -37,10 +37,11 @@ class ValidationTest : public ::testing::Test {
     EXPECT_EQ(resp.batches_accepted(), 2);
   }
 
-  // A stream for rank 0 of `job` whose last message is `bad`.
-  grpc::Status SendBad(const std::string& job, const v1::IngestRequest& bad, bool open_first = true) {
+  // A stream for `rank` of `job` whose last message is `bad` (rank 1 by
+  // default: a refused batch drops its own rank's share, atomic shares).
+  grpc::Status SendBad(const std::string& job, const v1::IngestRequest& bad, bool open_first = true, int rank = 1) {
     std::vector<v1::IngestRequest> msgs;
-    if (open_first) msgs.push_back(MakeOpen(job, 0, 0, 2, kM, v1::DTYPE_FP32, std::nullopt, &cfg_));
+    if (open_first) msgs.push_back(MakeOpen(job, 0, rank, 2, kM, v1::DTYPE_FP32, std::nullopt, &cfg_));
     msgs.push_back(bad);
     v1::IngestResponse resp;
     return SendStream(d_->stub.get(), msgs, &resp);
@@ -148,9 +149,10 @@ TEST_F(ValidationTest, EveryBadBatchIsRefusedAndLeavesTheSnapshotUnchanged) {
                "Batch before OpenSnapshot");
   ExpectStatus(SendBad("", MakeEnd(), false), StatusCode::FAILED_PRECONDITION, "EndOfShare before OpenSnapshot");
   // EndOfShare count smaller than the rows sent.
-  ExpectStatus(SendBad("target", MakeEnd(50)), StatusCode::INVALID_ARGUMENT, "EndOfShare.count = 50");
+  ExpectStatus(SendBad("target", MakeEnd(50), true, 0), StatusCode::INVALID_ARGUMENT, "EndOfShare.count = 50");
 
-  // The target is untouched: sealing it gives bitwise the reference's report.
+  // The target is untouched (each refused share of rank 1 left nothing, rank
+  // 0's rows stay): sealing it gives bitwise the reference's report.
   const v1::GenerationReport ref = Close("reference");
   const v1::GenerationReport got = Close("target");
   EXPECT_EQ(got.n(), 200);
@@ -313,13 +315,19 @@ TEST(ValidationEdgeTest, CorpusSizeAndEmptyShares) {
                              v1::DTYPE_FP32, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("corpus_size 250"), std::string::npos) << s.error_message();
+  // The refused share left nothing (atomic shares): its snapshot is gone, and
+  // the 250 declared rows sent again seal with n = 250.
   v1::CloseGenerationRequest req;
   req.set_job("corpus");
   v1::GenerationReport r;
   grpc::ClientContext ctx;
-  ASSERT_TRUE(d->stub->CloseGeneration(&ctx, req, &r).ok());
-  EXPECT_EQ(r.n(), 250);
-  EXPECT_EQ(r.n_a(), 200);
+  EXPECT_EQ(d->stub->CloseGeneration(&ctx, req, &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  ASSERT_TRUE(SendShare(d->stub.get(), MakeOpen("corpus", 0, 0, 1, 4, v1::DTYPE_FP32, 250), rows, 0, 250, 100,
+                        v1::DTYPE_FP32, &resp)
+                  .ok());
+  ASSERT_TRUE(resp.sealed());
+  EXPECT_EQ(resp.report().n(), 250);
+  EXPECT_EQ(resp.report().n_a(), 250);
   // Every rank finished without rows: FAILED_PRECONDITION, and the snapshot can be re-sent.
   EXPECT_EQ(SendStream(d->stub.get(), {MakeOpen("nothing", 0, 0, 1, 4, v1::DTYPE_FP32), MakeEnd()}, &resp).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
@@ -392,11 +400,12 @@ TEST(SealMemoryTest, DimensionBeyondTheBudgetIsRefusedAtOpen) {
   EXPECT_EQ(resp.report().m(), 128);
 }
 
-// The seqs a rank has sent are kept as runs, each charged against
-// --max-memory-bytes: numbering 0, 1, 2, ... costs one run however many
-// batches, while sparse seqs (an attack: endless 1-row batches with gaps) run
-// into the budget instead of growing the daemon without bound.
-TEST(SealMemoryTest, SparseBatchSeqsAreChargedAgainstTheBudget) {
+// The seqs a rank has sent are kept with each batch's digest (share.h,
+// BatchLog::kBytesPerSeq = 32 bytes each) and charged against
+// --max-memory-bytes: endless 1-row batches run into the budget instead of
+// growing the daemon without bound; the refusal drops the share (atomic
+// shares) and gives every byte back.
+TEST(SealMemoryTest, BatchSeqsAreChargedAgainstTheBudget) {
   TempDir dir;
   DaemonOptions o = TestOptions(dir.path());
   o.max_memory_bytes = 64 << 10;
@@ -414,31 +423,32 @@ TEST(SealMemoryTest, SparseBatchSeqsAreChargedAgainstTheBudget) {
     grpc::Status s = SendStream(d->stub.get(), msgs, &resp);
     return std::make_pair(s, resp);
   };
-  // 3000 consecutive batches: one run, well inside 64 KiB.
-  std::vector<int64_t> dense(3000);
-  for (int64_t i = 0; i < 3000; ++i) dense[i] = i;
-  auto [dense_status, dense_resp] = share("dense", dense, true);
-  ASSERT_TRUE(dense_status.ok()) << dense_status.error_message();
-  ASSERT_TRUE(dense_resp.sealed());
-  EXPECT_EQ(dense_resp.report().n(), 3000);
+  // 1000 batches: 32 KB of seq log, inside 64 KiB.
+  std::vector<int64_t> some(1000);
+  for (int64_t i = 0; i < 1000; ++i) some[i] = 2 * i;
+  auto [some_status, some_resp] = share("some", some, true);
+  ASSERT_TRUE(some_status.ok()) << some_status.error_message();
+  ASSERT_TRUE(some_resp.sealed());
+  EXPECT_EQ(some_resp.report().n(), 1000);
 
-  // 3000 batches with gaps (0, 2, 4, ...): 64 bytes each, refused near the budget.
-  std::vector<int64_t> sparse(3000);
-  for (int64_t i = 0; i < 3000; ++i) sparse[i] = 2 * i;
-  auto [sparse_status, unused] = share("sparse", sparse, false);
-  EXPECT_EQ(sparse_status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << sparse_status.error_message();
-  EXPECT_NE(sparse_status.error_message().find("--max-memory-bytes"), std::string::npos)
-      << sparse_status.error_message();
+  // 3000 batches: refused near the budget, and the share is dropped whole.
+  std::vector<int64_t> many(3000);
+  for (int64_t i = 0; i < 3000; ++i) many[i] = i;
+  auto [many_status, unused] = share("many", many, false);
+  EXPECT_EQ(many_status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << many_status.error_message();
+  EXPECT_NE(many_status.error_message().find("--max-memory-bytes"), std::string::npos)
+      << many_status.error_message();
+  EXPECT_NE(many_status.error_message().find("rank 0's share of job 'many' tap 'default' generation 0, batch seq "),
+            std::string::npos)
+      << many_status.error_message();
   const double held = *MetricValue(Scrape(d->ports.metrics_port), "sigma_open_snapshot_bytes", {});
-  EXPECT_LE(held, o.max_memory_bytes);
-  EXPECT_GT(held, o.max_memory_bytes - 64);  // the next run (SeqRuns::kBytesPerRun) did not fit
-  // Seq 1 joins the runs of 0 and 2 and gives 64 bytes back: exactly one more
-  // sparse seq fits, the next is refused (the stream stops at that batch).
-  auto [retry_status, unused2] = share("sparse", {1, 100000, 100002}, false);
-  EXPECT_EQ(retry_status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(retry_status.error_message().find("batch seq 100002 of rank 0"), std::string::npos)
-      << retry_status.error_message();
-  EXPECT_EQ(*MetricValue(Scrape(d->ports.metrics_port), "sigma_open_snapshot_bytes", {}), held);
+  // The refused share left nothing, and its snapshot, now empty, was discarded.
+  EXPECT_EQ(held, 0);
+  v1::CloseGenerationRequest close;
+  close.set_job("many");
+  v1::GenerationReport report;
+  grpc::ClientContext ctx;
+  EXPECT_EQ(d->stub->CloseGeneration(&ctx, close, &report).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace

@@ -39,6 +39,8 @@ std::optional<absl::Duration> RetryAfter(const absl::Status& status) {
   return absl::Milliseconds(ms);
 }
 
+constexpr char kShareRowPayload[] = "sigma.share_row";
+
 // Transport trouble, or a rate-limit refusal that names its retry time.
 bool Retryable(const absl::Status& status) {
   return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
@@ -187,6 +189,13 @@ absl::StatusOr<Presketch> RunPresketch(absl::Span<const Embeddings> blocks, int3
 }
 
 }  // namespace
+
+std::optional<int64_t> RefusedShareRow(const absl::Status& status) {
+  const auto payload = status.GetPayload(kShareRowPayload);
+  int64_t row = 0;
+  if (!payload || !absl::SimpleAtoi(std::string(*payload), &row) || row < 0) return std::nullopt;
+  return row;
+}
 
 size_t Embeddings::ByteSize() const {
   return static_cast<size_t>(rows) * static_cast<size_t>(m) * DTypeBytes(dtype);
@@ -375,6 +384,8 @@ absl::StatusOr<v1::IngestResponse> Client::SendShare(const SnapshotId& snapshot,
       const auto& trailers = context.GetServerTrailingMetadata();
       if (auto it = trailers.find("sigma-retry-after-ms"); it != trailers.end())
         finished.SetPayload(kRetryAfterPayload, absl::Cord(std::string(it->second.data(), it->second.size())));
+      if (auto it = trailers.find("sigma-share-row"); it != trailers.end())
+        finished.SetPayload(kShareRowPayload, absl::Cord(std::string(it->second.data(), it->second.size())));
       return finished;
     }
     // The daemon may answer before reading everything (e.g. the snapshot was

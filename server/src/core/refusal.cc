@@ -3,11 +3,13 @@
 #include <optional>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 
 namespace sigma::server {
 
 namespace {
 constexpr char kReasonUrl[] = "sigma.dev/refusal-reason";
+constexpr char kShareRowUrl[] = "sigma.dev/share-row";
 }  // namespace
 
 absl::Status Refusal(absl::StatusCode code, absl::string_view reason, absl::string_view message) {
@@ -19,6 +21,18 @@ absl::Status Refusal(absl::StatusCode code, absl::string_view reason, absl::stri
 std::string RefusalReason(const absl::Status& status) {
   const auto p = status.GetPayload(kReasonUrl);
   return p ? std::string(*p) : std::string();
+}
+
+absl::Status WithShareRow(absl::Status status, int64_t row) {
+  status.SetPayload(kShareRowUrl, absl::Cord(std::to_string(row)));
+  return status;
+}
+
+std::optional<int64_t> ShareRow(const absl::Status& status) {
+  const auto p = status.GetPayload(kShareRowUrl);
+  int64_t row = 0;
+  if (!p || !absl::SimpleAtoi(std::string(*p), &row)) return std::nullopt;
+  return row;
 }
 
 }  // namespace sigma::server

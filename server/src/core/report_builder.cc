@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "sigma/server/share.h"
 
 namespace sigma::server {
 
@@ -172,6 +173,8 @@ v1::GenerationReport BuildReport(const ReportInputs& in, const sigma::TrackValue
   r.set_sealed_unix_ms(in.sealed_unix_ms);
   r.set_world_size(in.world_size);
   r.set_ranks_finished(in.ranks_finished);
+  for (const v1::ShareDigest& d : in.shares) *r.add_shares() = d;
+  r.set_data_digest(GenerationDigest(in.world_size, in.shares));
   *r.mutable_thresholds_at_seal() = in.config.thresholds();
   const std::optional<sigma::DriftValues> drift = Drift(in, vals, baseline, &r);
   SetDrift(in, vals, drift, &r);

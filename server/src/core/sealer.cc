@@ -151,6 +151,7 @@ void Engine::BuildReports(std::vector<SealWork>& works) {
     in.closed_explicitly = w.job.closed_explicitly;
     in.world_size = p.world_size;
     in.ranks_finished = w.job.ranks_finished;
+    in.shares = w.job.shares;
     in.compute_seconds = w.compute_seconds;
     in.sealed_unix_ms = sealed_ms;
     const sigma::TrackValues vals = Estimate(in);
@@ -201,11 +202,24 @@ void Engine::CommitReports(std::vector<SealWork>& works) {
   }
 }
 
+namespace {
+// Whether two seals of one generation sealed the same data: the same
+// data_digest (share.h) when both carry one; for reports sealed before digests
+// were stored, the same n and m and values equal up to the backends' rounding
+// (a CPU and a GPU replica).
+bool SameData(const v1::GenerationReport& a, const v1::GenerationReport& b) {
+  if (a.n() != b.n() || a.m() != b.m()) return false;
+  if (!a.data_digest().empty() && !b.data_digest().empty()) return a.data_digest() == b.data_digest();
+  auto close = [](double x, double y) { return std::abs(x - y) <= 1e-6 * std::max(1.0, std::abs(x)); };
+  return close(a.track2(), b.track2()) && close(a.track1_upper(), b.track1_upper());
+}
+}  // namespace
+
 // Shared store: another replica committed some of these generations first
 // (storage.h, Commit). Each report is committed alone; one already stored is
-// answered with the stored report when it has the same values from the same
-// data (n, m, track values: the two replicas sealed the same share), else
-// ALREADY_EXISTS naming the generation.
+// answered with the stored report when it sealed the same data (SameData: the
+// same data digest, in any order of rows and batches), else ALREADY_EXISTS
+// naming the generation.
 void Engine::AdoptStoredReports(std::vector<SealWork>& works, const std::vector<StoredJob>& job_rows) {
   for (SealWork& w : works) {
     if (!w.error.ok()) continue;
@@ -218,11 +232,7 @@ void Engine::AdoptStoredReports(std::vector<SealWork>& works, const std::vector<
     if (one.code() == absl::StatusCode::kAlreadyExists) {
       history_->CatchUp(key.job, key.tap, /*before=*/0, 0, 0, /*pinned=*/w.report->generation()).IgnoreError();
       absl::StatusOr<ReportPtr> stored = history_->Read(key.job, key.tap, w.report->generation());
-      const v1::GenerationReport& mine = *w.report;
-      // Same share: equal up to the backends' rounding (a CPU and a GPU replica).
-      auto close = [](double a, double b) { return std::abs(a - b) <= 1e-6 * std::max(1.0, std::abs(a)); };
-      if (stored.ok() && (*stored)->n() == mine.n() && (*stored)->m() == mine.m() &&
-          close((*stored)->track2(), mine.track2()) && close((*stored)->track1_upper(), mine.track1_upper())) {
+      if (stored.ok() && SameData(**stored, *w.report)) {
         w.report = *stored;
         continue;
       }

@@ -107,38 +107,12 @@ void MemoryBudget::Charge::Release() {
   bytes_ = 0;
 }
 
-// ----------------------------------------------------------------- SeqRuns --
-
-bool SeqRuns::contains(int64_t seq) const {
-  auto it = runs_.upper_bound(seq);  // first run starting after seq
-  return it != runs_.begin() && std::prev(it)->second >= seq;
-}
-
-int SeqRuns::RunDelta(int64_t seq) const {
-  auto next = runs_.upper_bound(seq);
-  const bool joins_prev = next != runs_.begin() && std::prev(next)->second == seq - 1;
-  const bool joins_next = next != runs_.end() && next->first == seq + 1;
-  return joins_prev && joins_next ? -1 : (joins_prev || joins_next ? 0 : 1);
-}
-
-void SeqRuns::insert(int64_t seq) {
-  auto next = runs_.upper_bound(seq);
-  const bool joins_next = next != runs_.end() && next->first == seq + 1;
-  const int64_t last = joins_next ? next->second : seq;
-  if (joins_next) next = runs_.erase(next);
-  if (next != runs_.begin() && std::prev(next)->second == seq - 1) {
-    std::prev(next)->second = last;
-  } else {
-    runs_.emplace_hint(next, seq, last);
-  }
-}
-
 // ---------------------------------------------------------------- Snapshot --
 
 Snapshot::Snapshot(Params params, std::optional<int64_t> corpus_size, MemoryBudget::Charge charge, SteadyTime now)
     : p_(std::move(params)),
       corpus_size_(corpus_size),
-      sketch_(std::make_unique<sigma::BottomKSketch>(p_.config.seed(), p_.k)),
+      committed_(std::make_unique<RowStore>(p_.config.seed(), p_.k, p_.row_bytes, MemoryBudget::Charge(charge.budget()))),
       charge_(std::move(charge)),
       ranks_(static_cast<size_t>(p_.world_size)),
       opened_(now),
@@ -181,12 +155,28 @@ bool Snapshot::IsDuplicate(int32_t rank, int64_t seq) const {
   return state_ != State::kOpen || ranks_[static_cast<size_t>(rank)].seqs.contains(seq);
 }
 
+int64_t Snapshot::ShareRows(int32_t rank) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ranks_[static_cast<size_t>(rank)].rows;
+}
+
 absl::StatusOr<bool> Snapshot::AddRows(int32_t rank_index, const v1::Batch& batch, const sigma::EnergyStats& energy,
-                                       const std::string& where, SteadyTime now) {
+                                       uint64_t digest, const std::string& where, SteadyTime now) {
   std::lock_guard<std::mutex> lock(mu_);
   RankState& rank = ranks_[static_cast<size_t>(rank_index)];
   if (expired_) return error_;
-  if (state_ != State::kOpen || rank.seqs.contains(batch.seq())) return false;
+  if (state_ != State::kOpen) return false;
+  switch (rank.seqs.Check(batch.seq(), digest)) {
+    case BatchLog::Seen::kSame: return false;
+    case BatchLog::Seen::kDifferent:
+      return Refusal(absl::StatusCode::kAlreadyExists, "share_conflict",
+                     absl::StrFormat("%s: rank %d already sent batch seq %d of %s with other rows: two senders claim "
+                                     "rank %d of %d (give each process its RANK and WORLD_SIZE, or create the "
+                                     "Monitor after init_process_group), or a retry sent different data; send it "
+                                     "as the next generation or under another job name",
+                                     where, rank_index, batch.seq(), KeyString(p_.key), rank_index, p_.world_size));
+    case BatchLog::Seen::kNew: break;
+  }
   const int64_t rows = batch.rows();
   if (rank.finished)
     return Refusal(absl::StatusCode::kFailedPrecondition, "finished_rank",
@@ -196,38 +186,73 @@ absl::StatusOr<bool> Snapshot::AddRows(int32_t rank_index, const v1::Batch& batc
     return Refusal(absl::StatusCode::kInvalidArgument, "corpus_exceeded",
                    absl::StrFormat("%s: %d rows would exceed the declared corpus_size %d (%d streamed)", where,
                                    rows, *corpus_size_, total_rows_));
-  // Memory: the row store grows to at most min(k, kept + rows) slots; the
-  // rank's seq runs by at most one (a run joining two gives its bytes back).
-  const size_t rb = p_.row_bytes;
-  const size_t needed = static_cast<size_t>(std::min<int64_t>(p_.k, sketch_->size() + rows)) * rb;
-  size_t new_capacity = rows_.capacity();
-  if (needed > rows_.capacity())
-    new_capacity = std::min(static_cast<size_t>(p_.k) * rb, std::max(needed, 2 * rows_.capacity()));
-  const int64_t growth = static_cast<int64_t>(new_capacity - rows_.capacity()) +
-                         rank.seqs.RunDelta(batch.seq()) * SeqRuns::kBytesPerRun;
+  // Memory: the rank's row store grows to at most min(k, kept + rows) slots
+  // (rows and sketch bookkeeping); the seq log by one entry.
+  if (!rank.pending)
+    rank.pending = std::make_unique<RowStore>(p_.config.seed(), p_.k, p_.row_bytes,
+                                              MemoryBudget::Charge(charge_.budget()));
   int64_t would_hold = 0;
   const MemoryBudget* refused_by = nullptr;
-  if (!charge_.Grow(growth, &would_hold, &refused_by))
+  auto exhausted = [&] {
     return Refusal(absl::StatusCode::kResourceExhausted, refused_by->naming().reason,
                    absl::StrFormat("%s: open snapshots would hold %d bytes > %s = %d", where, would_hold,
                                    refused_by->naming().limit, refused_by->limit()));
-  rows_.reserve(new_capacity);
+  };
+  if (!charge_.Grow(BatchLog::kBytesPerSeq, &would_hold, &refused_by)) return exhausted();
+  if (!rank.pending->Reserve(rows, true, &would_hold, &refused_by)) {
+    charge_.Grow(-BatchLog::kBytesPerSeq);
+    return exhausted();
+  }
   const uint8_t* data = reinterpret_cast<const uint8_t*>(batch.data().data());
   for (int64_t i = 0; i < rows; ++i) {
     const uint64_t id = batch.sample_ids_size() != 0 ? batch.sample_ids(static_cast<int>(i))
                                                      : sigma::DefaultSampleId(rank_index, rank.rows + i);
-    const int64_t slot = sketch_->Offer(id);
-    if (slot < 0) continue;
-    const size_t end = static_cast<size_t>(slot + 1) * rb;
-    if (rows_.size() < end) rows_.resize(end);
-    std::memcpy(rows_.data() + static_cast<size_t>(slot) * rb, data + static_cast<size_t>(i) * rb, rb);
+    rank.pending->Offer(id, data + static_cast<size_t>(i) * p_.row_bytes);
   }
-  rank.seqs.insert(batch.seq());
+  rank.seqs.insert(batch.seq(), digest);
   rank.rows += rows;
+  rank.digest += digest;
   rank.energy.Merge(energy);
   total_rows_ += rows;
   last_activity_ = now;
   return true;
+}
+
+void Snapshot::DropShare(int32_t rank_index) {
+  std::lock_guard<std::mutex> lock(mu_);
+  RankState& rank = ranks_[static_cast<size_t>(rank_index)];
+  if (rank.finished || state_ != State::kOpen) return;
+  if (rank.pending) rank.pending->Release();
+  rank.pending.reset();
+  charge_.Grow(-BatchLog::kBytesPerSeq * rank.seqs.size());
+  rank.seqs.clear();
+  total_rows_ -= rank.rows;
+  rank.rows = 0;
+  rank.digest = 0;
+  rank.energy = sigma::EnergyStats();
+}
+
+v1::ShareDigest Snapshot::Digest(int32_t rank_index) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const RankState& rank = ranks_[static_cast<size_t>(rank_index)];
+  v1::ShareDigest d;
+  d.set_rank(rank_index);
+  d.set_rows(rank.rows);
+  d.set_digest(rank.digest);
+  d.set_finished(rank.finished);
+  return d;
+}
+
+void Snapshot::Commit(RankState& rank) {
+  if (!rank.pending) return;
+  if (committed_->size() == 0) {
+    committed_->Release();
+    committed_ = std::move(rank.pending);
+  } else {
+    committed_->Absorb(*rank.pending);
+    rank.pending->Release();
+    rank.pending.reset();
+  }
 }
 
 // ------------------------------------------------------------ state machine --
@@ -273,6 +298,7 @@ Snapshot::Step Snapshot::EndShare(int32_t rank_index, const v1::EndOfShare* end,
                 nullptr};
   rank.finished = true;
   rank.end = *end;
+  Commit(rank);
   last_activity_ = now;
   if (++finished_ < p_.world_size) return Step{};
   if (total_rows_ == 0) {
@@ -353,8 +379,11 @@ Snapshot::Progress Snapshot::progress() const {
 
 void Snapshot::ReleaseRows() {
   charge_.Release();
-  std::vector<uint8_t>().swap(rows_);
-  sketch_.reset();
+  committed_->Release();
+  for (RankState& r : ranks_) {
+    if (r.pending) r.pending->Release();
+    r.pending.reset();
+  }
 }
 
 // The energies of every rank, with the client's reported values where it sent
@@ -378,13 +407,20 @@ sigma::EnergyStats Snapshot::MergedEnergy(double* counted) const {
 
 void Snapshot::Gather(SealJob* job) {
   std::lock_guard<std::mutex> lock(mu_);
+  // An explicit close seals the unfinished ranks' rows too.
+  for (RankState& r : ranks_) Commit(r);
   // I_A sorted by (priority, id): bitwise independent of arrival order.
-  const std::vector<sigma::BottomKSketch::Entry> kept = sketch_ ? sketch_->Sorted()
-                                                                : std::vector<sigma::BottomKSketch::Entry>{};
-  job->rows.resize(kept.size() * p_.row_bytes);
-  for (size_t j = 0; j < kept.size(); ++j)
-    std::memcpy(job->rows.data() + j * p_.row_bytes, rows_.data() + static_cast<size_t>(kept[j].slot) * p_.row_bytes,
-                p_.row_bytes);
+  job->rows = committed_->SortedRows();
+  const int64_t kept = p_.row_bytes ? static_cast<int64_t>(job->rows.size() / p_.row_bytes) : 0;
+  for (size_t i = 0; i < ranks_.size(); ++i) {
+    const RankState& r = ranks_[i];
+    if (r.rows == 0 && !r.finished) continue;
+    v1::ShareDigest* d = &job->shares.emplace_back();
+    d->set_rank(static_cast<int32_t>(i));
+    d->set_rows(r.rows);
+    d->set_digest(r.digest);
+    d->set_finished(r.finished);
+  }
   ReleaseRows();
   double counted = 0;
   job->energy = MergedEnergy(&counted);
@@ -392,7 +428,7 @@ void Snapshot::Gather(SealJob* job) {
   job->ranks_finished = finished_;
   job->closed_explicitly = closed_explicitly_;
   job->seal_requested = seal_requested_;
-  job->input.rows = sigma::RowBlock{job->rows.data(), p_.dtype, static_cast<int64_t>(kept.size()), p_.m};
+  job->input.rows = sigma::RowBlock{job->rows.data(), p_.dtype, kept, p_.m};
   job->input.preprocessing = p_.prep;
   job->input.corpus_size = job->n;
   job->input.delta = p_.delta;
@@ -411,7 +447,10 @@ int64_t Snapshot::total_rows() const {
 
 int64_t Snapshot::charged_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return charge_.bytes();
+  int64_t bytes = charge_.bytes() + committed_->charged_bytes();
+  for (const RankState& r : ranks_)
+    if (r.pending) bytes += r.pending->charged_bytes();
+  return bytes;
 }
 
 SteadyTime Snapshot::last_activity() const {

@@ -7,7 +7,7 @@
 """
 from .errors import SigmaError
 from .generation import NotSealedError
-from .monitor import Generation, Monitor, detect_rank
+from .monitor import Generation, Monitor, WorldSizeWarning, detect_rank
 from .report import (Alert, GenerationReport, JobConfig, JobInfo, PerDimension, ReportFlags,
                      TapInfo, Thresholds)
 from .sketch import bottom_k, pick_target, priorities, rendezvous_score, splitmix64
@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Monitor", "Generation", "SigmaError", "NotSealedError", "GenerationReport", "ReportFlags", "PerDimension",
-    "Alert", "JobInfo", "TapInfo", "JobConfig", "Thresholds", "detect_rank", "bottom_k",
+    "Alert", "JobInfo", "TapInfo", "JobConfig", "Thresholds", "detect_rank", "WorldSizeWarning", "bottom_k",
     "priorities", "splitmix64", "pick_target", "rendezvous_score", "__version__",
 ]

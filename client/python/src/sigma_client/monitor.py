@@ -5,9 +5,9 @@ import atexit
 import logging
 import os
 import random
-import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 import weakref
 from typing import Any, Mapping, Optional, Sequence
@@ -22,6 +22,7 @@ from .report import (GenerationReport, JobInfo, job_info_from_proto, report_from
 from .sketch import parse_targets, pick_target
 from .spool import DEFAULT_MAX_BYTES, Spool, default_spool_dir, read_messages
 from .tensors import DTYPE_ENUM
+from .world import UNKNOWN_WORLD, WorldSizeWarning, detect_rank, detect_world  # noqa: F401 (re-exported)
 
 log = logging.getLogger("sigma_client")
 
@@ -88,22 +89,6 @@ MAX_MESSAGE = 64 << 20
 KEEP_EVERY_ROW = 1 << 62
 
 
-def detect_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else env RANK /
-    WORLD_SIZE, else (0, 1)."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            dist = torch.distributed
-            if dist.is_available() and dist.is_initialized():
-                return int(dist.get_rank()), int(dist.get_world_size())
-        except Exception:
-            pass
-    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    return 0, 1
-
-
 @dataclass(frozen=True)
 class SketchParams:
     n_a: int
@@ -168,9 +153,15 @@ class Monitor:
         self.target = pick_target(self.targets, job)
         self.job = job
         self.tap = tap
-        r, w = detect_rank()
+        r, w, source = detect_world()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
+        # Where rank and world_size came from: "torch", "env", "default" or "argument".
+        self.world_source = "argument" if rank is not None and world_size is not None else source
+        if self.world_source == "default" and world_size is None:
+            msg = UNKNOWN_WORLD.format(job=job)
+            log.warning("%s", msg)
+            warnings.warn(msg, WorldSizeWarning, stacklevel=2)
         if self.rank < 0 or self.world_size < 1:
             raise ValueError(f"rank {self.rank} / world_size {self.world_size}: need rank >= 0 "
                              "and world_size >= 1")

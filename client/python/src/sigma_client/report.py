@@ -30,6 +30,15 @@ class ReportFlags:
 
 
 @dataclass(frozen=True)
+class ShareDigest:
+    """One rank's share as sealed (issue 15): a resend is answered only with the same digest."""
+    rank: int = 0
+    rows: int = 0        # rows sigmad accepted from the rank
+    digest: int = 0      # sum of the row hashes mod 2^64 (server/include/sigma/server/share.h)
+    finished: bool = False  # False: sealed by CloseGeneration before its EndOfShare
+
+
+@dataclass(frozen=True)
 class PerDimension:
     track1_drift: float = 0.0
     track2_drift: float = 0.0
@@ -79,6 +88,9 @@ class GenerationReport:
     # The job's thresholds when this generation was sealed ({} names none; None:
     # sealed by a sigmad that did not record them).
     thresholds_at_seal: Optional[dict] = None
+    # What was sealed: one digest per rank, and the generation's digest over them.
+    shares: tuple[ShareDigest, ...] = ()
+    data_digest: str = ""
 
     @property
     def track2_ci(self) -> tuple[float, float]:
@@ -167,6 +179,9 @@ def report_from_proto(msg) -> GenerationReport:
                                       for g in dataclasses.fields(ReportFlags)})
         elif name == "alerts":
             kw[name] = tuple(Alert(rule=a.rule, severity=a.severity, direction=a.direction) for a in msg.alerts)
+        elif name == "shares":
+            kw[name] = tuple(ShareDigest(rank=d.rank, rows=d.rows, digest=d.digest, finished=d.finished)
+                             for d in msg.shares)
         elif name == "generations_to_critical":
             kw[name] = _opt(msg, name)
         elif name == "thresholds_at_seal":

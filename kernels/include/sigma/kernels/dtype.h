@@ -68,7 +68,7 @@ void ConvertToDouble(const RowBlock& block, double* out);
 
 // INVALID_ARGUMENT naming the first row and column holding NaN or Inf, OK
 // otherwise. `m` must be > 0.
-absl::Status CheckFinite(const RowBlock& block);
+absl::Status CheckFinite(const RowBlock& block, int64_t first_row = 0);  // rows named from first_row
 
 }  // namespace sigma
 

@@ -30,7 +30,8 @@ inline constexpr const char* kRejectReasons[] = {
     "too_many_taps", "too_many_open_snapshots", "memory_exhausted", "not_open",
     "invalid_request", "finished_rank", "corpus_exceeded", "too_many_rows", "m_too_large",
     "too_many_streams", "rate_limited", "not_found", "queue_full", "sketch_fixed", "expired",
-    "quota_jobs", "quota_open_snapshots", "quota_memory", "invalid_norm", "job_finished"};
+    "quota_jobs", "quota_open_snapshots", "quota_memory", "invalid_norm", "job_finished",
+    "share_conflict"};
 
 class Metrics {
  public:

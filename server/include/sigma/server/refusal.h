@@ -6,6 +6,8 @@
 #ifndef SIGMA_SERVER_REFUSAL_H_
 #define SIGMA_SERVER_REFUSAL_H_
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include "absl/strings/string_view.h"
 
@@ -18,6 +20,12 @@ absl::Status Refusal(absl::StatusCode code, absl::string_view reason, absl::stri
 
 // The reason attached by Refusal, or "" when `status` carries none.
 std::string RefusalReason(const absl::Status& status);
+
+// The row within the rank's share that a refusal is about (issue 15 item 2):
+// attached below the gRPC edge, sent by api.cc as trailing metadata
+// "sigma-share-row" so clients can name their own row (sigmactl: the file row).
+absl::Status WithShareRow(absl::Status status, int64_t row);
+std::optional<int64_t> ShareRow(const absl::Status& status);
 
 }  // namespace sigma::server
 

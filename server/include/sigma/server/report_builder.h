@@ -12,6 +12,8 @@
 #include "sigma/kernels/preprocess.h"
 #include "sigma/server/report_history.h"
 #include "sigma/server/snapshot.h"
+#include <vector>
+
 #include "sigma/v1/sigma.pb.h"
 
 namespace sigma::server {
@@ -31,6 +33,7 @@ struct ReportInputs {
   sigma::v1::JobConfig config;  // the job's effective configuration
   bool closed_explicitly = false;
   int32_t world_size = 1, ranks_finished = 0;
+  std::vector<sigma::v1::ShareDigest> shares;  // what was sealed, by rank (share.h)
   double compute_seconds = 0;
   int64_t sealed_unix_ms = 0;
 };

@@ -42,7 +42,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "sigma/kernels/backend.h"
 #include "sigma/kernels/dtype.h"
 #include "sigma/kernels/preprocess.h"
@@ -65,6 +67,11 @@ struct IngestSession {
   bool ended = false;
   std::shared_ptr<Snapshot> snapshot;       // the open snapshot
   std::optional<SnapshotKey> sealed;        // set when opened on an already sealed one
+  // On a sealed one: the digest of the rows resent (distinct seqs), compared
+  // at EndShare with the rank's share as sealed (share.h).
+  size_t row_bytes = 0;
+  absl::flat_hash_set<int64_t> resent_seqs;
+  sigma::v1::ShareDigest resent;
   int32_t rank = -1;
   sigma::v1::IngestResponse response;  // running counters
   Tenant tenant;                       // who the stream is charged to (quota.h); set before Open
@@ -76,8 +83,10 @@ struct IngestSession {
 // Refusals (INVALID_ARGUMENT, `stats` unchanged): reason non_finite when an
 // element is NaN or Inf (CheckFinite names it), invalid_norm when a row's norm
 // is refused (RowRefusal: norm 0 under l2, norm or ||x||^2 beyond float64).
+// `first_row`: the share row of the block's first row, added to the row that
+// refusal messages name.
 absl::Status BatchEnergy(const sigma::RowBlock& block, sigma::Preprocessing p, double rho,
-                         sigma::EnergyStats* stats);
+                         sigma::EnergyStats* stats, int64_t first_row = 0);
 
 // The payload of a Batch as the limits count it: data bytes plus 8 per sample id.
 inline int64_t BatchPayloadBytes(const sigma::v1::Batch& batch) {
@@ -180,6 +189,12 @@ class Engine {
   struct SealWork;
   // The sealer (sealer.cc), on a seal lane.
   void ProcessSeals(SealQueue::Batch batch);
+  // Dedup, validation, the energy pass and the insert of one batch of `rank`.
+  absl::StatusOr<bool> AddBatch(Snapshot& snap, int32_t rank, const sigma::v1::Batch& batch, int64_t first_row,
+                                const std::string& where);
+  // A resent share's answer on a sealed generation: the stored report when its
+  // digest matches the rank's share as sealed, else ALREADY_EXISTS.
+  absl::Status CheckResent(const IngestSession& session, const sigma::v1::GenerationReport& report) const;
   void Compute(std::vector<SealWork>& works);
   void BuildReports(std::vector<SealWork>& works);
   void CommitReports(std::vector<SealWork>& works);

@@ -10,10 +10,15 @@
 //
 // Thread-safety: every method takes the snapshot's own mutex (a leaf lock
 // below Engine::mu_); the immutable parameters (params()) are read freely.
-// Memory: the row store (n_A slots of m x dtype width bytes at most), the seq
-// runs (64 bytes each) and the sketch's bookkeeping (48 bytes per slot) are
-// charged to a MemoryBudget through one RAII MemoryBudget::Charge, returned
-// when the rows are gathered for the seal, on failure, or on destruction.
+// Memory: the committed row store (n_A slots of m x dtype width bytes at
+// most), each streaming rank's own row store (n_A slots at most, plus 48
+// bytes of sketch bookkeeping per slot), the seq logs (32 bytes per batch)
+// and the committed sketch's bookkeeping (48 bytes per slot, reserved at
+// open) are charged to a MemoryBudget through RAII MemoryBudget::Charges,
+// returned when the rows are gathered for the seal, on failure, or on
+// destruction. Atomic shares (issue 15 item 2): a rank's rows join the
+// committed store only at its EndOfShare, so a refused share can be dropped
+// whole (DropShare) without touching the other ranks' rows.
 #ifndef SIGMA_SERVER_SNAPSHOT_H_
 #define SIGMA_SERVER_SNAPSHOT_H_
 
@@ -35,6 +40,8 @@
 #include "sigma/kernels/dtype.h"
 #include "sigma/kernels/preprocess.h"
 #include "sigma/kernels/sketch.h"
+#include "sigma/server/memory_budget.h"
+#include "sigma/server/share.h"
 #include "sigma/v1/sigma.pb.h"
 
 namespace sigma::server {
@@ -58,103 +65,6 @@ std::string KeyString(const SnapshotKey& key);
 // conversion of the rows (8 n_a m bytes) (issue 14 item 3).
 inline int64_t SealWorkingSetBytes(int64_t m, int64_t n_a) { return 32 * m * m + 8 * n_a * m; }
 
-// A byte budget shared by every charge (--max-memory-bytes). Thread-safe.
-// A budget with a parent (a token's max_memory_bytes quota, quota.h) passes
-// every charge on to it: a charge fits when it fits both.
-// How a MemoryBudget names itself in refusals: "--max-memory-bytes" with
-// reason memory_exhausted; a token's quota with reason quota_memory.
-struct MemoryBudgetNaming {
-  std::string limit = "--max-memory-bytes";
-  std::string reason = "memory_exhausted";
-};
-
-class MemoryBudget {
- public:
-  using Naming = MemoryBudgetNaming;
-  explicit MemoryBudget(int64_t limit, std::function<void(int64_t used)> on_change = nullptr,
-                        MemoryBudget* parent = nullptr, Naming naming = {})
-      : limit_(limit), on_change_(std::move(on_change)), parent_(parent), naming_(std::move(naming)) {}
-
-  // Bytes reserved from the budget, returned when the Charge is released or
-  // destroyed. Movable; not thread-safe itself (its owner's lock).
-  class Charge {
-   public:
-    Charge() = default;
-    explicit Charge(MemoryBudget* budget) : budget_(budget) {}
-    Charge(Charge&& other) noexcept { *this = std::move(other); }
-    Charge& operator=(Charge&& other) noexcept;
-    ~Charge() { Release(); }
-    // Adds `delta` bytes (may be negative). Refused (false, nothing changed)
-    // when a positive delta would bring the budget (or its parent) over its
-    // limit; *would_hold is then the total it would have reached and
-    // *refused_by the budget that refused.
-    bool Grow(int64_t delta, int64_t* would_hold = nullptr, const MemoryBudget** refused_by = nullptr);
-    // Adds `bytes` even beyond the limit (a seal in progress: new rows are
-    // refused meanwhile, the seal itself is never stopped half-way).
-    void Force(int64_t bytes);
-    void Release();
-    int64_t bytes() const { return bytes_; }
-    int64_t limit() const { return budget_ ? budget_->limit() : 0; }
-
-   private:
-    MemoryBudget* budget_ = nullptr;
-    int64_t bytes_ = 0;
-  };
-
-  int64_t used() const { return used_.load(); }
-  int64_t limit() const { return limit_; }
-  const Naming& naming() const { return naming_; }
-
- private:
-  bool Add(int64_t delta, int64_t* would_hold, const MemoryBudget** refused_by);
-  void AddForced(int64_t delta);
-  const int64_t limit_;
-  std::function<void(int64_t)> on_change_;
-  MemoryBudget* const parent_;
-  const Naming naming_;
-  std::atomic<int64_t> used_{0};
-};
-
-// The kernels' view of the daemon's --max-memory-bytes budget: the CUDA
-// backend charges the device workspace and pinned staging it keeps between
-// seals here (sigma::MemoryBudget), so they count like the CPU scratch.
-// Created before the engine (the backend needs it at construction) and bound
-// to the engine's MemoryBudget once that exists; unbound, it refuses nothing.
-// Unbind before that MemoryBudget goes (the backend releases its scratch in
-// its destructor, after the engine's budget is gone).
-// Thread-safe (each device's backend charges from its own thread).
-class BackendScratchBudget : public sigma::MemoryBudget {
- public:
-  void Bind(server::MemoryBudget* budget);
-  void Unbind();
-  bool TryCharge(int64_t bytes) override;
-  void Release(int64_t bytes) override;
-  int64_t held() const;
-
- private:
-  mutable std::mutex mu_;
-  server::MemoryBudget::Charge charge_;  // bytes the backends hold now
-  bool bound_ = false;
-  int64_t unbound_ = 0;          // bytes charged while unbound
-};
-
-// The batch seqs one rank has sent, as disjoint runs [first, last] (a client
-// numbering 0, 1, 2, ... holds one run whatever the batch count). Each run is
-// charged kBytesPerRun, so sparse seqs cannot grow the daemon without bound.
-// Not thread-safe (Snapshot's mutex).
-class SeqRuns {
- public:
-  static constexpr int64_t kBytesPerRun = 64;  // a std::map node, rounded up
-  bool contains(int64_t seq) const;
-  // Change in the number of runs insert(seq) would make: +1, 0 or -1.
-  int RunDelta(int64_t seq) const;
-  void insert(int64_t seq);
-  size_t runs() const { return runs_.size(); }
-
- private:
-  std::map<int64_t, int64_t> runs_;  // first -> last, disjoint, not adjacent
-};
-
 // What one gathered snapshot hands to the backend (SealBatch) and the report.
 struct SealJob {
   std::vector<uint8_t> rows;  // I_A sorted by (priority, id), wire dtype
@@ -162,6 +72,7 @@ struct SealJob {
   sigma::EnergyStats energy;  // merged over ranks (client-reported energies included)
   double n = 0;               // corpus size: declared, else rows counted
   int32_t ranks_finished = 0;
+  std::vector<sigma::v1::ShareDigest> shares;  // by rank: the ranks whose rows are in `rows`
   bool closed_explicitly = false;
   SteadyTime seal_requested;
 };
@@ -206,12 +117,24 @@ class Snapshot {
   // Another rank's OpenSnapshot: world_size, m, dtype and corpus_size must agree.
   absl::Status Join(int32_t world_size, int32_t m, sigma::DType dtype, std::optional<int64_t> corpus_size,
                     const std::string& dtype_name, SteadyTime now);
-  // True when a Batch with `seq` from `rank` would be ignored as a duplicate.
+  // True when a Batch with `seq` from `rank` would be ignored as a duplicate
+  // (the seq is taken; whether its rows match is AddRows's question).
   bool IsDuplicate(int32_t rank, int64_t seq) const;
-  // Takes a validated batch: energies already computed. Returns false (and
-  // changes nothing) for a duplicate; refusals carry a reason.
+  // Rows accepted from `rank`'s share so far: the share row of a batch's
+  // first row, for messages.
+  int64_t ShareRows(int32_t rank) const;
+  // Takes a validated batch: energies and its digest (BatchDigest) already
+  // computed. Returns false (and changes nothing) for a duplicate: a seq the
+  // rank sent before with the same rows. The same seq with other rows is
+  // ALREADY_EXISTS (reason share_conflict): two senders claim the rank.
+  // Other refusals carry their reason; the caller then drops the share.
   absl::StatusOr<bool> AddRows(int32_t rank, const sigma::v1::Batch& batch, const sigma::EnergyStats& energy,
-                               const std::string& where, SteadyTime now);
+                               uint64_t digest, const std::string& where, SteadyTime now);
+  // Atomic shares: forgets every row, seq and energy `rank` sent, so the rank
+  // may resend from scratch. A finished (committed) share is kept.
+  void DropShare(int32_t rank);
+  // The digest of `rank`'s share so far (rows, sum) and whether it finished.
+  sigma::v1::ShareDigest Digest(int32_t rank) const;
 
   // Events of the state machine.
   // EndOfShare of `rank` (`end` null: a half-close without one).
@@ -255,9 +178,13 @@ class Snapshot {
   SteadyTime last_activity() const;
 
  private:
+  // One rank's share. Its rows stay in `pending` until its EndOfShare commits
+  // them to committed_ (then its seqs and digest stay, for dedup).
   struct RankState {
-    SeqRuns seqs;
+    BatchLog seqs;
+    std::unique_ptr<RowStore> pending;  // null until the first row, and after the commit
     int64_t rows = 0;  // accepted rows, in stream order (default sample ids)
+    uint64_t digest = 0;  // sum of the accepted batches' digests
     bool finished = false;
     std::optional<sigma::v1::EndOfShare> end;
     sigma::EnergyStats energy;  // computed from the rows sent
@@ -267,15 +194,15 @@ class Snapshot {
   std::optional<Step> Await(ReportCallback& waiter);
   Step RequestSeal(bool closed_explicitly, ReportCallback waiter, SteadyTime now);  // mu_ held
   void ReleaseRows();  // mu_ held
+  void Commit(RankState& rank);  // mu_ held: moves the rank's pending rows into committed_
   sigma::EnergyStats MergedEnergy(double* counted) const;  // mu_ held
 
   const Params p_;
   mutable std::mutex mu_;
   State state_ = State::kOpen;
   std::optional<int64_t> corpus_size_;
-  std::unique_ptr<sigma::BottomKSketch> sketch_;
-  std::vector<uint8_t> rows_;  // sketch slots, row_bytes each, wire dtype
-  MemoryBudget::Charge charge_;
+  std::unique_ptr<RowStore> committed_;  // the finished shares' bottom-k rows
+  MemoryBudget::Charge charge_;           // the committed sketch's bookkeeping and the seq logs
   std::vector<RankState> ranks_;
   int32_t finished_ = 0;
   int64_t total_rows_ = 0;

@@ -179,6 +179,11 @@ size_t DTypeBytes(v1::DType dtype);
 // code, same message (the two code spaces coincide).
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
+// The row within the sender's share that a refused Ingest names (sigmad's
+// trailing metadata "sigma-share-row"), when it named one: the rows of the
+// share are the blocks of SendGeneration concatenated (before a pre-sketch).
+std::optional<int64_t> RefusedShareRow(const absl::Status& status);
+
 // priority(seed, id) = splitmix64(id ^ splitmix64(seed)) (spec §2): the
 // daemon's own definition. (The default n_a is the daemon's to resolve: GetJob.)
 using sigma::SketchPriority;
