@@ -47,6 +47,18 @@ def fires(report: dict, rules: Iterable[str]) -> bool:
                for a in report["alerts"])
 
 
+def reports(ser: list[dict], variant: str) -> list[dict]:
+    """The variant's reports of one series, by generation (rows without it skipped: the
+    generations before a later pinned baseline are not streamed)."""
+    return [r["reports"][variant] | {"generation": r["generation"]} for r in ser
+            if variant in r["reports"]]
+
+
+def after_baseline(rep: dict) -> bool:
+    """The report has a drift: its generation is past its baseline."""
+    return rep["generation"] > rep.get("baseline_generation", 0)
+
+
 def first_gen(flags: list[tuple[int, bool]]) -> Optional[int]:
     """First generation >= 1 whose flag is set; None when none is."""
     return next((g for g, f in flags if g >= 1 and f), None)
@@ -79,7 +91,7 @@ def replay_matches_daemon(rows, variant: str, k: int, z_min: float, floor: float
     """True when the replay at the daemon's settings gives the daemon's own alerts."""
     for s in settings_in(rows):
         for seed in seeds_in(rows):
-            reps = [r["reports"][variant] for r in series(rows, s, seed)]
+            reps = reports(series(rows, s, seed), variant)
             daemon = [fires(r, ALERT_KINDS["trend"]) for r in reps]
             if replay_trend(reps, k, z_min, floor) != daemon:
                 return False
@@ -89,10 +101,10 @@ def replay_matches_daemon(rows, variant: str, k: int, z_min: float, floor: float
 # ---------------------------------------------------------------- first fire / move
 def alert_flags(ser: list[dict], variant: str, kind: str,
                 trend: Optional[tuple[int, float, float]] = None) -> list[tuple[int, bool]]:
-    """(generation, fired) of one alert kind; kind "trend" is replayed when `trend`
-    = (k, z, floor) is given, "alarm" = trend or drift warning."""
-    reps = [r["reports"][variant] for r in ser]
-    gens = [r["generation"] for r in ser]
+    """(generation, fired) of one alert kind for the generations past the baseline; kind
+    "trend" is replayed when `trend` = (k, z, floor) is given, "alarm" = trend or drift
+    warning."""
+    reps = reports(ser, variant)
     if kind in ("trend", "alarm") and trend is not None:
         t = replay_trend(reps, *trend)
     else:
@@ -103,7 +115,7 @@ def alert_flags(ser: list[dict], variant: str, kind: str,
         f = [a or fires(r, DRIFT_RULES) for a, r in zip(t, reps)]
     else:
         f = [fires(r, ALERT_KINDS[kind]) for r in reps]
-    return list(zip(gens, f))
+    return [(r["generation"], x) for r, x in zip(reps, f) if after_baseline(r)]
 
 
 def surface_value(row: dict, key: str) -> float:
@@ -154,10 +166,12 @@ def drift_ratios(rows, variant: str) -> dict[int, list[float]]:
     """generation -> [S2 drift / S1 drift per seed] (Track II drift, nats)."""
     out: dict[int, list[float]] = {}
     for seed in seeds_in(rows):
-        s1 = {r["generation"]: r["reports"][variant]["track2_drift"] for r in series(rows, "s1", seed)}
-        s2 = {r["generation"]: r["reports"][variant]["track2_drift"] for r in series(rows, "s2", seed)}
+        s1 = {p["generation"]: p["track2_drift"] for p in reports(series(rows, "s1", seed), variant)
+              if after_baseline(p)}
+        s2 = {p["generation"]: p["track2_drift"] for p in reports(series(rows, "s2", seed), variant)
+              if after_baseline(p)}
         for g in sorted(set(s1) & set(s2)):
-            if g >= 1 and s1[g] != 0:
+            if s1[g] != 0:
                 out.setdefault(g, []).append(s2[g] / s1[g])
     return out
 
@@ -167,16 +181,16 @@ def _sd(xs: list[float]) -> float:
 
 
 def coverage(rows, variant: str, setting: str = "ctl") -> dict:
-    """On the control: how often ±drift_half (corpus) and ±drift_half_pop cover zero drift,
-    their mean widths, the observed spread of the drift, and the spread between equivalent
-    generations (1..G of one seed: no fine-tuning offset against generation 0) against the
-    single-snapshot sd implied by each interval (half / 1.96)."""
+    """On the control, over the generations past the baseline: how often ±drift_half
+    (corpus) and ±drift_half_pop cover zero drift, their mean widths, the observed spread of
+    the drift, and the spread between equivalent generations (1..G of one seed, all M0
+    after the same fine-tuning) against the single-snapshot sd each interval implies
+    (half / 1.96)."""
     drifts, cov, cov_pop, half, half_pop, within, sd_c, sd_p = [], 0, 0, [], [], [], [], []
     m = n_a = None
     for seed in seeds_in(rows):
-        ser = [r for r in series(rows, setting, seed) if r["generation"] >= 1]
-        reps = [r["reports"][variant] for r in ser]
-        for p in reps:
+        reps = [p for p in reports(series(rows, setting, seed), variant) if p["generation"] >= 1]
+        for p in filter(after_baseline, reps):
             m, n_a = p["m"], p["n_a"]
             d = p["track2_drift"]
             drifts.append(d)
@@ -199,27 +213,33 @@ def coverage(rows, variant: str, setting: str = "ctl") -> dict:
 
 
 # ---------------------------------------------------------------- the grid (issue 19 item 5)
-def grid_row(rows, variants: list[str], k: int, z: float, floor: float, generations: int) -> dict:
-    """Control false alarms of early_warning_trend and the first alarm (trend or drift
-    warning) on s1/s2, per variant, for one setting of (trend_k, trend_z, trend_floor).
-    score = sum over variants and s1/s2 of the median first alarm (never = G + 1)."""
+def grid_row(rows, fa_variants: list[str], lead_variants: list[str], k: int, z: float,
+             floor: float, generations: int) -> dict:
+    """For one setting of (trend_k, trend_z, trend_floor): the control's false alarms of
+    early_warning_trend per fa_variant, and the first trend / first alarm (trend or drift
+    warning) on s1 and s2 per lead_variant. score = sum over lead variants and s1/s2 of
+    the median first alarm (never = G + 1)."""
+    t = (k, z, floor)
     out = {"trend_k": k, "trend_z": z, "trend_floor": floor, "fa": {}, "alarm": {},
            "trend": {}, "score": 0.0}
-    for v in variants:
-        out["fa"][v] = false_alarm_rate(rows, lambda s: alert_flags(s, v, "trend", (k, z, floor)))
+    for v in fa_variants:
+        out["fa"][v] = false_alarm_rate(rows, lambda s: alert_flags(s, v, "trend", t))
+    for v in lead_variants:
         for s in ("s1", "s2"):
-            first = per_seed(rows, s, lambda ser: first_gen(alert_flags(ser, v, "alarm", (k, z, floor))))
+            first = per_seed(rows, s, lambda ser: first_gen(alert_flags(ser, v, "alarm", t)))
             out["alarm"][(v, s)] = summarize(first)
             out["trend"][(v, s)] = summarize(
-                per_seed(rows, s, lambda ser: first_gen(alert_flags(ser, v, "trend", (k, z, floor)))))
-            med = statistics.median_low(sorted(generations + 1 if g is None else g for g in first)) \
-                if first else generations + 1
-            out["score"] += med
+                per_seed(rows, s, lambda ser: first_gen(alert_flags(ser, v, "trend", t))))
+            if first:
+                out["score"] += statistics.median_low(
+                    sorted(generations + 1 if g is None else g for g in first))
+            else:
+                out["score"] += generations + 1
     return out
 
 
-def grid(rows, variants: list[str], generations: int) -> list[dict]:
-    return [grid_row(rows, variants, k, z, f, generations)
+def grid(rows, fa_variants: list[str], lead_variants: list[str], generations: int) -> list[dict]:
+    return [grid_row(rows, fa_variants, lead_variants, k, z, f, generations)
             for k in GRID["trend_k"] for z in GRID["trend_z"] for f in GRID["trend_floor"]]
 
 

@@ -15,7 +15,10 @@ generation-0 model M0 (mean-pooled final hidden state): a fixed encoder of the g
 text, standing in for MiniLM (see docs/validation.md, validation 2, for why); `model_probe`
 = the fixed human probe set embedded by M_k (probe = fixed).
 Each generation is streamed into one job per VARIANTS entry:
-  v2-<setting>-s<seed>-<variant>, baseline = that job's generation 0.
+  v2-<setting>-s<seed>-<variant>, baseline = that job's generation 0, or generation 1 for
+  the "-b1" variants (generation 0 is not streamed there): against generation 1, the
+  control's generations 2..G differ from their baseline only by noise (every one is M0
+  after the same fine-tuning), without the one-off shift of fine-tuning M0 at all.
 Layout under RUNS/v2/: gen0/ (M0), seed<s>/gen0, seed<s>/gen1, seed<s>/<setting>/gen<k>;
 rows.json holds every measured row (the analysis input, see calibrate.py). Resumable:
 every step is checkpointed (state.Steps) and skipped when done.
@@ -35,16 +38,20 @@ from .recursive import CFG
 from .state import Steps, atomic_write_json
 from .stream import exact_logdet, stream
 
-CFG2 = dict(CFG, n_gen=2500, gen0_epochs=1.0, ft_epochs=2.0, generations=5, seeds=[1, 2, 3])
+CFG2 = dict({k: v for k, v in CFG.items() if k != "n_a"}, n_gen=2500, gen0_epochs=1.0,
+            ft_epochs=2.0, generations=5, seeds=[1, 2, 3])
 SETTINGS = ("s1", "s2", "ctl")
-# job suffix -> (tap, n_A, probe). 2048 = 16 m (m = 128): the smallest n_A at which the trend
+# job suffix -> (tap, n_A, probe, baseline generation). 2048 = 16 m (m = 128): the smallest n_A at which the trend
 # is evaluated, hence n_gen = 2500 (f = 0.82); 512 = 4 m (low confidence: coverage only).
 # The probe set has 4000 rows: 2048 = 16 m (f = 0.51), 4000 = every row (f = 1).
 VARIANTS = {
-    "m0": ("m0_gen", 2048, "fresh"),
-    "m0-4m": ("m0_gen", 512, "fresh"),
-    "probe": ("model_probe", 2048, "fixed"),
-    "probe-f1": ("model_probe", 4000, "fixed"),
+    "m0": ("m0_gen", 2048, "fresh", 0),
+    "m0-4m": ("m0_gen", 512, "fresh", 0),
+    "probe": ("model_probe", 2048, "fixed", 0),
+    "probe-f1": ("model_probe", 4000, "fixed", 0),
+    "m0-b1": ("m0_gen", 2048, "fresh", 1),
+    "probe-b1": ("model_probe", 2048, "fixed", 1),
+    "probe-f1-b1": ("model_probe", 4000, "fixed", 1),
 }
 QUICK = {"n_gen": 600, "gen0_epochs": 0.2, "ft_epochs": 0.5, "generations": 2, "seeds": [1, 2]}
 SETTING_SEED = {"s1": 100, "s2": 200, "ctl": 300}
@@ -187,12 +194,14 @@ class Replicates:
         for tap, e in emb.items():
             row["exact_S"][tap] = self.steps.run(self._name(d, f"exact/{tap}"),
                                                  lambda: exact_logdet(e))
-        for variant, (tap, n_a, probe) in VARIANTS.items():
+        for variant, (tap, n_a, probe, base) in VARIANTS.items():
+            if k < base:
+                continue
             e = emb[tap]
             job = job_name(setting, seed, variant)
             row["reports"][variant] = self.steps.run(f"stream/{job}/gen{k}", lambda: stream(
                 self.target, job, tap, k, e, np.arange(len(e), dtype=np.uint64), n_a=n_a, seed=0,
-                baseline_generation=0, probe=probe))
+                baseline_generation=base, probe=probe))
         return row
 
     def order(self) -> list[tuple[int, str, int]]:

@@ -9,7 +9,10 @@ from . import calibrate as cal
 
 # The daemon's trend settings the run was sealed with (kernels TrendSettings at run time).
 RUN_TREND = (2, 3.0, 0.01)
-TREND_VARIANTS = ["m0", "probe", "probe-f1"]   # variants where the trend is evaluated
+# Variants where the trend is evaluated (n_A >= 16 m): the false alarms of a setting count on
+# all of them; its lead is read on the baseline-0 ones (how a run is monitored).
+LEAD_VARIANTS = ["m0", "probe", "probe-f1"]
+FA_VARIANTS = LEAD_VARIANTS + [v + "-b1" for v in LEAD_VARIANTS]
 NAMES = {"s1": "S1", "s2": "S2", "ctl": "control"}
 
 
@@ -73,6 +76,8 @@ def ratio_md(rows, variants: list[str]) -> str:
          "| variant | " + " | ".join(f"gen {g}" for g in gens) + " |", "|---" * (1 + len(gens)) + "|"]
     for v in variants:
         r = cal.drift_ratios(rows, v)
+        if not r:
+            continue
         L.append(f"| `{v}` | " + " | ".join(
             f"{statistics.fmean(r[g]):.2f} [{min(r[g]):.2f}–{max(r[g]):.2f}]" if g in r else ""
             for g in gens) + " |")
@@ -99,29 +104,31 @@ def coverage_md(rows, variants: list[str]) -> str:
 
 
 def grid_md(rows, generations: int, top: int = 12) -> tuple[str, dict | None]:
-    variants = [v for v in TREND_VARIANTS if any(v in r["reports"] for r in rows)]
-    g = cal.grid(rows, variants, generations)
+    present = lambda vs: [v for v in vs if any(v in r["reports"] for r in rows)]
+    fa_v, lead_v = present(FA_VARIANTS), present(LEAD_VARIANTS)
+    g = cal.grid(rows, fa_v, lead_v, generations)
     best = cal.choose(g)
     ok = sorted((r for r in g if cal.admissible(r)),
                 key=lambda r: (r["score"], -r["trend_k"], -r["trend_z"], -r["trend_floor"]))
     run = next(r for r in g if (r["trend_k"], r["trend_z"], r["trend_floor"]) == RUN_TREND)
-    head = ["| trend_k | trend_z | trend_floor | " + " | ".join(f"FA `{v}`" for v in variants)
-            + " | " + " | ".join(f"first trend / alarm `{v}` {NAMES[s]}" for v in variants
+    head = ["| trend_k | trend_z | trend_floor | " + " | ".join(f"FA `{v}`" for v in fa_v)
+            + " | " + " | ".join(f"first trend / alarm `{v}` {NAMES[s]}" for v in lead_v
                                  for s in ("s1", "s2")) + " | score |",
-            "|---" * (4 + 3 * len(variants)) + "|"]
+            "|---" * (4 + len(fa_v) + 2 * len(lead_v)) + "|"]
 
     def line(r, mark=""):
         return (f"| {r['trend_k']} | {r['trend_z']:g} | {r['trend_floor']:g}{mark} | "
-                + " | ".join(_rate(r["fa"][v]) for v in variants) + " | "
+                + " | ".join(_rate(r["fa"][v]) for v in fa_v) + " | "
                 + " | ".join(f"{fmt_first(r['trend'][(v, s)])} / {fmt_first(r['alarm'][(v, s)])}"
-                             for v in variants for s in ("s1", "s2")) + f" | {r['score']:g} |")
+                             for v in lead_v for s in ("s1", "s2")) + f" | {r['score']:g} |")
     L = [f"Grid of {len(g)} settings (trend_k {cal.GRID['trend_k']}, trend_z {cal.GRID['trend_z']}, "
          f"trend_floor {cal.GRID['trend_floor']}), replayed on the stored reports; admissible = "
-         f"control false alarms ≤ {100 * cal.MAX_FALSE_ALARM:g} % on every variant; score = sum of "
-         f"the median first alarm (trend or drift warning; never = {generations + 1}) over variants "
-         "× {S1, S2}. The replay reproduces the daemon's own alerts at the run's settings: "
+         f"control false alarms ≤ {100 * cal.MAX_FALSE_ALARM:g} % on every variant where the trend is "
+         f"evaluated; score = sum of the median first alarm (trend or drift warning; never = "
+         f"{generations + 1}) over the baseline-0 variants × {{S1, S2}}. The replay reproduces the "
+         "daemon's own alerts at the run's settings: "
          + ", ".join(f"`{v}` {'yes' if cal.replay_matches_daemon(rows, v, *RUN_TREND) else 'NO'}"
-                     for v in variants) + ".", "",
+                     for v in fa_v) + ".", "",
          f"Admissible settings, best first ({len(ok)} of {len(g)}; top {top}):", ""] + head
     L += [line(r, " ←" if r is best else "") for r in ok[:top]]
     L += ["", "The run's settings (the previous defaults):", ""] + head + [line(run)]
@@ -134,14 +141,14 @@ def write(runs: Path) -> Path | None:
         return None
     res = json.loads(p.read_text())
     rows, G = res["rows"], res["config"]["generations"]
-    variants = [v for v in res["config"].get("variants", {})] or TREND_VARIANTS
+    variants = list(dict.fromkeys(v for r in rows for v in r["reports"]))
     gmd, best = grid_md(rows, G)
     parts = ["# Validation 2: seeds, control, trend calibration", "",
              f"Seeds: {cal.seeds_in(rows)}; settings: {[NAMES[s] for s in cal.settings_in(rows)]}; "
              f"rows: {len(rows)}.", "", "Config: `" + json.dumps(res["config"]) + "`", "",
              "## First fire", "", first_fire_md(rows, variants), "",
              "## False alarms on the control", "", false_alarm_md(rows, variants), "",
-             "## S2 / S1", "", ratio_md(rows, ["m0", "probe"]), "",
+             "## S2 / S1", "", ratio_md(rows, ["m0", "probe", "m0-b1", "probe-b1"]), "",
              "## Interval coverage on the control", "", coverage_md(rows, variants), "",
              "## Trend settings", "", gmd, ""]
     if best:

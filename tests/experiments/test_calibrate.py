@@ -104,6 +104,20 @@ def test_drift_ratios_and_coverage():
     assert c["sd_snapshot_pop"] == pytest.approx(2 / math.sqrt(2) / 1.959964)
 
 
+def test_a_later_baseline_counts_only_the_generations_past_it():
+    """The -b1 jobs: generation 0 not streamed, generation 1 the baseline."""
+    b1 = lambda p: dict(p, baseline_generation=1)
+    rows = [row("ctl", 1, 0, BASE), row("ctl", 1, 1, b1(rep(0, 0, evaluated=False))),
+            row("ctl", 1, 2, b1(rep(-3, -4))), row("ctl", 1, 3, b1(rep(-3, -4)))]
+    del rows[0]["reports"]["v"]
+    flags = cal.alert_flags(cal.series(rows, "ctl", 1), "v", "trend", (2, 3.0, 0.01))
+    assert flags == [(2, False), (3, True)]      # the baseline breaks the streak at 2
+    assert cal.false_alarm_rate(rows, lambda s: cal.alert_flags(s, "v", "trend", (1, 3.0, 0.01))) \
+        == (2, 2)
+    c = cal.coverage(rows, "v")
+    assert c["n"] == 2 and c["covered"] == 0
+
+
 def _grid_rows():
     """Control: seed 1 drifts +0.02/dim at z 4 in every generation; s1: contraction
     growing at z -5 per generation, drift warning from generation 4."""
@@ -121,15 +135,15 @@ def _grid_rows():
 
 def test_grid_admissible_and_choice():
     rows = _grid_rows()
-    r = cal.grid_row(rows, ["v"], 1, 3.0, 0.01, generations=4)
+    r = cal.grid_row(rows, ["v"], ["v"], 1, 3.0, 0.01, generations=4)
     assert r["fa"]["v"] == (4, 8)                  # seed 1's four control generations
     assert not cal.admissible(r)
-    r = cal.grid_row(rows, ["v"], 1, 3.0, 0.03, generations=4)   # floor above 0.02
+    r = cal.grid_row(rows, ["v"], ["v"], 1, 3.0, 0.03, generations=4)   # floor above 0.02
     assert r["fa"]["v"] == (0, 8) and cal.admissible(r)
     assert r["alarm"][("v", "s1")]["median"] == 1  # -3/100 = 0.03 >= floor at generation 1
     assert r["trend"][("v", "s1")]["median"] == 1
     assert r["score"] == 1 + 5                     # no s2 rows: never = G + 1
-    best = cal.choose(cal.grid(rows, ["v"], 4))
+    best = cal.choose(cal.grid(rows, ["v"], ["v"], 4))
     # Earliest alarm (gen 1) needs k = 1 with z <= 5 and floor in (0.02, 0.03]; ties go to
     # the larger z: 4, and the larger floor: 0.03.
     assert (best["trend_k"], best["trend_z"], best["trend_floor"]) == (1, 4.0, 0.03)
