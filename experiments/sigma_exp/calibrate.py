@@ -243,6 +243,21 @@ def grid(rows, fa_variants: list[str], lead_variants: list[str], generations: in
             for k in GRID["trend_k"] for z in GRID["trend_z"] for f in GRID["trend_floor"]]
 
 
+def leads(rows, variant: str, setting: str, trend: tuple[int, float, float],
+          generations: int) -> list[Optional[int]]:
+    """Per seed: first drift warning (never = G + 1) minus the first alarm (trend or drift
+    warning) under `trend`; None when neither fires."""
+    out = []
+    for seed in seeds_in(rows):
+        ser = series(rows, setting, seed)
+        if not ser:
+            continue
+        alarm = first_gen(alert_flags(ser, variant, "alarm", trend))
+        drift = first_gen(alert_flags(ser, variant, "drift"))
+        out.append(None if alarm is None else (generations + 1 if drift is None else drift) - alarm)
+    return out
+
+
 def admissible(row: dict, max_rate: float = MAX_FALSE_ALARM) -> bool:
     return all(t > 0 and f / t <= max_rate for f, t in row["fa"].values())
 

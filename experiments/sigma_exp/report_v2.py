@@ -135,6 +135,26 @@ def grid_md(rows, generations: int, top: int = 12) -> tuple[str, dict | None]:
     return "\n".join(L), best
 
 
+def lead_md(rows, trend: tuple[int, float, float], generations: int) -> str:
+    k, z, f = trend
+    L = [f"With trend_k = {k}, trend_z = {z:g}, trend_floor = {f:g}: first early_warning_trend, "
+         "first drift warning, first alarm (either), and the lead = first drift warning − first "
+         f"alarm per seed (a drift warning that never fires counts as generation {generations + 1}, "
+         "so such a lead is a lower bound): median [min–max] over seeds.", "",
+         "| variant | setting | first trend | first drift warning | first alarm | lead |",
+         "|---|---|---|---|---|---|"]
+    for v in LEAD_VARIANTS:
+        if not any(v in r["reports"] for r in rows):
+            continue
+        for s in ("s1", "s2"):
+            cells = [fmt_first(cal.summarize(cal.per_seed(
+                rows, s, lambda ser, kind=kind: cal.first_gen(cal.alert_flags(ser, v, kind, trend)))))
+                for kind in ("trend", "drift", "alarm")]
+            cells.append(fmt_first(cal.summarize(cal.leads(rows, v, s, trend, generations))))
+            L.append(f"| `{v}` | {NAMES[s]} | " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
 def write(runs: Path) -> Path | None:
     p = Path(runs) / "v2" / "rows.json"
     if not p.exists():
@@ -152,8 +172,10 @@ def write(runs: Path) -> Path | None:
              "## Interval coverage on the control", "", coverage_md(rows, variants), "",
              "## Trend settings", "", gmd, ""]
     if best:
-        parts += [f"Chosen: trend_k = {best['trend_k']}, trend_z = {best['trend_z']:g}, "
-                  f"trend_floor = {best['trend_floor']:g}.", ""]
+        t = (best["trend_k"], best["trend_z"], best["trend_floor"])
+        parts += [f"Chosen: trend_k = {t[0]}, trend_z = {t[1]:g}, trend_floor = {t[2]:g}.", "",
+                  "## Lead of the chosen setting", "", lead_md(rows, t, G), "",
+                  "## Lead of the run's setting", "", lead_md(rows, RUN_TREND, G), ""]
     out = Path(runs) / "v2" / "results.md"
     out.write_text("\n".join(parts))
     return out

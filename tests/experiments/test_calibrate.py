@@ -143,6 +143,11 @@ def test_grid_admissible_and_choice():
     assert r["alarm"][("v", "s1")]["median"] == 1  # -3/100 = 0.03 >= floor at generation 1
     assert r["trend"][("v", "s1")]["median"] == 1
     assert r["score"] == 1 + 5                     # no s2 rows: never = G + 1
+    # lead: drift warning at 4; alarm at 1 (k = 1, floor 0.03), or at 4 with floor 0.2 (above
+    # every |drift|/m: only the drift warning alarms); the control never alarms
+    assert cal.leads(rows, "v", "s1", (1, 3.0, 0.03), 4) == [3, 3]
+    assert cal.leads(rows, "v", "s1", (1, 3.0, 0.2), 4) == [0, 0]
+    assert cal.leads(rows, "v", "ctl", (1, 3.0, 0.03), 4) == [None, None]
     best = cal.choose(cal.grid(rows, ["v"], ["v"], 4))
     # Earliest alarm (gen 1) needs k = 1 with z <= 5 and floor in (0.02, 0.03]; ties go to
     # the larger z: 4, and the larger floor: 0.03.
@@ -158,6 +163,7 @@ def test_report_writes_every_section(tmp_path):
         {"config": {"generations": 4, "variants": {"m0": [], "probe": []}}, "rows": rows}))
     text = report_v2.write(tmp_path).read_text()
     for section in ("## First fire", "## False alarms on the control", "## S2 / S1",
-                    "## Interval coverage on the control", "## Trend settings", "Chosen: trend_k = 1"):
+                    "## Interval coverage on the control", "## Trend settings", "Chosen: trend_k = 1",
+                    "## Lead of the chosen setting", "| `m0` | S1 | 1 [1–1] (2/2) | 4 [4–4] (2/2) "):
         assert section in text
     assert "`m0` | control | — (0/2)" in text
