@@ -121,13 +121,23 @@ TEST_F(AlertsTest, NullControlRaisesNoWarning) {
               evaluated, fixed_trend);
 }
 
+// n_A = 16 m and a two-generation streak (trend_k 2, trend_z 3, trend_floor
+// 0.01 set explicitly: these tests are about the streak, not the defaults).
+v1::JobConfig StreakConfig(int64_t m) {
+  v1::JobConfig cfg;
+  cfg.set_n_a(16 * m);
+  cfg.set_trend_k(2);
+  cfg.set_trend_z(3);
+  cfg.set_trend_floor(0.01);
+  return cfg;
+}
+
 // A slowly contracting spectrum: the trend warning (2 generations with
 // |z_drift| >= 3, one sign) fires before the drift warning, and the gauge
 // sigma_drift_zscore shows the report's z_drift.
 TEST_F(AlertsTest, TrendWarningLeadsTheDriftWarningOnAContractingSequence) {
   const int64_t m = 32, n = 4096;
-  v1::JobConfig cfg;
-  cfg.set_n_a(16 * m);
+  const v1::JobConfig cfg = StreakConfig(m);
   int64_t first_trend = -1, first_drift = -1;
   v1::GenerationReport last;
   for (int64_t g = 0; g < 12 && first_drift < 0; ++g) {
@@ -157,8 +167,7 @@ TEST_F(AlertsTest, TrendWarningLeadsTheDriftWarningOnAContractingSequence) {
 // is read back from the store (the same sequence as above: the trend fires at 3).
 TEST_F(AlertsTest, TrendStreakSurvivesARestart) {
   const int64_t m = 32, n = 4096;
-  v1::JobConfig cfg;
-  cfg.set_n_a(16 * m);
+  const v1::JobConfig cfg = StreakConfig(m);
   for (int64_t g = 0; g < 3; ++g) Seal("restart", g, Spectrum(n, m, 77 + g, 0.3 * g), cfg);
   d_.reset();
   d_ = StartDaemon(TestOptions(dir_.path()));

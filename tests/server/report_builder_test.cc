@@ -18,7 +18,8 @@ namespace v1 = sigma::v1;
 constexpr double kZ = 1.959963984540054;
 
 // m = 10, n_A = 200 (>= 16 m: calibrated), generation 3 of job j; the job's
-// effective configuration (trend_k 2, trend_z 3, trend_floor 0.01, warning 0.1).
+// effective configuration with trend_k 2, trend_z 3, trend_floor 0.01 set
+// explicitly (the rule's tests do not depend on the defaults), warning 0.1.
 ReportInputs Inputs(v1::Probe probe = v1::PROBE_FRESH) {
   ReportInputs in;
   in.key = {"j", "default", 3};
@@ -26,6 +27,9 @@ ReportInputs Inputs(v1::Probe probe = v1::PROBE_FRESH) {
   in.n = 1000;
   v1::JobConfig c;
   c.set_probe(probe);
+  c.set_trend_k(2);
+  c.set_trend_z(3);
+  c.set_trend_floor(0.01);
   in.config = EffectiveJobConfig(c, in.m);
   return in;
 }
