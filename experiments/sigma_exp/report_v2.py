@@ -155,6 +155,26 @@ def lead_md(rows, trend: tuple[int, float, float], generations: int) -> str:
     return "\n".join(L)
 
 
+def timing_md(step_seconds: dict[str, float]) -> str:
+    """Wall seconds per kind of step (steps named as in replicates.py)."""
+    kinds = {"gen-0 training (once)": lambda n: n == "gen0/train",
+             "fine-tuning": lambda n: n.endswith("/train") and n != "gen0/train",
+             "sampling": lambda n: n.endswith("/generate"),
+             "embedding (both taps)": lambda n: n.endswith("/embed"),
+             "streaming + seal, one job": lambda n: n.startswith("stream/"),
+             "exact log-det": lambda n: "/exact/" in n}
+    L = ["| step | count | min | median | max | sum |", "|---|---|---|---|---|---|"]
+    total = 0.0
+    for label, match in kinds.items():
+        xs = sorted(v for n, v in step_seconds.items() if v is not None and match(n))
+        if xs:
+            total += sum(xs)
+            L.append(f"| {label} | {len(xs)} | {xs[0]:.1f} | {statistics.median(xs):.1f} | "
+                     f"{xs[-1]:.1f} | {sum(xs):.0f} |")
+    L.append(f"| **all steps** | | | | | **{total:.0f} ({total / 60:.1f} min)** |")
+    return "\n".join(L)
+
+
 def write(runs: Path) -> Path | None:
     p = Path(runs) / "v2" / "rows.json"
     if not p.exists():
@@ -171,11 +191,14 @@ def write(runs: Path) -> Path | None:
              "## S2 / S1", "", ratio_md(rows, ["m0", "probe", "m0-b1", "probe-b1"]), "",
              "## Interval coverage on the control", "", coverage_md(rows, variants), "",
              "## Trend settings", "", gmd, ""]
+    marks = (json.loads(q.read_text()) for q in (Path(runs) / "v2" / "steps").glob("*.done.json"))
+    steps = {j["step"]: j.get("seconds") for j in marks}
     if best:
         t = (best["trend_k"], best["trend_z"], best["trend_floor"])
         parts += [f"Chosen: trend_k = {t[0]}, trend_z = {t[1]:g}, trend_floor = {t[2]:g}.", "",
                   "## Lead of the chosen setting", "", lead_md(rows, t, G), "",
                   "## Lead of the run's setting", "", lead_md(rows, RUN_TREND, G), ""]
+    parts += ["## Timings (seconds per step)", "", timing_md(steps), ""]
     out = Path(runs) / "v2" / "results.md"
     out.write_text("\n".join(parts))
     return out

@@ -154,6 +154,16 @@ def test_grid_admissible_and_choice():
     assert (best["trend_k"], best["trend_z"], best["trend_floor"]) == (1, 4.0, 0.03)
 
 
+def test_timing_table_groups_steps_by_kind():
+    md = report_v2.timing_md({"gen0/train": 100.0, "seed1/gen1/train": 10.0,
+                              "seed1/ctl/gen2/train": 30.0, "seed1/gen1/generate": 5.0,
+                              "stream/v2-s1-s1-m0/gen1": 0.5, "seed1/gen1/exact/m0_gen": None})
+    assert "| gen-0 training (once) | 1 | 100.0 | 100.0 | 100.0 | 100 |" in md
+    assert "| fine-tuning | 2 | 10.0 | 20.0 | 30.0 | 40 |" in md
+    assert "exact log-det" not in md                    # no timed step of that kind
+    assert "**146 (2.4 min)**" in md
+
+
 def test_report_writes_every_section(tmp_path):
     rows = _grid_rows()
     for r in rows:
