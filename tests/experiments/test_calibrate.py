@@ -143,15 +143,29 @@ def test_grid_admissible_and_choice():
     assert r["alarm"][("v", "s1")]["median"] == 1  # -3/100 = 0.03 >= floor at generation 1
     assert r["trend"][("v", "s1")]["median"] == 1
     assert r["score"] == 1 + 5                     # no s2 rows: never = G + 1
+    assert r["hits"] == 6                          # gens 1-3 of both seeds (4: the drift warning)
+    assert cal.grid_row(rows, ["v"], ["v"], 2, 3.0, 0.03, generations=4)["hits"] == 4
     # lead: drift warning at 4; alarm at 1 (k = 1, floor 0.03), or at 4 with floor 0.2 (above
     # every |drift|/m: only the drift warning alarms); the control never alarms
     assert cal.leads(rows, "v", "s1", (1, 3.0, 0.03), 4) == [3, 3]
     assert cal.leads(rows, "v", "s1", (1, 3.0, 0.2), 4) == [0, 0]
     assert cal.leads(rows, "v", "ctl", (1, 3.0, 0.03), 4) == [None, None]
     best = cal.choose(cal.grid(rows, ["v"], ["v"], 4))
-    # Earliest alarm (gen 1) needs k = 1 with z <= 5 and floor in (0.02, 0.03]; ties go to
-    # the larger z: 4, and the larger floor: 0.03.
-    assert (best["trend_k"], best["trend_z"], best["trend_floor"]) == (1, 4.0, 0.03)
+    # Earliest alarm (gen 1) needs k = 1 with z <= 5 and floor in (0.02, 0.03]; of the ties
+    # (z 2, 3, 4) the one closest to the previous defaults (2, 3, 0.01) keeps z = 3.
+    assert (best["trend_k"], best["trend_z"], best["trend_floor"]) == (1, 3.0, 0.03)
+
+
+def test_ties_go_to_the_fewest_changes_floor_first():
+    row = lambda k, z, f: {"trend_k": k, "trend_z": z, "trend_floor": f, "score": 5, "hits": 0,
+                           "fa": {"v": (0, 10)}}
+    tied = [row(3, 6.0, 0.05), row(3, 3.0, 0.01), row(2, 3.0, 0.05), row(2, 3.0, 0.03),
+            row(2, 4.0, 0.01)]
+    best = cal.choose(tied)
+    assert (best["trend_k"], best["trend_z"], best["trend_floor"]) == (2, 3.0, 0.03)
+    assert cal.choose(tied[:2] + [row(2, 4.0, 0.01)])["trend_z"] == 4.0   # z before k
+    better = dict(row(3, 6.0, 0.05), hits=1)                              # hits before closeness
+    assert cal.choose(tied + [better]) is better
 
 
 def test_timing_table_groups_steps_by_kind():
