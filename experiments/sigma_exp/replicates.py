@@ -72,11 +72,7 @@ class Replicates:
         self.cfg = dict(CFG2, **(cfg or {}))
         self.log = log
         atomic_write_json(self.root / "config.json", dict(self.cfg, variants=VARIANTS))
-        vpath = self.root / "vocab.json"
-        if not vpath.exists():
-            v = lm.Vocab.build(corpus["train"], self.cfg["vocab_size"])
-            atomic_write_json(vpath, v.itos[len(lm.SPECIALS):])
-        self.vocab = lm.Vocab(json.loads(vpath.read_text()))
+        self.vocab = lm.Vocab.cached(self.root / "vocab.json", corpus["train"], self.cfg["vocab_size"])
         self.human = set(corpus["train"])
         c = self.cfg
         self.heldout = [self.vocab.encode(t, c["max_tokens"]) for t in corpus["heldout"]]
