@@ -87,7 +87,9 @@ TEST_F(AlertsTest, ThresholdGaugesFollowConfigureJobAtOnce) {
 // population interval), over seeds, m = 32..128 and n_A = 4 m (low confidence:
 // threshold alerts only) and 16 m (the trend warning evaluated too), f = 1/2 and 1.
 // The same rows sent to a twin job with probe = fixed (the corpus interval, the
-// wrong setting for fresh samples) do raise the trend warning: the control has teeth.
+// wrong setting for fresh samples) and trend_floor 0.01 do raise the trend warning:
+// the control has teeth. (These null drifts stay below the default floor 0.05, so the
+// twin sets the spec's original floor: the point here is the interval.)
 TEST_F(AlertsTest, NullControlRaisesNoWarning) {
   int evaluated = 0, fixed_trend = 0;
   for (int64_t m : {32, 64, 128}) {
@@ -100,6 +102,7 @@ TEST_F(AlertsTest, NullControlRaisesNoWarning) {
         cfg.set_n_a(na_per_m * m);
         v1::JobConfig fixed = cfg;
         fixed.set_probe(v1::PROBE_FIXED);
+        fixed.set_trend_floor(0.01);
         const int64_t n = n_over_na * na_per_m * m;
         for (int64_t g = 0; g < 6; ++g) {
           const Rows rows = Spectrum(n, m, seed * 7919 + g, kNullAlpha);
@@ -210,9 +213,9 @@ TEST_F(AlertsTest, SignificanceSettingsInTheConfigFileAndConfigureJob) {
   EXPECT_EQ(eff.trend_floor(), 0.02);
   const v1::JobConfig plain = EffectiveJobConfig(v1::JobConfig(), 8);  // the spec's defaults
   EXPECT_EQ(plain.probe(), v1::PROBE_FRESH);
-  EXPECT_EQ(plain.trend_k(), 2);
+  EXPECT_EQ(plain.trend_k(), 1);
   EXPECT_EQ(plain.trend_z(), 3);
-  EXPECT_EQ(plain.trend_floor(), 0.01);
+  EXPECT_EQ(plain.trend_floor(), 0.05);
   for (const char* bad : {"defaults: {probe: sometimes}\n", "defaults: {trend_k: 0}\n", "defaults: {trend_z: 0}\n",
                           "defaults: {trend_floor: -1}\n"}) {
     std::ofstream(path) << bad;

@@ -150,6 +150,20 @@ TEST(ReportBuilderTrendTest, EachGenerationOfTheStreakMustQualify) {
   EXPECT_EQ(Trend(BuildReport(k3, now, WithPrevious(-4.0, -0.03))), nullptr);  // the baseline breaks the streak
 }
 
+// The defaults, chosen on validation 2's control run (docs/validation.md,
+// "Validation 2"): trend_k 1, trend_z 3, trend_floor 0.05. One generation far
+// beyond z = 3 at -0.04 per dimension stays silent (the control's fine-tuning noise
+// reached 0.04 per dimension on a fixed probe set); at -0.06 it fires on its own.
+TEST(ReportBuilderTrendTest, DefaultsAreTheCalibratedOnes) {
+  ReportInputs in = Inputs();
+  in.config = EffectiveJobConfig(v1::JobConfig(), in.m);
+  EXPECT_EQ(in.config.trend_k(), 1);
+  EXPECT_EQ(in.config.trend_z(), 3);
+  EXPECT_EQ(in.config.trend_floor(), 0.05);
+  EXPECT_EQ(Trend(BuildReport(in, Now(-0.4, 0.01, 0.01), Base(0.1, 0.1))), nullptr);
+  EXPECT_NE(Trend(BuildReport(in, Now(-0.6, 0.01, 0.01), Base(0.1, 0.1))), nullptr);
+}
+
 TEST(ReportBuilderTrendTest, FloorBlocksNegligibleExactChanges) {
   // f = 1 on both sides (half 0, pop tiny): drift -0.05 = -0.005 per dim < 0.01.
   ReportInputs in = Inputs(v1::PROBE_FIXED);
