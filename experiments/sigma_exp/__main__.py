@@ -1,8 +1,9 @@
-"""python -m sigma_exp [all|ablation|recursive|report] [--runs DIR] [--sigmad BIN] [--quick]
+"""python -m sigma_exp [all|ablation|recursive|v2|report] [--runs DIR] [--sigmad BIN] [--quick]
 
 Builds the corpus, starts its own sigmad (CPU backend, free ports, history in
 RUNS/sigmad/sigma.db), runs experiments 1+2 (ablation) and 3+4 (recursive), writes
-RUNS/*.json and RUNS/results.md. Every step is checkpointed: rerun to resume."""
+RUNS/*.json and RUNS/results.md; `v2` runs validation 2 (replicates.py: S1, S2 and the
+control over seeds; RUNS/v2/results.md). Every step is checkpointed: rerun to resume."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import corpus as corpus_mod
-from . import measure, recursive, report
+from . import measure, recursive, replicates, report, report_v2
 from .state import Steps, atomic_write_json
 from .stream import start_daemon
 
@@ -25,12 +26,14 @@ from .stream import start_daemon
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", nargs="?", default="all",
-                    choices=["all", "ablation", "recursive", "report"])
+                    choices=["all", "ablation", "recursive", "v2", "report"])
     ap.add_argument("--runs", default=str(Path(__file__).resolve().parents[1] / "runs"))
     ap.add_argument("--sigmad", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--generations", type=int, default=None,
                     help="recursive generations (default 5); raising it later resumes")
+    ap.add_argument("--seeds", default=None,
+                    help="v2: comma-separated seeds (default 1,2,3); adding seeds later resumes")
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes (smoke test: minutes, results meaningless)")
     a = ap.parse_args(argv)
@@ -77,14 +80,29 @@ def main(argv=None) -> int:
                 rec = recursive.Recursive(runs, corpus, d.target, cfg=cfg, log=log)
                 rec.run()
                 log("recursive done")
+            if a.what == "v2":
+                run_v2(a, runs, corpus, d.target, log)
         finally:
             d.stop()
     md = report.write(runs)
+    md2 = report_v2.write(runs)
+    if md2:
+        log(f"wrote {md2}")
     timing = {"this_invocation_seconds": time.time() - t_start,
               "steps_seconds": report.step_seconds(runs)}
     atomic_write_json(runs / "timing.json", timing)
     log(f"wrote {md}; this invocation {time.time() - t_start:.0f}s")
     return 0
+
+
+def run_v2(a, runs: Path, corpus: dict, target: str, log) -> None:
+    cfg = dict(replicates.QUICK) if a.quick else {}
+    if a.generations is not None:
+        cfg["generations"] = a.generations
+    if a.seeds:
+        cfg["seeds"] = [int(x) for x in a.seeds.split(",")]
+    replicates.Replicates(runs, corpus, target, cfg=cfg, log=log).run()
+    log("v2 done")
 
 
 if __name__ == "__main__":

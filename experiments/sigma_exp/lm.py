@@ -3,9 +3,11 @@ top-p sampler and a mean-pooled hidden-state embedding (the "model" taps, m = d_
 from __future__ import annotations
 
 import collections
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .corpus import detokenize, tokenize
+from .state import atomic_write_json
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -29,6 +32,15 @@ class Vocab:
         # most frequent first, ties alphabetical: deterministic
         words = sorted(cnt, key=lambda w: (-cnt[w], w))[:size]
         return cls(words)
+
+    @classmethod
+    def cached(cls, path: Path, docs: list[str], size: int) -> "Vocab":
+        """The vocabulary stored at `path` (JSON list of words); built from docs and stored
+        on first use, so a resumed run keeps the same ids."""
+        path = Path(path)
+        if not path.exists():
+            atomic_write_json(path, cls.build(docs, size).itos[len(SPECIALS):])
+        return cls(json.loads(path.read_text()))
 
     def encode(self, text: str, max_len: int) -> list[int]:
         ids = [self.stoi.get(t, UNK) for t in tokenize(text)][:max_len]

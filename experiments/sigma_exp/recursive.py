@@ -56,11 +56,7 @@ class Recursive:
         self.cfg = dict(CFG, **(cfg or {}))
         self.log = log
         atomic_write_json(self.root / "config.json", self.cfg)
-        vpath = self.root / "vocab.json"
-        if not vpath.exists():
-            v = lm.Vocab.build(corpus["train"], self.cfg["vocab_size"])
-            atomic_write_json(vpath, v.itos[len(lm.SPECIALS):])
-        self.vocab = lm.Vocab(json.loads(vpath.read_text()))
+        self.vocab = lm.Vocab.cached(self.root / "vocab.json", corpus["train"], self.cfg["vocab_size"])
         self._minilm = None
         self.human = set(corpus["train"])
 

@@ -47,13 +47,15 @@ def report_dict(rep) -> dict:
 def stream(target: str, job: str, tap: str, k: int, emb: np.ndarray,
            ids: Optional[np.ndarray] = None, n_a: Optional[int] = None, seed: int = 0,
            baseline_job: Optional[str] = None, baseline_generation: Optional[int] = None,
-           timeout: float = 300.0) -> dict:
+           timeout: float = 300.0, **config) -> dict:
     """Streams one generation (one snapshot) and returns its report as a dict, plus the
-    client-side wall times. A snapshot already sealed (resume) is returned as stored."""
+    client-side wall times. A snapshot already sealed (resume) is returned as stored.
+    `config`: further job settings for sigma_client.Monitor (probe, trend_k, ...)."""
     import sigma_client
     mon = sigma_client.Monitor(target, job=job, tap=tap, n_a=n_a, seed=seed,
                                baseline_job=baseline_job,
-                               baseline_generation=baseline_generation, timeout=timeout)
+                               baseline_generation=baseline_generation, timeout=timeout,
+                               **config)
     try:
         try:
             old = mon.get_report(k)

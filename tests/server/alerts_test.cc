@@ -88,7 +88,9 @@ TEST_F(AlertsTest, ThresholdGaugesFollowConfigureJobAtOnce) {
 // population interval), over seeds, m = 32..128 and n_A = 4 m (low confidence:
 // threshold alerts only) and 16 m (the trend warning evaluated too), f = 1/2 and 1.
 // The same rows sent to a twin job with probe = fixed (the corpus interval, the
-// wrong setting for fresh samples) do raise the trend warning: the control has teeth.
+// wrong setting for fresh samples) and trend_floor 0.01 do raise the trend warning:
+// the control has teeth. (These null drifts stay below the default floor 0.05, so the
+// twin sets the spec's original floor: the point here is the interval.)
 TEST_F(AlertsTest, NullControlRaisesNoWarning) {
   int evaluated = 0, fixed_trend = 0;
   for (int64_t m : {32, 64, 128}) {
@@ -101,6 +103,7 @@ TEST_F(AlertsTest, NullControlRaisesNoWarning) {
         cfg.set_n_a(na_per_m * m);
         v1::JobConfig fixed = cfg;
         fixed.set_probe(v1::PROBE_FIXED);
+        fixed.set_trend_floor(0.01);
         const int64_t n = n_over_na * na_per_m * m;
         for (int64_t g = 0; g < 6; ++g) {
           const Rows rows = Spectrum(n, m, seed * 7919 + g, kNullAlpha);
@@ -122,13 +125,23 @@ TEST_F(AlertsTest, NullControlRaisesNoWarning) {
               evaluated, fixed_trend);
 }
 
+// n_A = 16 m and a two-generation streak (trend_k 2, trend_z 3, trend_floor
+// 0.01 set explicitly: these tests are about the streak, not the defaults).
+v1::JobConfig StreakConfig(int64_t m) {
+  v1::JobConfig cfg;
+  cfg.set_n_a(16 * m);
+  cfg.set_trend_k(2);
+  cfg.set_trend_z(3);
+  cfg.set_trend_floor(0.01);
+  return cfg;
+}
+
 // A slowly contracting spectrum: the trend warning (2 generations with
 // |z_drift| >= 3, one sign) fires before the drift warning, and the gauge
 // sigma_drift_zscore shows the report's z_drift.
 TEST_F(AlertsTest, TrendWarningLeadsTheDriftWarningOnAContractingSequence) {
   const int64_t m = 32, n = 4096;
-  v1::JobConfig cfg;
-  cfg.set_n_a(16 * m);
+  const v1::JobConfig cfg = StreakConfig(m);
   int64_t first_trend = -1, first_drift = -1;
   v1::GenerationReport last;
   for (int64_t g = 0; g < 12 && first_drift < 0; ++g) {
@@ -158,8 +171,7 @@ TEST_F(AlertsTest, TrendWarningLeadsTheDriftWarningOnAContractingSequence) {
 // is read back from the store (the same sequence as above: the trend fires at 3).
 TEST_F(AlertsTest, TrendStreakSurvivesARestart) {
   const int64_t m = 32, n = 4096;
-  v1::JobConfig cfg;
-  cfg.set_n_a(16 * m);
+  const v1::JobConfig cfg = StreakConfig(m);
   for (int64_t g = 0; g < 3; ++g) Seal("restart", g, Spectrum(n, m, 77 + g, 0.3 * g), cfg);
   d_.reset();
   d_ = StartDaemon(TestOptions(dir_.path()));
@@ -202,9 +214,9 @@ TEST_F(AlertsTest, SignificanceSettingsInTheConfigFileAndConfigureJob) {
   EXPECT_EQ(eff.trend_floor(), 0.02);
   const v1::JobConfig plain = EffectiveJobConfig(v1::JobConfig(), 8);  // the spec's defaults
   EXPECT_EQ(plain.probe(), v1::PROBE_FRESH);
-  EXPECT_EQ(plain.trend_k(), 2);
+  EXPECT_EQ(plain.trend_k(), 1);
   EXPECT_EQ(plain.trend_z(), 3);
-  EXPECT_EQ(plain.trend_floor(), 0.01);
+  EXPECT_EQ(plain.trend_floor(), 0.05);
   for (const char* bad : {"defaults: {probe: sometimes}\n", "defaults: {trend_k: 0}\n", "defaults: {trend_z: 0}\n",
                           "defaults: {trend_floor: -1}\n"}) {
     std::ofstream(path) << bad;

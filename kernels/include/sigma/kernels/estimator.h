@@ -84,12 +84,14 @@ struct AlertThresholds {
   double track1_stable = 0.01;       // ... while |track1 drift| / m < this
 };
 
-// early_warning_trend settings (spec §3 "Early warning by significance"),
-// with the spec's defaults; calibrate on a control run.
+// early_warning_trend settings (spec §3 "Early warning by significance"). The
+// defaults were chosen on validation 2's control run (docs/validation.md): no
+// trend warning in any control generation, the earliest alarms on the recursive
+// runs; the spec's first guess was trend_k 2, trend_floor 0.01.
 struct TrendSettings {
-  int trend_k = 2;           // last k sealed generations, including this one
+  int trend_k = 1;           // last k sealed generations, including this one
   double trend_z = 3;        // |z_drift| >= this, one sign
-  double trend_floor = 0.01; // |track2_drift| / m >= this
+  double trend_floor = 0.05; // |track2_drift| / m >= this
 };
 
 enum class AlertSeverity { kInfo, kWarning, kCritical };
