@@ -77,6 +77,25 @@ int RoutedBackend::Route(int64_t m, uint64_t placement_key) const {
   return static_cast<int>(placement_key % devices_.size());
 }
 
+namespace {
+
+// One child's SealBatch on a worker thread or the caller's: exceptions become
+// statuses (one must not escape a worker thread: std::terminate), and a
+// failure names the child.
+absl::Status SealOnChild(Backend& child, absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) {
+  absl::Status status;
+  try {
+    status = child.SealBatch(inputs, out);
+  } catch (const std::bad_alloc&) {
+    status = absl::ResourceExhaustedError("out of host memory");
+  } catch (const std::exception& e) {
+    status = absl::InternalError(e.what());
+  }
+  return status.ok() ? status : WithChildName(status, child.name());
+}
+
+}  // namespace
+
 absl::Status RoutedBackend::SealBatch(absl::Span<const SealInput> inputs, absl::Span<SealMoments> out) {
   if (out.size() != inputs.size())
     return absl::InvalidArgumentError("SealBatch: output size differs from input size");
@@ -120,17 +139,7 @@ absl::Status RoutedBackend::SealBatch(absl::Span<const SealInput> inputs, absl::
     g.out.resize(index[slot].size());
     groups.push_back(std::move(g));
   }
-  auto run = [&](Group& g) {
-    Backend& child = child_of_slot(g.slot);
-    try {  // an exception must not escape a worker thread (std::terminate)
-      g.status = child.SealBatch(g.inputs, absl::MakeSpan(g.out));
-    } catch (const std::bad_alloc&) {
-      g.status = absl::ResourceExhaustedError("out of host memory");
-    } catch (const std::exception& e) {
-      g.status = absl::InternalError(e.what());
-    }
-    if (!g.status.ok()) g.status = WithChildName(g.status, child.name());
-  };
+  auto run = [&](Group& g) { g.status = SealOnChild(child_of_slot(g.slot), g.inputs, absl::MakeSpan(g.out)); };
   // groups[1..] on their own threads (one per device), groups[0] here.
   std::vector<std::thread> threads;
   threads.reserve(groups.size() - 1);

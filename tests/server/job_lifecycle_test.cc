@@ -166,6 +166,29 @@ TEST_F(JobLifecycleTest, DeleteJobRemovesReportsSnapshotsStateAndSeries) {
   EXPECT_EQ(Count(o_.db, "SELECT COUNT(*) FROM reports WHERE job = 'del'"), 1);
 }
 
+// The store goes first: a DeleteJob whose store delete fails (another writer
+// holds the SQLite file's write lock past the busy timeout) leaves the job,
+// its history and its series as they were, and a retry then deletes it.
+TEST_F(JobLifecycleTest, DeleteJobWhoseStoreDeleteFailsChangesNothing) {
+  ASSERT_TRUE(Share("held", 0).ok());
+  sqlite3* writer = nullptr;
+  ASSERT_EQ(sqlite3_open(o_.db.c_str(), &writer), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(writer, "BEGIN EXCLUSIVE;", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(writer);
+  v1::DeleteJobResponse r;
+  const grpc::Status refused = Delete("held", &r);  // waits out the store's 5 s busy timeout
+  sqlite3_exec(writer, "ROLLBACK;", nullptr, nullptr, nullptr);
+  sqlite3_close(writer);
+  EXPECT_EQ(refused.error_code(), StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("unchanged"), std::string::npos) << refused.error_message();
+  EXPECT_EQ(Jobs(), std::vector<std::string>{"held"});
+  EXPECT_TRUE(MetricValue(Metrics(), "sigma_track2", {{"job_name", "held"}, {"tap", "default"}}).has_value());
+  EXPECT_EQ(Count(o_.db, "SELECT COUNT(*) FROM reports WHERE job = 'held'"), 1);
+  const grpc::Status retried = Delete("held", &r);
+  ASSERT_TRUE(retried.ok()) << retried.error_message();
+  EXPECT_EQ(r.reports_deleted(), 1);
+  EXPECT_TRUE(Jobs().empty());
+}
+
 TEST_F(JobLifecycleTest, DeletingAJobFreesItsSlot) {
   d_.reset();
   DaemonOptions o = TestOptions(dir_.path());
@@ -341,7 +364,9 @@ struct EngineOnFile {
   }
   std::vector<std::string> Jobs() {
     v1::ListJobsResponse r;
-    EXPECT_TRUE(engine->ListJobs(&r).ok());
+    std::promise<absl::Status> out;
+    engine->ListJobs(&r, [&out](const absl::Status& st) { out.set_value(st); });
+    EXPECT_TRUE(out.get_future().get().ok());
     std::vector<std::string> names;
     for (const auto& j : r.jobs()) names.push_back(j.job());
     return names;

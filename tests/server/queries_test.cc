@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "server_test_util.h"
+#include "sigma/kernels/estimator.h"
 
 namespace sigma::server::testing {
 namespace {
@@ -89,9 +90,10 @@ TEST_F(QueriesTest, GetJobResolvesTheEffectiveSettingsTapsAndOpenSnapshots) {
   EXPECT_EQ(c.rho(), 1.0);
   EXPECT_EQ(c.preprocessing(), v1::PREPROCESSING_L2);
   EXPECT_EQ(c.probe(), v1::PROBE_FRESH);
-  EXPECT_EQ(c.trend_k(), 2);
-  EXPECT_EQ(c.trend_z(), 3.0);
-  EXPECT_EQ(c.trend_floor(), 0.01);
+  const sigma::TrendSettings defaults;  // the one place the calibrated defaults live
+  EXPECT_EQ(c.trend_k(), defaults.trend_k);
+  EXPECT_EQ(c.trend_z(), defaults.trend_z);
+  EXPECT_EQ(c.trend_floor(), defaults.trend_floor);
   EXPECT_EQ(c.thresholds().drift_critical(), 0.5);
   ASSERT_EQ(info.tap_info_size(), 2);
   EXPECT_EQ(info.tap_info(0).tap(), "a");
@@ -114,6 +116,7 @@ TEST_F(QueriesTest, GetJobResolvesTheEffectiveSettingsTapsAndOpenSnapshots) {
   {
     v1::ConfigureJobRequest req;
     req.set_job("fixed");
+    req.set_create(true);
     req.mutable_config()->set_n_a(500);
     v1::JobInfo created;
     grpc::ClientContext ctx;

@@ -276,6 +276,7 @@ TEST(SharedStoreTest, ReplicaListsAndServesJobsItHasNeverSeen) {
   for (int g = 0; g < 3; ++g) seen.push_back(Seal(a, "only_a", g));
   v1::ConfigureJobRequest req;
   req.set_job("configured_on_a");
+  req.set_create(true);
   req.mutable_config()->mutable_thresholds()->set_divergence_warning(0.375);
   {
     v1::JobInfo info;
@@ -316,6 +317,7 @@ TEST(SharedStoreTest, LateReplicaSealsLikeOneDaemonFromTheSealWindow) {
   ASSERT_NE(ref, nullptr);
   v1::ConfigureJobRequest req;
   req.set_job("late");
+  req.set_create(true);
   req.mutable_config()->set_n_a(64);
   req.mutable_config()->set_baseline_generation(2);
   req.mutable_config()->set_trend_k(3);

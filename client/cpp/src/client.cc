@@ -530,35 +530,6 @@ absl::StatusOr<std::vector<v1::JobInfo>> Client::ListJobs() {
   return jobs;
 }
 
-// ---- GetJob / GetReport block
-
-absl::StatusOr<v1::JobInfo> Client::GetJob(std::string_view job, std::optional<int32_t> m) {
-  v1::GetJobRequest request;
-  request.set_job(std::string(job));
-  if (m) request.set_m(*m);
-  v1::JobInfo info;
-  absl::Status status = Unary(TargetFor(job), [&](v1::SigmaMonitor::Stub& stub, grpc::ClientContext& context) {
-    return stub.GetJob(&context, request, &info);
-  });
-  if (!status.ok()) return status;
-  return info;
-}
-
-absl::StatusOr<v1::GenerationReport> Client::GetReport(const SnapshotId& snapshot) {
-  v1::GetReportRequest request;
-  request.set_job(snapshot.job);
-  request.set_tap(snapshot.tap);
-  request.set_generation(snapshot.generation);
-  v1::GenerationReport report;
-  absl::Status status = Unary(TargetFor(snapshot.job), [&](v1::SigmaMonitor::Stub& stub, grpc::ClientContext& context) {
-    return stub.GetReport(&context, request, &report);
-  });
-  if (!status.ok()) return status;
-  return report;
-}
-
-// ---- end of the GetJob / GetReport block
-
 absl::StatusOr<v1::JobInfo> Client::ConfigureJob(std::string_view job, const v1::JobConfig& config, bool create) {
   v1::ConfigureJobRequest request;
   request.set_job(std::string(job));

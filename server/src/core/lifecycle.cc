@@ -63,7 +63,9 @@ std::vector<std::shared_ptr<Snapshot>> Engine::DetachJobLocked(const std::string
 
 // Exclusive commit_mu_: seals of the job that already committed are published
 // (and their reports deleted below); seals that commit later find the job
-// gone (SameJobLocked) and store nothing.
+// gone (SameJobLocked) and store nothing. The store goes first: when its
+// delete fails, nothing else changed (the job, its snapshots and series stay;
+// the caller gets UNAVAILABLE and may retry).
 void Engine::RunDelete(const std::string& job, const std::string& why, const DeleteDone& done) {
   std::vector<std::shared_ptr<Snapshot>> snaps;
   v1::DeleteJobResponse response;
@@ -74,17 +76,22 @@ void Engine::RunDelete(const std::string& job, const std::string& why, const Del
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (registry_.Find(job) == nullptr) return done(UnknownJob(job), {});  // deleted meanwhile
+    }
+    deleted = store_->DeleteJob(job);
+    if (!deleted.ok()) {
+      metrics_->StoreCommitFailed();
+      logger_.Log(LogLevel::kError, "store_failure",
+                  {{"what", "delete_job"}, {"job", job}, {"error", std::string(deleted.status().message())}});
+      return done(absl::UnavailableError(absl::StrCat("store: ", deleted.status().message(), "; job '", job,
+                                                      "' is unchanged, retry DeleteJob")),
+                  response);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);  // no commit ran since the check: commit_mu_ is held
       snaps = DetachJobLocked(job);
     }
     history_->Forget(job);
     metrics_->RemoveJob(job);
-    deleted = store_->DeleteJob(job);
-  }
-  if (!deleted.ok()) {  // the job is gone from memory; its rows stay until a retry after a restart
-    metrics_->StoreCommitFailed();
-    logger_.Log(LogLevel::kError, "store_failure",
-                {{"what", "delete_job"}, {"job", job}, {"error", std::string(deleted.status().message())}});
-    return done(absl::UnavailableError(absl::StrCat("store: ", deleted.status().message())), response);
   }
   const absl::Status aborted = absl::AbortedError(absl::StrCat("job '", job, "' was deleted (", why, ")"));
   int64_t discarded = 0;

@@ -1,0 +1,72 @@
+// The --db dispatch (SQLite path or PostgreSQL URL), the URL redaction for
+// logs, and the backend-independent rule of HistoryReader::SealWindow
+// (storage.h).
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "sigma/server/storage.h"
+#include "storage_backends.h"
+
+namespace sigma::server {
+
+bool IsPostgresUrl(const std::string& db) {
+  return absl::StartsWith(db, "postgresql://") || absl::StartsWith(db, "postgres://");
+}
+
+std::string RedactDb(const std::string& db) {
+  if (!IsPostgresUrl(db)) return db;
+  // scheme://user:password@host...: the password is between the first ':'
+  // after the scheme and the last '@' of the authority.
+  const size_t start = db.find("://") + 3;
+  const size_t slash = db.find('/', start);
+  const std::string authority = db.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+  const size_t at = authority.rfind('@');
+  const size_t colon = authority.find(':');
+  std::string out = db;
+  if (at != std::string::npos && colon != std::string::npos && colon < at)
+    out.replace(start + colon + 1, at - colon - 1, "***");
+  if (const size_t pw = out.find("password="); pw != std::string::npos) {
+    const size_t end = out.find('&', pw);
+    out.replace(pw + 9, (end == std::string::npos ? out.size() : end) - pw - 9, "***");
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& db, const StoreOptions& options) {
+  return IsPostgresUrl(db) ? OpenPostgresStore(db, options) : OpenSqliteStore(db);
+}
+
+absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::string& db,
+                                                                   const StoreOptions& options) {
+  return IsPostgresUrl(db) ? OpenPostgresHistoryReader(db, options) : OpenSqliteHistoryReader(db);
+}
+
+// The rule of SealWindow (storage.h), over the tap's whole history.
+absl::Status HistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
+                                       int with_drift, int64_t pinned,
+                                       std::vector<sigma::v1::GenerationReport>* out) {
+  std::vector<sigma::v1::GenerationReport> all;  // by generation
+  if (auto s = Reports(job, tap, &all); !s.ok()) return s;
+  std::set<int64_t> keep;
+  if (pinned >= 0) keep.insert(pinned);
+  for (const auto& r : all) {
+    if (r.flags().cholesky_failed()) continue;
+    keep.insert(r.generation());  // the first successful one
+    break;
+  }
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (it->generation() >= before) continue;
+    if (recent > 0) keep.insert(it->generation()), --recent;
+    if (with_drift > 0 && !it->flags().cholesky_failed() && it->baseline_generation() >= 0)
+      keep.insert(it->generation()), --with_drift;
+  }
+  for (auto& r : all)
+    if (keep.contains(r.generation())) out->push_back(std::move(r));
+  return absl::OkStatus();
+}
+
+}  // namespace sigma::server
