@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "storage_backends.h"
+#include "storage_runs_sql.h"
 
 namespace sigma::server {
 namespace {
@@ -418,6 +419,10 @@ absl::Status SqliteStore::Migrate(int next) {
     case 2: return MigrateTo2();
     // Version 3 (job lifecycle, issue 15 item 4): FinishJob's time, 0 = not finished.
     case 3: return Exec("ALTER TABLE jobs ADD COLUMN finished_unix_ms INTEGER NOT NULL DEFAULT 0;");
+    // Version 4 (runs, issue 15 item 1): reports.run, key (job, run, tap,
+    // generation); SQLite cannot change a UNIQUE constraint, so the table is
+    // rebuilt (ids kept) with every stored report in run "1".
+    case 4: return Exec(kSqliteRunsMigration);
   }
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
@@ -462,9 +467,9 @@ absl::Status SqliteStore::InsertReport(const sigma::v1::GenerationReport& r) {
   Stmt q(db_,
          "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track1_lower, track1_upper,"
          " track2, track2_ci_halfwidth, track1_drift, track2_drift, divergence, drift_halfwidth,"
-         " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds)"
+         " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds, run)"
          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,"
-         " ?21, ?22);");
+         " ?21, ?22, ?23);");
   if (auto s = q.status(); !s.ok()) return s;
   q.Text(1, r.job());
   q.Text(2, r.tap());
@@ -488,6 +493,7 @@ absl::Status SqliteStore::InsertReport(const sigma::v1::GenerationReport& r) {
   q.Blob(20, blob);
   q.Text(21, ReportSeverity(r));
   q.Real(22, r.compute_seconds());
+  q.Text(23, StoredRun(r));
   if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   return absl::OkStatus();
 }

@@ -32,6 +32,7 @@
 #include "absl/strings/str_cat.h"
 #include "sigma/server/storage.h"
 #include "storage_backends.h"
+#include "storage_runs_sql.h"
 
 namespace sigma::server {
 namespace {
@@ -317,6 +318,8 @@ absl::Status PgStore::Migrate(int next) {
     case 2: return MigrateTo2();
     // Version 3 (job lifecycle, issue 15 item 4): FinishJob's time, 0 = not finished.
     case 3: return conn_.Run("ALTER TABLE jobs ADD COLUMN finished_unix_ms BIGINT NOT NULL DEFAULT 0");
+    // Version 4 (runs, issue 15 item 1): reports.run, key (job, run, tap, generation).
+    case 4: return conn_.Run(kPostgresRunsMigration);
   }
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
@@ -423,7 +426,7 @@ absl::StatusOr<StoredJob> PgStore::LoadJob(const std::string& name) {
   return job;
 }
 
-// Inserts the report unless its (job, tap, generation) is stored: a stored
+// Inserts the report unless its (job, run, tap, generation) is stored: a stored
 // byte-identical report is this one (a retry), a different one ALREADY_EXISTS.
 absl::Status PgStore::InsertReport(const sigma::v1::GenerationReport& r, int64_t) {
   std::string blob;
@@ -431,21 +434,21 @@ absl::Status PgStore::InsertReport(const sigma::v1::GenerationReport& r, int64_t
   auto ins = conn_.Exec(
       "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track1_lower, track1_upper,"
       " track2, track2_ci_halfwidth, track1_drift, track2_drift, divergence, drift_halfwidth,"
-      " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds)"
+      " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds, run)"
       " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,"
-      " $21, $22) ON CONFLICT (job, tap, generation) DO NOTHING RETURNING id",
+      " $21, $22, $23) ON CONFLICT (job, run, tap, generation) DO NOTHING RETURNING id",
       {Text(r.job()), Text(r.tap()), Int(r.generation()), Int(r.m()), Real(r.n()), Int(r.n_a()), Text(r.backend()),
        Real(r.track1_lower()), Real(r.track1_upper()), Real(r.track2()), Real(r.track2_ci_halfwidth()),
        Real(r.track1_drift()), Real(r.track2_drift()), Real(r.divergence()), Real(r.drift_halfwidth()),
        Text(r.baseline_job()), Int(r.baseline_generation()), Int(r.flags().cholesky_failed() ? 1 : 0),
-       Int(r.sealed_unix_ms()), Bytes(blob), Text(ReportSeverity(r)), Real(r.compute_seconds())});
+       Int(r.sealed_unix_ms()), Bytes(blob), Text(ReportSeverity(r)), Real(r.compute_seconds()), Text(StoredRun(r))});
   if (!ins.ok()) return ins.status();
   if (PQntuples(ins->get()) == 1) return absl::OkStatus();
-  auto stored = conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3",
-                           {Text(r.job()), Text(r.tap()), Int(r.generation())});
+  auto stored = conn_.Exec("SELECT report FROM reports WHERE job = $1 AND run = $4 AND tap = $2 AND generation = $3",
+                           {Text(r.job()), Text(r.tap()), Int(r.generation()), Text(StoredRun(r))});
   if (!stored.ok()) return stored.status();
   if (PQntuples(stored->get()) == 1 && GetBytes(stored->get(), 0, 0) == blob) return absl::OkStatus();
-  return absl::AlreadyExistsError(absl::StrCat("a different report of ", r.job(), "/", r.tap(), " generation ",
+  return absl::AlreadyExistsError(absl::StrCat("a different report of ", r.job(), " run ", StoredRun(r), "/", r.tap(), " generation ",
                                                r.generation(), " is already stored (sealed by another replica)"));
 }
 

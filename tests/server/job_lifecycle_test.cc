@@ -341,7 +341,9 @@ struct EngineOnFile {
   }
   std::vector<std::string> Jobs() {
     v1::ListJobsResponse r;
-    EXPECT_TRUE(engine->ListJobs(&r).ok());
+    std::promise<absl::Status> out;
+    engine->ListJobs(&r, [&out](const absl::Status& st) { out.set_value(st); });
+    EXPECT_TRUE(out.get_future().get().ok());
     std::vector<std::string> names;
     for (const auto& j : r.jobs()) names.push_back(j.job());
     return names;

@@ -196,6 +196,27 @@ TEST_P(StoreSuite, DuplicateReportIsRefusedAndTheTransactionRolledBack) {
   EXPECT_EQ(reports[0].track2(), -1);
 }
 
+// Runs (issue 15 item 1): the key is (job, run, tap, generation). A report
+// without a run is stored as run "1"; another run may hold the same tap and
+// generation; within one run a different report is still refused.
+TEST_P(StoreSuite, RunsKeepTheirOwnGenerations) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  v1::GenerationReport second = Report("r", "default", 0, -2);
+  second.set_run("2");
+  ASSERT_TRUE((*store)->Commit({Job("r", 64)}, {Report("r", "default", 0, -1)}).ok());
+  ASSERT_TRUE((*store)->Commit({}, {second}).ok());
+  EXPECT_EQ(Column("SELECT run FROM reports ORDER BY id"), (std::vector<std::string>{"1", "2"}));
+  v1::GenerationReport other = second;
+  other.set_track2(-9);
+  EXPECT_FALSE((*store)->Commit({}, {other}).ok());
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[1].SerializeAsString(), second.SerializeAsString());
+}
+
 TEST_P(StoreSuite, NewerSchemaIsRefusedAndLeftAlone) {
   { ASSERT_TRUE(Store::Open(db_).ok()); }
   Column("UPDATE schema_version SET version = 99");
@@ -369,6 +390,7 @@ TEST(PostgresStoreTest, VersionOneIsMigratedWithReportsIntact) {
   EXPECT_EQ(*pg->Query(db, "SELECT version FROM schema_version"),
             std::vector<std::string>{std::to_string(kSchemaVersion)});
   EXPECT_EQ(*pg->Query(db, "SELECT finished_unix_ms FROM jobs"), std::vector<std::string>{"0"});  // version 3
+  EXPECT_EQ(*pg->Query(db, "SELECT run FROM reports"), std::vector<std::string>{"1"});  // version 4
 }
 
 // Two replicas' Stores on one database: each sees the other's commits; the

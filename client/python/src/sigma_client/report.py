@@ -91,6 +91,8 @@ class GenerationReport:
     # What was sealed: one digest per rank, and the generation's digest over them.
     shares: tuple[ShareDigest, ...] = ()
     data_digest: str = ""
+    run: str = ""                       # the job's run (store key job, run, tap, generation)
+    baseline_run: str = ""              # the baseline's run (with baseline_job)
 
     @property
     def track2_ci(self) -> tuple[float, float]:

@@ -10,7 +10,9 @@
 // transaction, a schema newer than this sigmad is refused):
 //   1: the tables above;
 //   2: reports.severity (highest alert severity) and reports.compute_seconds;
-//   3: jobs.finished_unix_ms (FinishJob; 0 = not finished).
+//   3: jobs.finished_unix_ms (FinishJob; 0 = not finished);
+//   4: reports.run (issue 15 item 1): the key becomes (job, run, tap,
+//      generation); every history stored before is run "1" (StoredRun).
 // Durability: Commit returns OK only once the transaction is durable (SQLite
 // fsync; PostgreSQL COMMIT acknowledged by the server).
 // Timeouts (PostgreSQL): every statement runs under the server-side
@@ -38,7 +40,15 @@
 
 namespace sigma::server {
 
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
+
+// The run of a job whose reports carry no run name (histories stored before
+// schema version 4, and the first unnamed run of a job).
+inline constexpr char kFirstRun[] = "1";
+// The run a report is stored under: report.run(), or kFirstRun when empty.
+inline std::string StoredRun(const sigma::v1::GenerationReport& report) {
+  return report.run().empty() ? std::string(kFirstRun) : report.run();
+}
 
 struct StoredJob {
   std::string name;
@@ -102,7 +112,7 @@ class Store {
 
   // Upserts jobs (a configs row is appended when the config changed) and
   // inserts reports, in one transaction; durable when it returns OK. A report
-  // whose (job, tap, generation) is already stored: PostgreSQL (replicas
+  // whose (job, run, tap, generation) is already stored: PostgreSQL (replicas
   // share the database) treats a byte-identical row as committed and refuses
   // a different one with ALREADY_EXISTS (nothing of the transaction is
   // stored); SQLite (one writer) refuses it as before (INTERNAL, UNIQUE).
