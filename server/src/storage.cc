@@ -94,10 +94,10 @@ class SqliteHistoryReader final : public HistoryReader {
  public:
   explicit SqliteHistoryReader(sqlite3* db) : db_(db) {}
   ~SqliteHistoryReader() override;
-  absl::Status Reports(const std::string& job, const std::string& tap,
+  absl::Status Reports(const std::string& job, const std::string& run, const std::string& tap,
                        std::vector<sigma::v1::GenerationReport>* out) override;
-  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
-                                                     int64_t generation) override;
+  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& run,
+                                                     const std::string& tap, int64_t generation) override;
 
  private:
   sqlite3* db_;
@@ -139,11 +139,11 @@ absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::st
 }
 
 // The rule of SealWindow (storage.h), over the tap's whole history.
-absl::Status HistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
-                                       int with_drift, int64_t pinned,
+absl::Status HistoryReader::SealWindow(const std::string& job, const std::string& run, const std::string& tap,
+                                       int64_t before, int recent, int with_drift, int64_t pinned,
                                        std::vector<sigma::v1::GenerationReport>* out) {
   std::vector<sigma::v1::GenerationReport> all;  // by generation
-  if (auto s = Reports(job, tap, &all); !s.ok()) return s;
+  if (auto s = Reports(job, run, tap, &all); !s.ok()) return s;
   std::set<int64_t> keep;
   if (pinned >= 0) keep.insert(pinned);
   for (const auto& r : all) {
@@ -584,31 +584,34 @@ absl::StatusOr<std::unique_ptr<HistoryReader>> OpenSqliteHistoryReader(const std
 
 SqliteHistoryReader::~SqliteHistoryReader() { sqlite3_close(db_); }
 
-absl::Status SqliteHistoryReader::Reports(const std::string& job, const std::string& tap,
+absl::Status SqliteHistoryReader::Reports(const std::string& job, const std::string& run, const std::string& tap,
                                     std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt q(db_, tap.empty() ? "SELECT report FROM reports WHERE job = ?1 ORDER BY generation, tap;"
-                          : "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 ORDER BY generation;");
+  Stmt q(db_, tap.empty() ? "SELECT report FROM reports WHERE job = ?1 AND run = ?3 ORDER BY generation, tap;"
+                          : "SELECT report FROM reports WHERE job = ?1 AND run = ?3 AND tap = ?2 ORDER BY generation;");
   if (auto s = q.status(); !s.ok()) return s;
   q.Text(1, job);
   if (!tap.empty()) q.Text(2, tap);
+  q.Text(3, run);
   int rc;
   while ((rc = q.Step()) == SQLITE_ROW) {
     if (!out->emplace_back().ParseFromString(q.ColumnBlob(0)))
       return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+    NameRun(run, &out->back());
   }
   if (rc != SQLITE_DONE) return absl::UnavailableError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   return absl::OkStatus();
 }
 
-absl::StatusOr<sigma::v1::GenerationReport> SqliteHistoryReader::Report(const std::string& job, const std::string& tap,
-                                                                  int64_t generation) {
+absl::StatusOr<sigma::v1::GenerationReport> SqliteHistoryReader::Report(const std::string& job, const std::string& run,
+                                                                  const std::string& tap, int64_t generation) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt q(db_, "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 AND generation = ?3;");
+  Stmt q(db_, "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 AND generation = ?3 AND run = ?4;");
   if (auto s = q.status(); !s.ok()) return s;
   q.Text(1, job);
   q.Text(2, tap);
   q.Int(3, generation);
+  q.Text(4, run);
   const int rc = q.Step();
   if (rc == SQLITE_DONE)
     return absl::NotFoundError(absl::StrCat("no stored report for ", job, "/", tap, " generation ", generation));
@@ -617,6 +620,7 @@ absl::StatusOr<sigma::v1::GenerationReport> SqliteHistoryReader::Report(const st
   if (!r.ParseFromString(q.ColumnBlob(0)))
     return absl::DataLossError(absl::StrCat("the stored report of ", job, "/", tap, " generation ", generation,
                                             " is unreadable"));
+  NameRun(run, &r);
   return r;
 }
 

@@ -585,40 +585,44 @@ absl::Status PgStore::ImportOnce(const std::vector<StoredJob>& jobs, const std::
 class PgHistoryReader final : public HistoryReader {
  public:
   PgHistoryReader(std::string url, const StoreOptions& options) : conn_(std::move(url), options) {}
-  absl::Status Reports(const std::string& job, const std::string& tap,
+  absl::Status Reports(const std::string& job, const std::string& run, const std::string& tap,
                        std::vector<sigma::v1::GenerationReport>* out) override;
-  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
-                                                     int64_t generation) override;
-  absl::Status SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent, int with_drift,
-                          int64_t pinned, std::vector<sigma::v1::GenerationReport>* out) override;
+  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& run,
+                                                     const std::string& tap, int64_t generation) override;
+  absl::Status SealWindow(const std::string& job, const std::string& run, const std::string& tap, int64_t before,
+                          int recent, int with_drift, int64_t pinned,
+                          std::vector<sigma::v1::GenerationReport>* out) override;
   bool shared() const override { return true; }
 
   Connection conn_;
   std::mutex mu_;  // conn_
 };
 
-absl::Status PgHistoryReader::Reports(const std::string& job, const std::string& tap,
+absl::Status PgHistoryReader::Reports(const std::string& job, const std::string& run, const std::string& tap,
                                       std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = WithRetry([&] {
-    return tap.empty() ? conn_.Exec("SELECT report FROM reports WHERE job = $1 ORDER BY generation, tap", {Text(job)})
-                       : conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 ORDER BY generation",
-                                    {Text(job), Text(tap)});
+    return tap.empty() ? conn_.Exec("SELECT report FROM reports WHERE job = $1 AND run = $2 ORDER BY generation, tap",
+                                    {Text(job), Text(run)})
+                       : conn_.Exec("SELECT report FROM reports WHERE job = $1 AND run = $2 AND tap = $3"
+                                    " ORDER BY generation",
+                                    {Text(job), Text(run), Text(tap)});
   });
   if (!r.ok()) return absl::UnavailableError(r.status().message());
   for (int i = 0; i < PQntuples(r->get()); ++i) {
     if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 0)))
       return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+    NameRun(run, &out->back());
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::string& job, const std::string& tap,
-                                                                    int64_t generation) {
+absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::string& job, const std::string& run,
+                                                                    const std::string& tap, int64_t generation) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = WithRetry([&] {
-    return conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3",
-                      {Text(job), Text(tap), Int(generation)});
+    return conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3 AND run = $4",
+                      {Text(job), Text(tap), Int(generation), Text(run)});
   });
   if (!r.ok()) return absl::UnavailableError(r.status().message());
   if (PQntuples(r->get()) == 0)
@@ -627,6 +631,7 @@ absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::s
   if (!out.ParseFromString(GetBytes(r->get(), 0, 0)))
     return absl::DataLossError(absl::StrCat("the stored report of ", job, "/", tap, " generation ", generation,
                                             " is unreadable"));
+  NameRun(run, &out);
   return out;
 }
 
@@ -634,27 +639,29 @@ absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::s
 // reference): each part a LIMIT scan of the (job, tap, generation) index, so
 // the plan never scans the tap (as a join on the generations could with
 // stale statistics).
-absl::Status PgHistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
-                                         int with_drift, int64_t pinned,
+absl::Status PgHistoryReader::SealWindow(const std::string& job, const std::string& run, const std::string& tap,
+                                         int64_t before, int recent, int with_drift, int64_t pinned,
                                          std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = WithRetry([&] {
     return conn_.Exec(
         "SELECT DISTINCT ON (generation) generation, report FROM ("
-        " (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
+        " (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND generation < $3"
         "  ORDER BY generation DESC LIMIT $4)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND generation < $3"
         "  AND failed = 0 AND baseline_generation >= 0 ORDER BY generation DESC LIMIT $5)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND failed = 0"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND failed = 0"
         "  ORDER BY generation LIMIT 1)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation = $6)"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND generation = $6)"
         ") AS w ORDER BY generation",
-        {Text(job), Text(tap), Int(before), Int(std::max(recent, 0)), Int(std::max(with_drift, 0)), Int(pinned)});
+        {Text(job), Text(tap), Int(before), Int(std::max(recent, 0)), Int(std::max(with_drift, 0)), Int(pinned),
+         Text(run)});
   });
   if (!r.ok()) return absl::Status(r.status().code(), r.status().message());
   for (int i = 0; i < PQntuples(r->get()); ++i) {
     if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 1)))
       return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+    NameRun(run, &out->back());
   }
   return absl::OkStatus();
 }
