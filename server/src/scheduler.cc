@@ -326,7 +326,8 @@ absl::Status Engine::CheckResent(const IngestSession& session, const v1::Generat
                                  : absl::StrCat("sealed without a share of rank ", session.rank);
   return Refusal(StatusCode::kAlreadyExists, "share_conflict",
                  absl::StrFormat("%s was %s; this share (%s) has other data, and a sealed generation never changes: "
-                                 "send it as the next generation, as a new run (resume never) or under another job name",
+                                 "send it as the next generation, as a new run (resume never) or under another "
+                                 "job name",
                                  KeyString(*session.sealed), was,
                                  DigestString(session.resent.rows(), session.resent.digest())));
 }

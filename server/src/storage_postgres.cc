@@ -448,8 +448,9 @@ absl::Status PgStore::InsertReport(const sigma::v1::GenerationReport& r, int64_t
                            {Text(r.job()), Text(r.tap()), Int(r.generation()), Text(StoredRun(r))});
   if (!stored.ok()) return stored.status();
   if (PQntuples(stored->get()) == 1 && GetBytes(stored->get(), 0, 0) == blob) return absl::OkStatus();
-  return absl::AlreadyExistsError(absl::StrCat("a different report of ", r.job(), " run ", StoredRun(r), "/", r.tap(), " generation ",
-                                               r.generation(), " is already stored (sealed by another replica)"));
+  return absl::AlreadyExistsError(absl::StrCat("a different report of ", r.job(), " run ", StoredRun(r), "/",
+                                               r.tap(), " generation ", r.generation(),
+                                               " is already stored (sealed by another replica)"));
 }
 
 absl::Status PgStore::CommitOnce(const std::vector<StoredJob>& jobs,
@@ -648,11 +649,13 @@ absl::Status PgHistoryReader::SealWindow(const std::string& job, const std::stri
         "SELECT DISTINCT ON (generation) generation, report FROM ("
         " (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND generation < $3"
         "  ORDER BY generation DESC LIMIT $4)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND generation < $3"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2"
+        "  AND generation < $3"
         "  AND failed = 0 AND baseline_generation >= 0 ORDER BY generation DESC LIMIT $5)"
         " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND failed = 0"
         "  ORDER BY generation LIMIT 1)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND generation = $6)"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2"
+        "  AND generation = $6)"
         ") AS w ORDER BY generation",
         {Text(job), Text(tap), Int(before), Int(std::max(recent, 0)), Int(std::max(with_drift, 0)), Int(pinned),
          Text(run)});
