@@ -115,13 +115,13 @@ bool Run(const std::string& db, int commits, int history, double* baseline) {
   if (shared) {
     auto all = [&](int64_t) {
       std::vector<sigma::v1::GenerationReport> out;
-      return raw_reader->Reports("bench", "long", &out);
+      return raw_reader->Reports("bench", "1", "long", &out);
     };
     if (!Time(commits, seal(all), &t)) return false;
     print("seal, read all", t);
   }
   auto window = [&](int64_t g) {
-    return cache.CatchUp("bench", "long", g, /*recent=*/2, sigma::server::kForecastWindow, /*pinned=*/-1);
+    return cache.CatchUp("bench", "1", "long", g, /*recent=*/2, sigma::server::kForecastWindow, /*pinned=*/-1);
   };
   if (!Time(commits, seal(window), &t)) return false;
   print(shared ? "seal, read window" : "seal (reads nothing)", t);

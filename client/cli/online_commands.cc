@@ -51,7 +51,7 @@ constexpr char kConfigFlagsHelp[] =
     "  --seed S              bottom-k sketch seed, unsigned 64-bit (default 0)\n";
 
 constexpr char kSendUsage[] =
-    "usage: sigmactl send FILE.npy [FILE2.npy ...] --job J --generation K [--tap T]\n"
+    "usage: sigmactl send FILE.npy [FILE2.npy ...] --job J --generation K [--tap T] [--run R --resume M]\n"
     "                     [--rank R --world-size W] [--corpus-size N]\n"
     "                     [--n-a K --delta D --rho R --preprocessing l2|none --seed S]\n"
     "                     [--batch-rows N] [--presketch] [--close] [--json] [common flags]\n"
@@ -63,6 +63,9 @@ constexpr char kSendUsage[] =
     "  --job J               job name, [A-Za-z0-9_.:-]{1,128} (required)\n"
     "  --tap T               tap (layer) name (default \"default\")\n"
     "  --generation K        generation number, >= 0 (required)\n"
+    "  --run R               the job's run (default: its latest; a new job: \"1\"; docs/server.md \"Runs\")\n"
+    "  --resume M            allow (default: continue or create the run), must (the run must\n"
+    "                        exist) or never (a new run; without --run the next number)\n"
     "  --rank R              this sender's rank, 0 <= R < W (default 0)\n"
     "  --world-size W        number of ranks that send shares of this snapshot (default 1)\n"
     "  --corpus-size N       corpus size n of the snapshot (default: rows streamed)\n"
@@ -87,6 +90,7 @@ constexpr char kReportUsage[] =
     "  --job J               job name (required)\n"
     "  --tap T               only this tap (default: every tap; with --generation \"default\")\n"
     "  --generation K        only this generation's report\n"
+    "  --run R               this run of the job (default: its latest run)\n"
     "  --json                print the GetHistoryResponse as one JSON object\n"
     "                        {\"reports\": [GenerationReport, ...]}\n"
     "  --csv                 print one CSV row per report (the columns of\n"
@@ -109,6 +113,7 @@ constexpr char kConfigureUsage[] =
     "%s"
     "  --baseline-generation B   pin the baseline generation (default: first sealed)\n"
     "  --baseline-job J2     compare against job J2's baseline generation\n"
+    "  --baseline-run R      ... of run R (default: this run; with --baseline-job, run \"1\")\n"
     "thresholds, per dimension (spec §3):\n"
     "  --drift-warning X     |track2 drift| / m for warning (default 0.1)\n"
     "  --drift-critical X    |track2 drift| / m for critical (default 0.5)\n"
@@ -138,6 +143,7 @@ constexpr char kCloseUsage[] =
     "  --job J               job name (required)\n"
     "  --tap T               tap (default \"default\")\n"
     "  --generation K        generation (required)\n"
+    "  --run R               the run (default: the job's latest run)\n"
     "  --json                print the GenerationReport as one JSON object\n"
     "%s";
 
@@ -248,7 +254,7 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
                 {{"job", true}, {"tap", true}, {"generation", true}, {"rank", true},
                  {"world-size", true}, {"corpus-size", true}, {"n-a", true}, {"delta", true},
                  {"rho", true}, {"preprocessing", true}, {"seed", true}, {"batch-rows", true},
-                 {"presketch", false}, {"close", false}, {"json", false}},
+                 {"presketch", false}, {"close", false}, {"json", false}, {"run", true}, {"resume", true}},
                 /*allow_positional=*/true);
   if (!p.ok()) return UsageError(err, usage, p.status());
   if (p->help) {
@@ -266,6 +272,10 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
   if (std::optional<std::string> job = p->Get("job")) snapshot.job = *job;
   else check(absl::InvalidArgumentError("--job is required"));
   if (std::optional<std::string> tap = p->Get("tap")) snapshot.tap = *tap;
+  snapshot.run = p->Get("run").value_or("");
+  absl::StatusOr<v1::Resume> resume = ParseResume(p->Get("resume").value_or("allow"));
+  check(resume.status());
+  if (resume.ok()) snapshot.resume = *resume;
   absl::StatusOr<std::optional<int64_t>> generation = GetInt(*p, "generation", 0);
   check(generation.status());
   if (generation.ok()) {
@@ -338,6 +348,7 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
     return 1;
   }
   const bool json = p->Has("json");
+  if (!response->run().empty()) snapshot.run = response->run();  // the run the share went to
   if (!response->sealed() && p->Has("close")) {
     absl::StatusOr<v1::GenerationReport> report = c.CloseGeneration(snapshot);
     if (!report.ok()) return RpcError(err, report.status());
@@ -361,7 +372,9 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
 int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
   const std::string usage = WithCommon(kReportUsage);
   absl::StatusOr<Parsed> p =
-      ParseArgs(args, {{"job", true}, {"tap", true}, {"generation", true}, {"json", false}, {"csv", false}}, false);
+      ParseArgs(args, {{"job", true}, {"tap", true}, {"generation", true}, {"json", false}, {"csv", false},
+                       {"run", true}},
+                false);
   if (!p.ok()) return UsageError(err, usage, p.status());
   if (p->help) {
     out << usage;
@@ -375,7 +388,7 @@ int RunReport(const Args& args, std::ostream& out, std::ostream& err) {
   absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(*p);
   if (!c.ok()) return ClientError(err, usage, c.status());
   absl::StatusOr<std::vector<v1::GenerationReport>> history =
-      (*c)->GetHistory(*job, p->Get("tap").value_or(""));
+      (*c)->GetHistory(*job, p->Get("tap").value_or(""), p->Get("run").value_or(""));
   if (!history.ok()) return RpcError(err, history.status());
   if (p->Has("json")) {
     v1::GetHistoryResponse response;
@@ -449,7 +462,7 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
   absl::StatusOr<Parsed> p = ParseArgs(
       args,
       {{"job", true}, {"n-a", true}, {"delta", true}, {"rho", true}, {"preprocessing", true},
-       {"seed", true}, {"baseline-generation", true}, {"baseline-job", true},
+       {"seed", true}, {"baseline-generation", true}, {"baseline-job", true}, {"baseline-run", true},
        {"drift-warning", true}, {"drift-critical", true}, {"divergence-warning", true},
        {"track1-stable", true}, {"probe", true}, {"trend-k", true}, {"trend-z", true},
        {"trend-floor", true}, {"create", false}, {"json", false}},
@@ -468,6 +481,7 @@ int RunConfigure(const Args& args, std::ostream& out, std::ostream& err) {
   if (!baseline.ok()) return UsageError(err, usage, baseline.status());
   if (*baseline) config.set_baseline_generation(**baseline);
   if (std::optional<std::string> bj = p->Get("baseline-job")) config.set_baseline_job(*bj);
+  if (std::optional<std::string> br = p->Get("baseline-run")) config.set_baseline_run(*br);
   struct ThresholdFlag {
     const char* name;
     void (v1::Thresholds::*set)(double);
@@ -549,13 +563,14 @@ int RunHealth(const Args& args, std::ostream& out, std::ostream& err) {
 int RunClose(const Args& args, std::ostream& out, std::ostream& err) {
   const std::string usage = WithCommon(kCloseUsage);
   absl::StatusOr<Parsed> p =
-      ParseArgs(args, {{"job", true}, {"tap", true}, {"generation", true}, {"json", false}}, false);
+      ParseArgs(args, {{"job", true}, {"tap", true}, {"generation", true}, {"json", false}, {"run", true}}, false);
   if (!p.ok()) return UsageError(err, usage, p.status());
   if (p->help) {
     out << usage;
     return 0;
   }
   client::SnapshotId snapshot;
+  snapshot.run = p->Get("run").value_or("");
   std::optional<std::string> job = p->Get("job");
   if (!job) return UsageError(err, usage, absl::InvalidArgumentError("--job is required"));
   snapshot.job = *job;

@@ -180,6 +180,13 @@ absl::StatusOr<std::unique_ptr<Client>> MakeClient(const Parsed& p) {
 }
 
 // Fills `config` from the config flags; returns whether any was given.
+absl::StatusOr<v1::Resume> ParseResume(const std::string& value) {
+  if (value == "allow") return v1::RESUME_ALLOW;
+  if (value == "must") return v1::RESUME_MUST;
+  if (value == "never") return v1::RESUME_NEVER;
+  return absl::InvalidArgumentError(absl::StrCat("--resume must be allow, must or never, got '", value, "'"));
+}
+
 absl::StatusOr<bool> ParseJobConfig(const Parsed& p, v1::JobConfig* config) {
   bool any = false;
   absl::StatusOr<std::optional<int64_t>> n_a = GetInt(p, "n-a", 1);

@@ -80,6 +80,9 @@ int RpcError(std::ostream& err, const absl::Status& status);
 absl::StatusOr<std::unique_ptr<client::Client>> MakeClient(const Parsed& p);
 // Fills `config` from --n-a, --delta, --rho, --preprocessing, --seed; returns whether any was given.
 absl::StatusOr<bool> ParseJobConfig(const Parsed& p, sigma::v1::JobConfig* config);
+
+// --resume: "allow", "must" or "never" (docs/server.md "Runs").
+absl::StatusOr<sigma::v1::Resume> ParseResume(const std::string& value);
 // --probe, --trend-k, --trend-z, --trend-floor.
 absl::Status ParseSignificanceFlags(const Parsed& p, sigma::v1::JobConfig* config);
 

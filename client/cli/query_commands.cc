@@ -95,7 +95,7 @@ int RunReportOne(const Parsed& p, const std::string& usage, std::ostream& out, s
   if (!generation.ok()) return UsageError(err, usage, generation.status());
   absl::StatusOr<std::unique_ptr<Client>> c = MakeClient(p);
   if (!c.ok()) return ClientError(err, usage, c.status());
-  client::SnapshotId id{*p.Get("job"), p.Get("tap").value_or("default"), **generation};
+  client::SnapshotId id{*p.Get("job"), p.Get("tap").value_or("default"), **generation, p.Get("run").value_or("")};
   absl::StatusOr<v1::GenerationReport> report = (*c)->GetReport(id);
   if (!report.ok()) return RpcError(err, report.status());
   if (p.Has("json")) return PrintJson(*report, out, err);

@@ -107,6 +107,10 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, p
   // deletes it. gRPC calls OnDone once, after Finish, never before the
   // constructor returned.
   void OnDone() override {
+    {  // a share's outcome arriving later (its stream was refused after EndOfShare) is dropped
+      std::lock_guard<std::mutex> lock(sink_->mu);
+      sink_->reactor = nullptr;
+    }
     watchdog_->Remove(this);
     if (stream_counted_) limiter_->ReleaseStream(client_.key);
     { std::lock_guard<std::mutex> answer(answer_mu_); }  // a Reply still inside Finish has left
@@ -260,18 +264,34 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest>, p
     watchdog_->Remove(this);  // waiting for the seal is not idleness
     if (end != nullptr) share_ended_ = true;
     const bool explicit_end = end != nullptr;
-    engine_->EndShare(&session_, end, [this, explicit_end](const absl::Status& s, const v1::IngestResponse& r) {
-      const grpc::Status status = Answer(metrics_, engine_->logger(), "Ingest", s);
-      {
-        std::lock_guard<std::mutex> lock(answer_mu_);
-        if (explicit_end && status.ok() && !half_closed_) {
-          outcome_.emplace(status, r);
-          return;
-        }
-      }
-      Reply(status, r);
+    engine_->EndShare(&session_, end, [sink = sink_, explicit_end](const absl::Status& s, const v1::IngestResponse& r) {
+      std::lock_guard<std::mutex> lock(sink->mu);
+      if (sink->reactor != nullptr) sink->reactor->Outcome(explicit_end, s, r);
     });
   }
+
+  // The share's outcome (EndShare's callback, through sink_).
+  void Outcome(bool explicit_end, const absl::Status& s, const v1::IngestResponse& r) {
+    const grpc::Status status = Answer(metrics_, engine_->logger(), "Ingest", s);
+    {
+      std::lock_guard<std::mutex> lock(answer_mu_);
+      if (explicit_end && status.ok() && !half_closed_) {
+        outcome_.emplace(status, r);
+        return;
+      }
+    }
+    Reply(status, r);
+  }
+
+  // Outlives the reactor: the share's outcome may arrive (on a seal lane)
+  // after the stream finished and the reactor was deleted; OnDone clears
+  // `reactor` under `mu`, the outcome is delivered under it.
+  struct Sink {
+    explicit Sink(IngestReactor* r) : reactor(r) {}
+    std::mutex mu;
+    IngestReactor* reactor;
+  };
+  std::shared_ptr<Sink> sink_ = std::make_shared<Sink>(this);
 
   Engine* engine_;
   StreamWatchdog* watchdog_;

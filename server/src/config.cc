@@ -33,6 +33,7 @@ absl::Status ParseJobConfigYaml(const YAML::Node& node, const std::string& where
     else if (key == "seed") out->set_seed(v.as<uint64_t>());
     else if (key == "baseline_generation") out->set_baseline_generation(v.as<int64_t>());
     else if (key == "baseline_job") out->set_baseline_job(v.as<std::string>());
+    else if (key == "baseline_run") out->set_baseline_run(v.as<std::string>());
     else if (key == "trend_k") out->set_trend_k(v.as<int32_t>());
     else if (key == "trend_z") out->set_trend_z(v.as<double>());
     else if (key == "trend_floor") out->set_trend_floor(v.as<double>());
@@ -397,6 +398,7 @@ sigma::v1::JobConfig MergeJobConfig(const sigma::v1::JobConfig& base,
   if (overlay.has_seed()) out.set_seed(overlay.seed());
   if (overlay.has_baseline_generation()) out.set_baseline_generation(overlay.baseline_generation());
   if (!overlay.baseline_job().empty()) out.set_baseline_job(overlay.baseline_job());
+  if (!overlay.baseline_run().empty()) out.set_baseline_run(overlay.baseline_run());
   if (overlay.probe() != sigma::v1::PROBE_UNSPECIFIED) out.set_probe(overlay.probe());
   if (overlay.has_trend_k()) out.set_trend_k(overlay.trend_k());
   if (overlay.has_trend_z()) out.set_trend_z(overlay.trend_z());

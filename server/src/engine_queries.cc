@@ -43,7 +43,7 @@ absl::Status Engine::GetJob(const v1::GetJobRequest& request, v1::JobInfo* info)
   const JobState* job = registry_.Find(request.job());
   if (job == nullptr) return UnknownJob(request.job());
   int64_t last = -1;
-  const int64_t generations = history_->Generations(request.job(), &last);
+  const int64_t generations = history_->Generations(request.job(), registry_.LatestRun(request.job()), &last);
   *info = registry_.Info(request.job(), *job, generations, last);
   if (request.has_m()) *info->mutable_config() = registry_.Effective(*job, request.m());
   // The job's open snapshots, in (tap, generation) order: params are fixed at open.
@@ -61,19 +61,20 @@ absl::Status Engine::GetJob(const v1::GetJobRequest& request, v1::JobInfo* info)
 }
 
 void Engine::GetReport(const v1::GetReportRequest& request, ReportCallback done) {
-  absl::StatusOr<SnapshotKey> valid = ValidateKey(request.job(), request.tap(), request.generation());
+  absl::StatusOr<SnapshotKey> valid = ValidateKey(request.job(), request.tap(), request.generation(), request.run());
   if (!valid.ok()) return done(valid.status(), nullptr);
-  const SnapshotKey key = *std::move(valid);
+  SnapshotKey key = *std::move(valid);
   bool open = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (registry_.Find(key.job) == nullptr) return done(UnknownJob(key.job), nullptr);
+    if (request.run().empty()) key.run = registry_.LatestRun(key.job);
     open = open_.contains(key);
   }
   // Held in memory (the cache or its index): read on the task lane, as an
   // evicted report comes from the store. A shared store may hold a report
   // another replica sealed: asked on the task lane too.
-  const bool held = history_->Contains(key.job, key.tap, key.generation);
+  const bool held = history_->Contains(key);
   if (!held && !store_->shared()) return done(NotSealed(key, open), nullptr);
   queue_.EnqueueTask([this, key, open, held, done = std::move(done)] {
     absl::StatusOr<ReportPtr> report = ReadSealed(key, /*may_be_absent=*/!held);
@@ -84,7 +85,7 @@ void Engine::GetReport(const v1::GetReportRequest& request, ReportCallback done)
 }
 
 absl::StatusOr<ReportPtr> Engine::ReadSealed(const SnapshotKey& key, bool may_be_absent) const {
-  absl::StatusOr<ReportPtr> report = history_->Read(key.job, key.tap, key.generation);
+  absl::StatusOr<ReportPtr> report = history_->Read(key);
   if (report.ok() || (may_be_absent && absl::IsNotFound(report.status()))) return report;
   return absl::UnavailableError(
       absl::StrCat("reading the sealed report of ", KeyString(key), ": ", report.status().message()));

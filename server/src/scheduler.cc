@@ -99,9 +99,11 @@ absl::Status Engine::Restore() {
   for (const StoredJob& j : jobs) registry_.Restore(j);
   for (const v1::GenerationReport& r : reports) {
     registry_.RestoreTap(r.job(), r.tap(), r.m());
+    registry_.MarkSealed(r.job(), StoredRun(r));  // runs in creation (first seal) order
     metrics_->CountSeal(r);
   }
   for (const ReportPtr& r : history_->Replay(std::move(reports))) {
+    if (!registry_.IsLatestRun(r->job(), StoredRun(*r))) continue;  // the gauges show the latest run
     const JobState* job = registry_.Find(r->job());
     metrics_->PublishReport(*r, Thresholds(registry_.Effective(*job, r->m())));
   }
@@ -123,8 +125,11 @@ absl::Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) 
                    "OpenSnapshot sent twice in one Ingest stream (one stream carries one rank's share)");
   absl::StatusOr<sigma::DType> dtype = ValidateOpen(open, options_);
   if (!dtype.ok()) return dtype.status();
-  const SnapshotKey key{open.job(), TapName(open.tap()), open.generation()};
   std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::string> run = registry_.ResolveRun(open.job(), open.run(), open.resume());
+  if (!run.ok()) return run.status();
+  const SnapshotKey key{open.job(), TapName(open.tap()), open.generation(), *run};
+  session->response.set_run(*run);
   if (expired_.contains(key)) return ExpiredError(key);
   if (auto it = open_.find(key); it != open_.end()) {
     std::optional<int64_t> corpus;
@@ -135,7 +140,7 @@ absl::Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) 
       return s;
     session->snapshot = it->second;
     session->snapshot->Attach();
-  } else if (history_->Contains(key.job, key.tap, key.generation)) {
+  } else if (history_->Contains(key)) {
     session->sealed = key;  // a retry: its digest is compared at EndShare, the response carries the report
     session->row_bytes = static_cast<size_t>(open.m()) * sigma::DTypeWidth(*dtype);
   } else if (absl::Status s = OpenNew(open, key, *dtype, session); !s.ok()) {
@@ -180,6 +185,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
                                    effective->n_a(), would_hold, refused_by->naming().limit, refused_by->limit()));
   registry_.OpenSnapshot(key.job, key.tap, open.m(), open.config(), tenant.limited() ? tenant.key : "");
   registry_.NoteTapDType(key.job, key.tap, open.dtype());
+  registry_.NoteRun(key.job, key.run);
   if (new_job) {
     tenants_.JobCreated(tenant);
     metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
@@ -273,8 +279,10 @@ void Engine::EndShare(IngestSession* session, const v1::EndOfShare* end, IngestD
   if (session->ended)
     return done(Refusal(StatusCode::kFailedPrecondition, "invalid_request", "EndOfShare sent twice"),
                 session->response);
-  auto reply = [session, done](const absl::Status& s, ReportPtr report) {
-    v1::IngestResponse resp = session->response;
+  // The counters are final at EndOfShare (later Batches are refused): copied
+  // now, since a refused stream's session is gone when its snapshot seals.
+  auto reply = [response = session->response, done](const absl::Status& s, ReportPtr report) {
+    v1::IngestResponse resp = response;
     if (s.ok() && report) {
       resp.set_sealed(true);
       *resp.mutable_report() = *report;
@@ -318,24 +326,26 @@ absl::Status Engine::CheckResent(const IngestSession& session, const v1::Generat
                                  : absl::StrCat("sealed without a share of rank ", session.rank);
   return Refusal(StatusCode::kAlreadyExists, "share_conflict",
                  absl::StrFormat("%s was %s; this share (%s) has other data, and a sealed generation never changes: "
-                                 "send it as the next generation or under another job name",
+                                 "send it as the next generation, as a new run (resume never) or under another "
+                                 "job name",
                                  KeyString(*session.sealed), was,
                                  DigestString(session.resent.rows(), session.resent.digest())));
 }
 
 void Engine::Close(const v1::CloseGenerationRequest& request, ReportCallback done) {
-  absl::StatusOr<SnapshotKey> valid = ValidateKey(request.job(), request.tap(), request.generation());
+  absl::StatusOr<SnapshotKey> valid = ValidateKey(request.job(), request.tap(), request.generation(), request.run());
   if (!valid.ok()) return done(valid.status(), nullptr);
-  const SnapshotKey& key = *valid;
+  SnapshotKey& key = *valid;
   std::shared_ptr<Snapshot> snap;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (request.run().empty()) key.run = registry_.LatestRun(key.job);
     if (auto it = open_.find(key); it != open_.end()) {
       snap = it->second;
     } else if (registry_.Find(request.job()) == nullptr) {
       return done(Refusal(StatusCode::kNotFound, "not_found", absl::StrCat("unknown job '", request.job(), "'")),
                   nullptr);
-    } else if (!history_->Contains(key.job, key.tap, key.generation)) {
+    } else if (!history_->Contains(key)) {
       return done(Refusal(StatusCode::kNotFound, "not_found",
                           absl::StrCat("no open snapshot or report for ", KeyString(key))),
                   nullptr);
@@ -429,6 +439,7 @@ void Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResp
   if (!request.tap().empty() && !ValidName(request.tap()))  // empty: every tap
     return done(Refusal(StatusCode::kInvalidArgument, "invalid_name",
                         "invalid tap name: must match [A-Za-z0-9_.:-]{1,128}"));
+  if (absl::Status s = ValidateNames(request.job(), nullptr, request.run()); !s.ok()) return done(s);
   queue_.EnqueueTask([this, request, response, done = std::move(done)] {
     auto known = [&] {
       std::lock_guard<std::mutex> lock(mu_);
@@ -437,8 +448,13 @@ void Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResp
     if (!known() && store_->shared()) RefreshJobs({request.job()});  // created on another replica
     if (!known())
       return done(Refusal(StatusCode::kNotFound, "not_found", absl::StrCat("unknown job '", request.job(), "'")));
+    std::string run = request.run();
+    if (run.empty()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      run = registry_.LatestRun(request.job());
+    }
     std::vector<v1::GenerationReport> reports;
-    if (absl::Status s = history_->Reports(request.job(), request.tap(), &reports); !s.ok())
+    if (absl::Status s = history_->Reports(request.job(), run, request.tap(), &reports); !s.ok())
       return done(absl::UnavailableError(absl::StrCat("reading the history: ", s.message())));
     response->mutable_reports()->Reserve(static_cast<int>(reports.size()));
     for (auto& r : reports) response->add_reports()->Swap(&r);
@@ -461,7 +477,7 @@ void Engine::ListJobs(v1::ListJobsResponse* response, std::function<void(const a
     }
     for (const auto& [name, job] : registry_.jobs()) {
       int64_t last = -1;
-      int64_t generations = history_->Generations(name, &last);
+      int64_t generations = history_->Generations(name, registry_.LatestRun(name), &last);
       if (auto s = in_store.find(name); s != in_store.end() && s->second->generations >= generations) {
         generations = s->second->generations;
         last = s->second->last_generation;
@@ -552,7 +568,7 @@ void Engine::RunConfigure(const v1::ConfigureJobRequest& request, const Tenant& 
         metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
       }
       int64_t last = -1;
-      const int64_t generations = history_->Generations(request.job(), &last);
+      const int64_t generations = history_->Generations(request.job(), registry_.LatestRun(request.job()), &last);
       info = registry_.Info(request.job(), *registry_.Find(request.job()), generations, last);
       metrics_->SetThresholds(request.job(), Thresholds(info.config()));  // at once (issue 15 item 5)
     } else {

@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "storage_backends.h"
+#include "storage_runs_sql.h"
 
 namespace sigma::server {
 namespace {
@@ -93,10 +94,10 @@ class SqliteHistoryReader final : public HistoryReader {
  public:
   explicit SqliteHistoryReader(sqlite3* db) : db_(db) {}
   ~SqliteHistoryReader() override;
-  absl::Status Reports(const std::string& job, const std::string& tap,
+  absl::Status Reports(const std::string& job, const std::string& run, const std::string& tap,
                        std::vector<sigma::v1::GenerationReport>* out) override;
-  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
-                                                     int64_t generation) override;
+  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& run,
+                                                     const std::string& tap, int64_t generation) override;
 
  private:
   sqlite3* db_;
@@ -362,6 +363,10 @@ absl::Status SqliteStore::Migrate(int next) {
     case 2: return MigrateTo2();
     // Version 3 (job lifecycle, issue 15 item 4): FinishJob's time, 0 = not finished.
     case 3: return Exec("ALTER TABLE jobs ADD COLUMN finished_unix_ms INTEGER NOT NULL DEFAULT 0;");
+    // Version 4 (runs, issue 15 item 1): reports.run, key (job, run, tap,
+    // generation); SQLite cannot change a UNIQUE constraint, so the table is
+    // rebuilt (ids kept) with every stored report in run "1".
+    case 4: return Exec(kSqliteRunsMigration);
   }
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
@@ -406,9 +411,9 @@ absl::Status SqliteStore::InsertReport(const sigma::v1::GenerationReport& r) {
   Stmt q(db_,
          "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track1_lower, track1_upper,"
          " track2, track2_ci_halfwidth, track1_drift, track2_drift, divergence, drift_halfwidth,"
-         " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds)"
+         " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds, run)"
          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,"
-         " ?21, ?22);");
+         " ?21, ?22, ?23);");
   if (auto s = q.status(); !s.ok()) return s;
   q.Text(1, r.job());
   q.Text(2, r.tap());
@@ -432,6 +437,7 @@ absl::Status SqliteStore::InsertReport(const sigma::v1::GenerationReport& r) {
   q.Blob(20, blob);
   q.Text(21, ReportSeverity(r));
   q.Real(22, r.compute_seconds());
+  q.Text(23, StoredRun(r));
   if (q.Step() != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   return absl::OkStatus();
 }
@@ -522,31 +528,34 @@ absl::StatusOr<std::unique_ptr<HistoryReader>> OpenSqliteHistoryReader(const std
 
 SqliteHistoryReader::~SqliteHistoryReader() { sqlite3_close(db_); }
 
-absl::Status SqliteHistoryReader::Reports(const std::string& job, const std::string& tap,
+absl::Status SqliteHistoryReader::Reports(const std::string& job, const std::string& run, const std::string& tap,
                                     std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt q(db_, tap.empty() ? "SELECT report FROM reports WHERE job = ?1 ORDER BY generation, tap;"
-                          : "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 ORDER BY generation;");
+  Stmt q(db_, tap.empty() ? "SELECT report FROM reports WHERE job = ?1 AND run = ?3 ORDER BY generation, tap;"
+                          : "SELECT report FROM reports WHERE job = ?1 AND run = ?3 AND tap = ?2 ORDER BY generation;");
   if (auto s = q.status(); !s.ok()) return s;
   q.Text(1, job);
   if (!tap.empty()) q.Text(2, tap);
+  q.Text(3, run);
   int rc;
   while ((rc = q.Step()) == SQLITE_ROW) {
     if (!out->emplace_back().ParseFromString(q.ColumnBlob(0)))
       return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+    NameRun(run, &out->back());
   }
   if (rc != SQLITE_DONE) return absl::UnavailableError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   return absl::OkStatus();
 }
 
-absl::StatusOr<sigma::v1::GenerationReport> SqliteHistoryReader::Report(const std::string& job, const std::string& tap,
-                                                                  int64_t generation) {
+absl::StatusOr<sigma::v1::GenerationReport> SqliteHistoryReader::Report(const std::string& job, const std::string& run,
+                                                                  const std::string& tap, int64_t generation) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt q(db_, "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 AND generation = ?3;");
+  Stmt q(db_, "SELECT report FROM reports WHERE job = ?1 AND tap = ?2 AND generation = ?3 AND run = ?4;");
   if (auto s = q.status(); !s.ok()) return s;
   q.Text(1, job);
   q.Text(2, tap);
   q.Int(3, generation);
+  q.Text(4, run);
   const int rc = q.Step();
   if (rc == SQLITE_DONE)
     return absl::NotFoundError(absl::StrCat("no stored report for ", job, "/", tap, " generation ", generation));
@@ -555,6 +564,7 @@ absl::StatusOr<sigma::v1::GenerationReport> SqliteHistoryReader::Report(const st
   if (!r.ParseFromString(q.ColumnBlob(0)))
     return absl::DataLossError(absl::StrCat("the stored report of ", job, "/", tap, " generation ", generation,
                                             " is unreadable"));
+  NameRun(run, &r);
   return r;
 }
 

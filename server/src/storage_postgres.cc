@@ -33,6 +33,7 @@
 #include "sigma/server/storage.h"
 #include "pg_connection.h"
 #include "storage_backends.h"
+#include "storage_runs_sql.h"
 
 namespace sigma::server {
 namespace {
@@ -197,6 +198,8 @@ absl::Status PgStore::Migrate(int next) {
     case 2: return MigrateTo2();
     // Version 3 (job lifecycle, issue 15 item 4): FinishJob's time, 0 = not finished.
     case 3: return conn_.Run("ALTER TABLE jobs ADD COLUMN finished_unix_ms BIGINT NOT NULL DEFAULT 0");
+    // Version 4 (runs, issue 15 item 1): reports.run, key (job, run, tap, generation).
+    case 4: return conn_.Run(kPostgresRunsMigration);
   }
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
@@ -303,7 +306,7 @@ absl::StatusOr<StoredJob> PgStore::LoadJob(const std::string& name) {
   return job;
 }
 
-// Inserts the report unless its (job, tap, generation) is stored: a stored
+// Inserts the report unless its (job, run, tap, generation) is stored: a stored
 // byte-identical report is this one (a retry), a different one ALREADY_EXISTS.
 absl::Status PgStore::InsertReport(const sigma::v1::GenerationReport& r, int64_t) {
   std::string blob;
@@ -311,22 +314,23 @@ absl::Status PgStore::InsertReport(const sigma::v1::GenerationReport& r, int64_t
   auto ins = conn_.Exec(
       "INSERT INTO reports (job, tap, generation, m, n, n_a, backend, track1_lower, track1_upper,"
       " track2, track2_ci_halfwidth, track1_drift, track2_drift, divergence, drift_halfwidth,"
-      " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds)"
+      " baseline_job, baseline_generation, failed, sealed_unix_ms, report, severity, compute_seconds, run)"
       " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,"
-      " $21, $22) ON CONFLICT (job, tap, generation) DO NOTHING RETURNING id",
+      " $21, $22, $23) ON CONFLICT (job, run, tap, generation) DO NOTHING RETURNING id",
       {Text(r.job()), Text(r.tap()), Int(r.generation()), Int(r.m()), Real(r.n()), Int(r.n_a()), Text(r.backend()),
        Real(r.track1_lower()), Real(r.track1_upper()), Real(r.track2()), Real(r.track2_ci_halfwidth()),
        Real(r.track1_drift()), Real(r.track2_drift()), Real(r.divergence()), Real(r.drift_halfwidth()),
        Text(r.baseline_job()), Int(r.baseline_generation()), Int(r.flags().cholesky_failed() ? 1 : 0),
-       Int(r.sealed_unix_ms()), Bytes(blob), Text(ReportSeverity(r)), Real(r.compute_seconds())});
+       Int(r.sealed_unix_ms()), Bytes(blob), Text(ReportSeverity(r)), Real(r.compute_seconds()), Text(StoredRun(r))});
   if (!ins.ok()) return ins.status();
   if (PQntuples(ins->get()) == 1) return absl::OkStatus();
-  auto stored = conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3",
-                           {Text(r.job()), Text(r.tap()), Int(r.generation())});
+  auto stored = conn_.Exec("SELECT report FROM reports WHERE job = $1 AND run = $4 AND tap = $2 AND generation = $3",
+                           {Text(r.job()), Text(r.tap()), Int(r.generation()), Text(StoredRun(r))});
   if (!stored.ok()) return stored.status();
   if (PQntuples(stored->get()) == 1 && GetBytes(stored->get(), 0, 0) == blob) return absl::OkStatus();
-  return absl::AlreadyExistsError(absl::StrCat("a different report of ", r.job(), "/", r.tap(), " generation ",
-                                               r.generation(), " is already stored (sealed by another replica)"));
+  return absl::AlreadyExistsError(absl::StrCat("a different report of ", r.job(), " run ", StoredRun(r), "/",
+                                               r.tap(), " generation ", r.generation(),
+                                               " is already stored (sealed by another replica)"));
 }
 
 absl::Status PgStore::CommitOnce(const std::vector<StoredJob>& jobs,
@@ -462,40 +466,44 @@ absl::Status PgStore::ImportOnce(const std::vector<StoredJob>& jobs, const std::
 class PgHistoryReader final : public HistoryReader {
  public:
   PgHistoryReader(std::string url, const StoreOptions& options) : conn_(std::move(url), options) {}
-  absl::Status Reports(const std::string& job, const std::string& tap,
+  absl::Status Reports(const std::string& job, const std::string& run, const std::string& tap,
                        std::vector<sigma::v1::GenerationReport>* out) override;
-  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
-                                                     int64_t generation) override;
-  absl::Status SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent, int with_drift,
-                          int64_t pinned, std::vector<sigma::v1::GenerationReport>* out) override;
+  absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& run,
+                                                     const std::string& tap, int64_t generation) override;
+  absl::Status SealWindow(const std::string& job, const std::string& run, const std::string& tap, int64_t before,
+                          int recent, int with_drift, int64_t pinned,
+                          std::vector<sigma::v1::GenerationReport>* out) override;
   bool shared() const override { return true; }
 
   Connection conn_;
   std::mutex mu_;  // conn_
 };
 
-absl::Status PgHistoryReader::Reports(const std::string& job, const std::string& tap,
+absl::Status PgHistoryReader::Reports(const std::string& job, const std::string& run, const std::string& tap,
                                       std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = WithRetry([&] {
-    return tap.empty() ? conn_.Exec("SELECT report FROM reports WHERE job = $1 ORDER BY generation, tap", {Text(job)})
-                       : conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 ORDER BY generation",
-                                    {Text(job), Text(tap)});
+    return tap.empty() ? conn_.Exec("SELECT report FROM reports WHERE job = $1 AND run = $2 ORDER BY generation, tap",
+                                    {Text(job), Text(run)})
+                       : conn_.Exec("SELECT report FROM reports WHERE job = $1 AND run = $2 AND tap = $3"
+                                    " ORDER BY generation",
+                                    {Text(job), Text(run), Text(tap)});
   });
   if (!r.ok()) return absl::UnavailableError(r.status().message());
   for (int i = 0; i < PQntuples(r->get()); ++i) {
     if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 0)))
       return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+    NameRun(run, &out->back());
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::string& job, const std::string& tap,
-                                                                    int64_t generation) {
+absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::string& job, const std::string& run,
+                                                                    const std::string& tap, int64_t generation) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = WithRetry([&] {
-    return conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3",
-                      {Text(job), Text(tap), Int(generation)});
+    return conn_.Exec("SELECT report FROM reports WHERE job = $1 AND tap = $2 AND generation = $3 AND run = $4",
+                      {Text(job), Text(tap), Int(generation), Text(run)});
   });
   if (!r.ok()) return absl::UnavailableError(r.status().message());
   if (PQntuples(r->get()) == 0)
@@ -504,6 +512,7 @@ absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::s
   if (!out.ParseFromString(GetBytes(r->get(), 0, 0)))
     return absl::DataLossError(absl::StrCat("the stored report of ", job, "/", tap, " generation ", generation,
                                             " is unreadable"));
+  NameRun(run, &out);
   return out;
 }
 
@@ -511,27 +520,31 @@ absl::StatusOr<sigma::v1::GenerationReport> PgHistoryReader::Report(const std::s
 // reference): each part a LIMIT scan of the (job, tap, generation) index, so
 // the plan never scans the tap (as a join on the generations could with
 // stale statistics).
-absl::Status PgHistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
-                                         int with_drift, int64_t pinned,
+absl::Status PgHistoryReader::SealWindow(const std::string& job, const std::string& run, const std::string& tap,
+                                         int64_t before, int recent, int with_drift, int64_t pinned,
                                          std::vector<sigma::v1::GenerationReport>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = WithRetry([&] {
     return conn_.Exec(
         "SELECT DISTINCT ON (generation) generation, report FROM ("
-        " (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
+        " (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND generation < $3"
         "  ORDER BY generation DESC LIMIT $4)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation < $3"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2"
+        "  AND generation < $3"
         "  AND failed = 0 AND baseline_generation >= 0 ORDER BY generation DESC LIMIT $5)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND failed = 0"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2 AND failed = 0"
         "  ORDER BY generation LIMIT 1)"
-        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND tap = $2 AND generation = $6)"
+        " UNION ALL (SELECT generation, report FROM reports WHERE job = $1 AND run = $7 AND tap = $2"
+        "  AND generation = $6)"
         ") AS w ORDER BY generation",
-        {Text(job), Text(tap), Int(before), Int(std::max(recent, 0)), Int(std::max(with_drift, 0)), Int(pinned)});
+        {Text(job), Text(tap), Int(before), Int(std::max(recent, 0)), Int(std::max(with_drift, 0)), Int(pinned),
+         Text(run)});
   });
   if (!r.ok()) return absl::Status(r.status().code(), r.status().message());
   for (int i = 0; i < PQntuples(r->get()); ++i) {
     if (!out->emplace_back().ParseFromString(GetBytes(r->get(), i, 1)))
       return absl::DataLossError(absl::StrCat("a stored report of job '", job, "' is unreadable"));
+    NameRun(run, &out->back());
   }
   return absl::OkStatus();
 }

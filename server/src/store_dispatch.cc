@@ -46,11 +46,11 @@ absl::StatusOr<std::unique_ptr<HistoryReader>> HistoryReader::Open(const std::st
 }
 
 // The rule of SealWindow (storage.h), over the tap's whole history.
-absl::Status HistoryReader::SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
-                                       int with_drift, int64_t pinned,
+absl::Status HistoryReader::SealWindow(const std::string& job, const std::string& run, const std::string& tap,
+                                       int64_t before, int recent, int with_drift, int64_t pinned,
                                        std::vector<sigma::v1::GenerationReport>* out) {
   std::vector<sigma::v1::GenerationReport> all;  // by generation
-  if (auto s = Reports(job, tap, &all); !s.ok()) return s;
+  if (auto s = Reports(job, run, tap, &all); !s.ok()) return s;
   std::set<int64_t> keep;
   if (pinned >= 0) keep.insert(pinned);
   for (const auto& r : all) {

@@ -398,6 +398,36 @@ TEST_F(SigmadTest, ResendAfterSealReturnsTheStoredReport) {
   EXPECT_EQ(history->size(), 1u);
 }
 
+// Runs (docs/server.md "Runs"): SnapshotId.run / .resume reach sigmad; a new
+// run of a job seals its own generation 0 (not refused as a resend with other
+// data); GetHistory, GetReport and CloseGeneration take the run.
+TEST_F(SigmadTest, RunsThroughTheClient) {
+  const std::vector<float> a = RandomRows(500, 8, 4), b = RandomRows(500, 8, 5);
+  const Embeddings first{a.data(), v1::DTYPE_FP32, 500, 8, {}}, second{b.data(), v1::DTYPE_FP32, 500, 8, {}};
+  auto one = client_->SendGeneration({"cpp.runs", "t", 0}, first, {});
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->run(), "1");
+  SnapshotId fresh{"cpp.runs", "t", 0};
+  fresh.resume = v1::RESUME_NEVER;
+  auto two = client_->SendGeneration(fresh, second, {});
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ(two->run(), "2");
+  EXPECT_EQ(two->report().run(), "2");
+  auto latest = client_->GetHistory("cpp.runs");
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  ASSERT_EQ(latest->size(), 1u);
+  EXPECT_EQ((*latest)[0].run(), "2");
+  SnapshotId old{"cpp.runs", "t", 0, "1"};
+  auto report = client_->GetReport(old);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ExpectSameReport(*report, one->report());
+  auto closed = client_->CloseGeneration(old);  // idempotent on a sealed generation
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->run(), "1");
+  SnapshotId missing{"cpp.runs", "t", 1, "nope", v1::RESUME_MUST};
+  EXPECT_TRUE(absl::IsNotFound(client_->SendGeneration(missing, first, {}).status()));
+}
+
 TEST_F(SigmadTest, RetryAfterAKilledStream) {
   const int32_t m = 64;
   const int64_t rows = 12000;  // 3 MiB of fp32

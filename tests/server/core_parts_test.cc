@@ -267,12 +267,20 @@ TEST(ReportHistoryTest, RecordSaysWhetherTheGaugesShowIt) {
   ReportHistory h(64, nullptr);
   EXPECT_TRUE(h.Record(Report("j", 5, false)));
   EXPECT_FALSE(h.Record(Report("j", 3, false)));  // an older generation sealed late
-  EXPECT_TRUE(h.Contains("j", "default", 3));
+  EXPECT_TRUE(h.Contains({"j", "default", 3}));
   int64_t last = 0;
-  EXPECT_EQ(h.Generations("j", &last), 2);
+  EXPECT_EQ(h.Generations("j", "1", &last), 2);
   EXPECT_EQ(last, 5);
-  EXPECT_EQ((*h.Read("j", "default", 3))->generation(), 3);
-  EXPECT_EQ(h.Read("j", "default", 4).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ((*h.Read({"j", "default", 3}))->generation(), 3);
+  EXPECT_EQ(h.Read({"j", "default", 4}).status().code(), StatusCode::kNotFound);
+  // Runs keep their own histories: another run's generation 0 is a highest of its own.
+  auto other = std::make_shared<v1::GenerationReport>(*Report("j", 0, false));
+  other->set_run("2");
+  EXPECT_TRUE(h.Record(other));
+  EXPECT_EQ(h.Generations("j", "2", &last), 1);
+  EXPECT_EQ(last, 0);
+  EXPECT_FALSE(h.Contains({"j", "default", 3, "2"}));
+  EXPECT_EQ(h.Generations("j", "1", &last), 2);
 }
 
 TEST(ReportHistoryTest, ReplayPublishesTheLastGoodValuesThenAFailedLatest) {
@@ -287,19 +295,19 @@ TEST(ReportHistoryTest, ReplayPublishesTheLastGoodValuesThenAFailedLatest) {
 TEST(ReportHistoryTest, StagingResolvesTheFirstSealAndForecastPoints) {
   ReportHistory h(64, nullptr);
   ReportHistory::Staging st = h.Stage();
-  const BaselineInputs first = st.Resolve({"j", "default", 0}, "", std::nullopt);
+  const BaselineInputs first = st.Resolve({"j", "default", 0}, {"j", "1"}, std::nullopt);
   EXPECT_EQ(first.generation, 0);
   EXPECT_TRUE(first.self);  // the first successful seal is its own baseline
   st.Stage(Report("j", 0, false, 0, 0.0));
   st.Stage(Report("j", 1, false, 0, 0.5));
-  const BaselineInputs third = st.Resolve({"j", "default", 2}, "", std::nullopt);
+  const BaselineInputs third = st.Resolve({"j", "default", 2}, {"j", "1"}, std::nullopt);
   EXPECT_EQ(third.generation, 0);
   EXPECT_FALSE(third.self);
   ASSERT_TRUE(third.entry.has_value());
   EXPECT_EQ(third.drift_points.size(), 2u);
   EXPECT_EQ(third.drift_points.at(1), 0.5);
   // Another job as baseline: none sealed yet.
-  EXPECT_EQ(st.Resolve({"k", "default", 0}, "other", std::nullopt).generation, -1);
+  EXPECT_EQ(st.Resolve({"k", "default", 0}, {"other", "1"}, std::nullopt).generation, -1);
 }
 
 TEST(ReportBuilderTest, FailedSealHasNoBaselineAndSelfBaselineNoDrift) {

@@ -217,7 +217,7 @@ TEST(ReportHistoryTrendTest, StagingHandsOverEveryEarlierGenerationsTrendPoint) 
   st.Stage(report(0, false, false, 0, 0));
   st.Stage(report(1, false, true, -3.5, -0.02));
   st.Stage(report(2, true, true, 0, 0));  // failed: breaks a streak
-  const BaselineInputs b = st.Resolve({"j", "default", 3}, "", std::nullopt);
+  const BaselineInputs b = st.Resolve({"j", "default", 3}, {"j", "1"}, std::nullopt);
   ASSERT_EQ(b.trend_points.size(), 3u);
   EXPECT_FALSE(b.trend_points.at(0).evaluated);
   EXPECT_TRUE(b.trend_points.at(1).evaluated);

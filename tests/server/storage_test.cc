@@ -136,6 +136,11 @@ TEST(StorageSchemaTest, VersionOneIsMigratedWithReportsIntact) {
   EXPECT_EQ(Column(path, "SELECT version FROM schema_version;"),
             std::vector<std::string>{std::to_string(kSchemaVersion)});
   EXPECT_EQ(Column(path, "SELECT finished_unix_ms FROM jobs;"), std::vector<std::string>{"0"});  // version 3
+  // Version 4 (runs): every stored report is run "1", ids (the seal order) kept.
+  EXPECT_EQ(Column(path, "SELECT run || ' ' || id FROM reports ORDER BY generation;"),
+            (std::vector<std::string>{"1 1", "1 2", "1 3", "1 4"}));
+  EXPECT_EQ(Column(path, "SELECT count(*) FROM sqlite_master WHERE name IN ('reports_by_job', 'reports_by_severity');"),
+            std::vector<std::string>{"2"});
   EXPECT_EQ(Column(path, "PRAGMA integrity_check;"), std::vector<std::string>{"ok"});
   // Opening again is a no-op.
   auto again = Store::Open(path);

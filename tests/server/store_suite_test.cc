@@ -161,17 +161,19 @@ TEST_P(StoreSuite, HistoryReaderSeesCommittedReports) {
   ASSERT_TRUE((*store)->Commit({Job("h", 64)}, {Report("h", "t2", 0, -1), Report("h", "t1", 0, -2)}).ok());
   ASSERT_TRUE((*store)->Commit({}, {Report("h", "t1", 1, -3)}).ok());
   std::vector<v1::GenerationReport> all, t1;
-  ASSERT_TRUE((*reader)->Reports("h", "", &all).ok());
+  ASSERT_TRUE((*reader)->Reports("h", "1", "", &all).ok());
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(all[0].tap(), "t1");  // by generation, then tap
   EXPECT_EQ(all[1].tap(), "t2");
   EXPECT_EQ(all[2].generation(), 1);
-  ASSERT_TRUE((*reader)->Reports("h", "t1", &t1).ok());
+  ASSERT_TRUE((*reader)->Reports("h", "1", "t1", &t1).ok());
   EXPECT_EQ(t1.size(), 2u);
-  auto one = (*reader)->Report("h", "t1", 1);
+  auto one = (*reader)->Report("h", "1", "t1", 1);
   ASSERT_TRUE(one.ok()) << one.status();
-  EXPECT_EQ(one->SerializeAsString(), Report("h", "t1", 1, -3).SerializeAsString());
-  EXPECT_EQ((*reader)->Report("h", "t1", 7).status().code(), absl::StatusCode::kNotFound);
+  v1::GenerationReport expected = Report("h", "t1", 1, -3);
+  expected.set_run("1");  // a report stored without a run is read back in run "1"
+  EXPECT_EQ(one->SerializeAsString(), expected.SerializeAsString());
+  EXPECT_EQ((*reader)->Report("h", "1", "t1", 7).status().code(), absl::StatusCode::kNotFound);
 }
 
 // A failed transaction stores nothing of itself: the job's config change is
@@ -194,6 +196,45 @@ TEST_P(StoreSuite, DuplicateReportIsRefusedAndTheTransactionRolledBack) {
   EXPECT_EQ(jobs[0].config.n_a(), 64);
   ASSERT_EQ(reports.size(), 1u);
   EXPECT_EQ(reports[0].track2(), -1);
+}
+
+// Runs (issue 15 item 1): the key is (job, run, tap, generation). A report
+// without a run is stored as run "1"; another run may hold the same tap and
+// generation; within one run a different report is still refused.
+TEST_P(StoreSuite, RunsKeepTheirOwnGenerations) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  v1::GenerationReport second = Report("r", "default", 0, -2);
+  second.set_run("2");
+  ASSERT_TRUE((*store)->Commit({Job("r", 64)}, {Report("r", "default", 0, -1)}).ok());
+  ASSERT_TRUE((*store)->Commit({}, {second}).ok());
+  EXPECT_EQ(Column("SELECT run FROM reports ORDER BY id"), (std::vector<std::string>{"1", "2"}));
+  v1::GenerationReport other = second;
+  other.set_track2(-9);
+  EXPECT_FALSE((*store)->Commit({}, {other}).ok());
+  std::vector<StoredJob> jobs;
+  std::vector<v1::GenerationReport> reports;
+  ASSERT_TRUE((*store)->LoadAll(&jobs, &reports).ok());
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[1].SerializeAsString(), second.SerializeAsString());
+  auto reader = HistoryReader::Open(db_);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::vector<v1::GenerationReport> one, two;
+  ASSERT_TRUE((*reader)->Reports("r", "1", "", &one).ok());
+  ASSERT_TRUE((*reader)->Reports("r", "2", "default", &two).ok());
+  ASSERT_EQ(one.size(), 1u);
+  ASSERT_EQ(two.size(), 1u);
+  EXPECT_EQ(one[0].track2(), -1);
+  EXPECT_EQ(one[0].run(), "1");
+  EXPECT_EQ(two[0].track2(), -2);
+  auto point = (*reader)->Report("r", "2", "default", 0);
+  ASSERT_TRUE(point.ok()) << point.status();
+  EXPECT_EQ(point->track2(), -2);
+  EXPECT_EQ((*reader)->Report("r", "3", "default", 0).status().code(), absl::StatusCode::kNotFound);
+  std::vector<v1::GenerationReport> window;
+  ASSERT_TRUE((*reader)->SealWindow("r", "2", "default", 1, 1, 1, -1, &window).ok());
+  ASSERT_EQ(window.size(), 1u);
+  EXPECT_EQ(window[0].track2(), -2);
 }
 
 TEST_P(StoreSuite, NewerSchemaIsRefusedAndLeftAlone) {
@@ -287,9 +328,9 @@ TEST_P(StoreSuite, SealWindowReadsOnlyWhatASealNeeds) {
   ASSERT_TRUE((*store)->Commit({Job("w", 64)}, history).ok());
   auto generations = [&](int64_t before, int recent, int with_drift, int64_t pinned, bool rule) {
     std::vector<v1::GenerationReport> out;
-    const absl::Status s = rule ? (*reader)->HistoryReader::SealWindow("w", "default", before, recent, with_drift,
+    const absl::Status s = rule ? (*reader)->HistoryReader::SealWindow("w", "1", "default", before, recent, with_drift,
                                                                        pinned, &out)
-                                : (*reader)->SealWindow("w", "default", before, recent, with_drift, pinned, &out);
+                                : (*reader)->SealWindow("w", "1", "default", before, recent, with_drift, pinned, &out);
     EXPECT_TRUE(s.ok()) << s;
     std::vector<int64_t> g;
     for (const auto& r : out) {
@@ -369,6 +410,7 @@ TEST(PostgresStoreTest, VersionOneIsMigratedWithReportsIntact) {
   EXPECT_EQ(*pg->Query(db, "SELECT version FROM schema_version"),
             std::vector<std::string>{std::to_string(kSchemaVersion)});
   EXPECT_EQ(*pg->Query(db, "SELECT finished_unix_ms FROM jobs"), std::vector<std::string>{"0"});  // version 3
+  EXPECT_EQ(*pg->Query(db, "SELECT run FROM reports"), std::vector<std::string>{"1"});  // version 4
 }
 
 // Two replicas' Stores on one database: each sees the other's commits; the
@@ -400,7 +442,7 @@ TEST(PostgresStoreTest, TwoStoresShareOneDatabase) {
   auto reader_b = HistoryReader::Open(db);
   ASSERT_TRUE(reader_b.ok()) << reader_b.status();
   ASSERT_TRUE((*a)->Commit({Job("s", 64)}, {Report("s", "default", 0, -1)}).ok());
-  auto seen = (*reader_b)->Report("s", "default", 0);
+  auto seen = (*reader_b)->Report("s", "1", "default", 0);
   ASSERT_TRUE(seen.ok()) << seen.status();
   EXPECT_EQ(seen->track2(), -1);
   EXPECT_TRUE((*b)->Commit({Job("s", 64)}, {Report("s", "default", 0, -1)}).ok());
@@ -426,12 +468,12 @@ TEST(PostgresStoreTest, StoreRecoversWhenTheDatabaseReturns) {
   const absl::Status down = (*store)->Commit({}, {Report("r", "default", 1, -2)});
   EXPECT_EQ(down.code(), absl::StatusCode::kUnavailable) << down;
   EXPECT_EQ((*store)->Health().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ((*reader)->Report("r", "default", 0).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*reader)->Report("r", "1", "default", 0).status().code(), absl::StatusCode::kUnavailable);
   ASSERT_TRUE(pg->Start().ok());
   ASSERT_TRUE((*store)->Commit({}, {Report("r", "default", 1, -2)}).ok());
   EXPECT_TRUE((*store)->Health().ok());
   std::vector<v1::GenerationReport> reports;
-  ASSERT_TRUE((*reader)->Reports("r", "", &reports).ok());
+  ASSERT_TRUE((*reader)->Reports("r", "1", "", &reports).ok());
   EXPECT_EQ(reports.size(), 2u);
 }
 

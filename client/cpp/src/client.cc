@@ -339,6 +339,8 @@ absl::StatusOr<v1::IngestResponse> Client::SendShare(const SnapshotId& snapshot,
   open->set_job(snapshot.job);
   open->set_tap(snapshot.tap);
   open->set_generation(snapshot.generation);
+  open->set_run(snapshot.run);
+  open->set_resume(snapshot.resume);
   open->set_rank(share.rank);
   open->set_world_size(share.world_size);
   open->set_m(m);
@@ -454,6 +456,7 @@ absl::StatusOr<v1::GenerationReport> Client::CloseGeneration(const SnapshotId& s
   request.set_job(snapshot.job);
   request.set_tap(snapshot.tap);
   request.set_generation(snapshot.generation);
+  request.set_run(snapshot.run);
   v1::GenerationReport report;
   absl::Status status = WithRetries([&] {
     grpc::ClientContext context;
@@ -464,12 +467,13 @@ absl::StatusOr<v1::GenerationReport> Client::CloseGeneration(const SnapshotId& s
   return report;
 }
 
-absl::StatusOr<std::vector<v1::GenerationReport>> Client::GetHistory(std::string_view job,
-                                                                    std::string_view tap) {
+absl::StatusOr<std::vector<v1::GenerationReport>> Client::GetHistory(std::string_view job, std::string_view tap,
+                                                                    std::string_view run) {
   auto stub = v1::SigmaMonitor::NewStub(ChannelFor(TargetFor(job)));
   v1::GetHistoryRequest request;
   request.set_job(std::string(job));
   request.set_tap(std::string(tap));
+  request.set_run(std::string(run));
   v1::GetHistoryResponse response;
   absl::Status status = WithRetries([&] {
     grpc::ClientContext context;

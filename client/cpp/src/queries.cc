@@ -25,6 +25,7 @@ absl::StatusOr<v1::GenerationReport> Client::GetReport(const SnapshotId& snapsho
   request.set_job(snapshot.job);
   request.set_tap(snapshot.tap);
   request.set_generation(snapshot.generation);
+  request.set_run(snapshot.run);
   v1::GenerationReport report;
   absl::Status status = Unary(TargetFor(snapshot.job), [&](v1::SigmaMonitor::Stub& stub, grpc::ClientContext& context) {
     return stub.GetReport(&context, request, &report);

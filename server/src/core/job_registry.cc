@@ -87,8 +87,12 @@ void JobRegistry::CloseSnapshot(const std::string& job, const std::string& tap, 
     state.m = 0;
 }
 
-void JobRegistry::MarkSealed(const std::string& job) {
-  if (auto j = jobs_.find(job); j != jobs_.end()) j->second.has_sealed = true;
+void JobRegistry::MarkSealed(const std::string& job, const std::string& run) {
+  if (auto j = jobs_.find(job); j != jobs_.end()) {
+    j->second.has_sealed = true;
+    NoteRun(job, run);
+    j->second.sealed_runs.insert(run);
+  }
 }
 
 void JobRegistry::NoteTapDType(const std::string& job, const std::string& tap, v1::DType dtype) {
@@ -190,6 +194,52 @@ const JobState* JobRegistry::Find(const std::string& job) const {
   return it == jobs_.end() ? nullptr : &it->second;
 }
 
+// ------------------------------------------------------------------- runs --
+
+std::string JobRegistry::LatestRun(const std::string& job) const {
+  const JobState* state = Find(job);
+  return state == nullptr || state->runs.empty() ? std::string(kFirstRun) : state->runs.back();
+}
+
+void JobRegistry::NoteRun(const std::string& job, const std::string& run) {
+  auto j = jobs_.find(job);
+  if (j == jobs_.end()) return;
+  std::vector<std::string>& runs = j->second.runs;
+  if (std::find(runs.begin(), runs.end(), run) == runs.end()) runs.push_back(run);
+}
+
+absl::StatusOr<std::string> JobRegistry::ResolveRun(const std::string& job, const std::string& run,
+                                                    v1::Resume resume) const {
+  const JobState* state = Find(job);
+  static const std::vector<std::string> kNone;
+  const std::vector<std::string>& runs = state ? state->runs : kNone;
+  const bool known = std::find(runs.begin(), runs.end(), run) != runs.end();
+  const auto sealed = [&](const std::string& r) { return state && state->sealed_runs.contains(r); };
+  switch (resume) {
+    case v1::RESUME_MUST:
+      if (run.empty() ? runs.empty() : !known)
+        return Refusal(absl::StatusCode::kNotFound, "unknown_run",
+                       absl::StrCat("job '", job, "' has no run '", run.empty() ? "(any)" : run,
+                                    "' (resume = must): name an existing run, or use resume allow to create it"));
+      return run.empty() ? runs.back() : run;
+    case v1::RESUME_NEVER:
+      if (!run.empty() && sealed(run))
+        return Refusal(absl::StatusCode::kAlreadyExists, "run_exists",
+                       absl::StrCat("job '", job, "' run '", run, "' has already sealed a generation (resume = never):",
+                                    " name a new run, or leave the run unnamed to start the next one"));
+      if (!run.empty()) return run;
+      if (runs.empty()) return std::string(kFirstRun);
+      if (!sealed(runs.back())) return runs.back();  // ranks of one new run join it
+      for (int64_t n = static_cast<int64_t>(runs.size()) + 1;; ++n) {
+        std::string next = absl::StrCat(n);
+        if (std::find(runs.begin(), runs.end(), next) == runs.end()) return next;
+      }
+    default:  // allow
+      if (!run.empty()) return run;
+      return runs.empty() ? std::string(kFirstRun) : runs.back();
+  }
+}
+
 v1::JobInfo JobRegistry::Info(const std::string& name, const JobState& job, int64_t generations, int64_t last) const {
   v1::JobInfo info;
   info.set_job(name);
@@ -206,6 +256,8 @@ v1::JobInfo JobRegistry::Info(const std::string& name, const JobState& job, int6
   info.set_m(job.m);
   info.set_finished(job.finished_unix_ms > 0);
   info.set_finished_unix_ms(job.finished_unix_ms);
+  for (const std::string& run : job.runs) info.add_runs(run);
+  info.set_run(job.runs.empty() ? std::string(kFirstRun) : job.runs.back());
   return info;
 }
 

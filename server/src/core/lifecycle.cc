@@ -135,7 +135,7 @@ void Engine::FinishJob(const v1::FinishJobRequest& request, InfoDone done) {
       if (!registry_.Finish(job, row->finished_unix_ms)) return done(UnknownJob(job), {});  // deleted meanwhile
       const JobState* state = registry_.Find(job);
       int64_t last = -1;
-      const int64_t generations = history_->Generations(job, &last);
+      const int64_t generations = history_->Generations(job, registry_.LatestRun(job), &last);
       info = registry_.Info(job, *state, generations, last);
     }
     metrics_->SetJobFinished(job, true);

@@ -58,6 +58,7 @@ std::optional<sigma::DriftValues> Drift(const ReportInputs& in, const sigma::Tra
     r->set_baseline_generation(b.generation);
   }
   if (b.job != in.key.job && r->baseline_generation() >= 0) r->set_baseline_job(b.job);
+  if ((b.job != in.key.job || b.run != in.key.run) && r->baseline_generation() >= 0) r->set_baseline_run(b.run);
   return drift;
 }
 
@@ -162,6 +163,7 @@ v1::GenerationReport BuildReport(const ReportInputs& in, const sigma::TrackValue
                                  const BaselineInputs& baseline) {
   v1::GenerationReport r;
   r.set_job(in.key.job);
+  r.set_run(in.key.run);
   r.set_tap(in.key.tap);
   r.set_generation(in.key.generation);
   r.set_m(in.m);

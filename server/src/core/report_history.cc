@@ -24,6 +24,14 @@ SealedEntry EntryOf(const ReportPtr& r) {
   return e;
 }
 
+TapKey TapOf(const v1::GenerationReport& r) { return {r.job(), StoredRun(r), r.tap()}; }
+
+BaselineRef BaselineOf(const SnapshotKey& key, const v1::JobConfig& config) {
+  BaselineRef b{config.baseline_job().empty() ? key.job : config.baseline_job(), config.baseline_run()};
+  if (b.run.empty()) b.run = b.job == key.job ? key.run : std::string(kFirstRun);
+  return b;
+}
+
 namespace {
 // Adds an earlier generation's forecast and trend points (spec §3).
 void AddPoint(int64_t g, const SealedEntry& p, BaselineInputs* in) {
@@ -58,7 +66,7 @@ void ReportHistory::AddLocked(Tap& tap, ReportPtr report) {
 
 bool ReportHistory::Record(ReportPtr report) {
   std::lock_guard<std::mutex> lock(mu_);
-  Tap& tap = taps_[{report->job(), report->tap()}];
+  Tap& tap = taps_[TapOf(*report)];
   const int64_t g = report->generation();
   AddLocked(tap, std::move(report));
   return tap.reports.rbegin()->first == g;
@@ -71,10 +79,10 @@ std::vector<ReportPtr> ReportHistory::Replay(std::vector<v1::GenerationReport> r
   // publishes its alerts but keeps the previous track values).
   std::map<TapKey, ReportPtr> last_published_ok;
   for (v1::GenerationReport& r : reports) {
-    Tap& tap = taps_[{r.job(), r.tap()}];
+    Tap& tap = taps_[TapOf(r)];
     auto ptr = std::make_shared<const v1::GenerationReport>(std::move(r));
     const bool highest = tap.reports.empty() || tap.reports.rbegin()->first < ptr->generation();
-    if (highest && !ptr->flags().cholesky_failed()) last_published_ok[{ptr->job(), ptr->tap()}] = ptr;
+    if (highest && !ptr->flags().cholesky_failed()) last_published_ok[TapOf(*ptr)] = ptr;
     AddLocked(tap, std::move(ptr));
   }
   std::vector<ReportPtr> publish;
@@ -89,13 +97,13 @@ std::vector<ReportPtr> ReportHistory::Replay(std::vector<v1::GenerationReport> r
   return publish;
 }
 
-absl::Status ReportHistory::CatchUp(const std::string& job, const std::string& tap, int64_t before, int recent,
-                                    int with_drift, int64_t pinned) {
+absl::Status ReportHistory::CatchUp(const std::string& job, const std::string& run, const std::string& tap,
+                                    int64_t before, int recent, int with_drift, int64_t pinned) {
   if (!reader_ || !reader_->shared()) return absl::OkStatus();
   std::vector<v1::GenerationReport> stored;  // by generation: the first successful one sets first_sealed
-  if (auto s = reader_->SealWindow(job, tap, before, recent, with_drift, pinned, &stored); !s.ok()) return s;
+  if (auto s = reader_->SealWindow(job, run, tap, before, recent, with_drift, pinned, &stored); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
-  Tap& t = taps_[{job, tap}];
+  Tap& t = taps_[{job, run, tap}];
   for (v1::GenerationReport& r : stored) {
     if (!t.reports.contains(r.generation())) AddLocked(t, std::make_shared<const v1::GenerationReport>(std::move(r)));
   }
@@ -104,36 +112,39 @@ absl::Status ReportHistory::CatchUp(const std::string& job, const std::string& t
 
 void ReportHistory::Forget(const std::string& job) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = taps_.lower_bound({job, ""}); it != taps_.end() && it->first.first == job;) it = taps_.erase(it);
+  for (auto it = taps_.lower_bound({job, "", ""}); it != taps_.end() && it->first.job == job;) it = taps_.erase(it);
 }
 
-bool ReportHistory::Contains(const std::string& job, const std::string& tap, int64_t generation) const {
+bool ReportHistory::Contains(const SnapshotKey& key) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto t = taps_.find({job, tap});
-  return t != taps_.end() && t->second.reports.contains(generation);
+  auto t = taps_.find({key.job, key.run, key.tap});
+  return t != taps_.end() && t->second.reports.contains(key.generation);
 }
 
 bool ReportHistory::TapSealed(const std::string& job, const std::string& tap) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto t = taps_.find({job, tap});
-  return t != taps_.end() && !t->second.reports.empty();
+  for (auto it = taps_.lower_bound({job, "", ""}); it != taps_.end() && it->first.job == job; ++it) {
+    if (it->first.tap == tap && !it->second.reports.empty()) return true;
+  }
+  return false;
 }
 
-int64_t ReportHistory::Generations(const std::string& job, int64_t* last) const {
+int64_t ReportHistory::Generations(const std::string& job, const std::string& run, int64_t* last) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::set<int64_t> generations;
-  for (auto it = taps_.lower_bound({job, ""}); it != taps_.end() && it->first.first == job; ++it) {
+  for (auto it = taps_.lower_bound({job, run, ""}); it != taps_.end() && it->first.job == job && it->first.run == run;
+       ++it) {
     for (const auto& [g, e] : it->second.reports) generations.insert(g);
   }
   *last = generations.empty() ? -1 : *generations.rbegin();
   return static_cast<int64_t>(generations.size());
 }
 
-absl::StatusOr<ReportPtr> ReportHistory::Read(const std::string& job, const std::string& tap,
-                                              int64_t generation) const {
+absl::StatusOr<ReportPtr> ReportHistory::Read(const SnapshotKey& key) const {
+  const int64_t generation = key.generation;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto t = taps_.find({job, tap});
+    auto t = taps_.find({key.job, key.run, key.tap});
     const bool held = t != taps_.end() && t->second.reports.contains(generation);
     // A shared store may hold what another replica sealed (GetReport).
     if (!held && !(reader_ && reader_->shared())) return absl::NotFoundError("no sealed report");
@@ -142,21 +153,22 @@ absl::StatusOr<ReportPtr> ReportHistory::Read(const std::string& job, const std:
     }
   }
   if (!reader_) return absl::UnavailableError("the history database is not open");
-  absl::StatusOr<v1::GenerationReport> r = reader_->Report(job, tap, generation);
+  absl::StatusOr<v1::GenerationReport> r = reader_->Report(key.job, key.run, key.tap, generation);
   if (!r.ok()) return r.status();
   return std::make_shared<const v1::GenerationReport>(*std::move(r));
 }
 
-absl::Status ReportHistory::Reports(const std::string& job, const std::string& tap,
+absl::Status ReportHistory::Reports(const std::string& job, const std::string& run, const std::string& tap,
                                     std::vector<v1::GenerationReport>* out) const {
   // From SQLite (every report there was committed before any client heard of
   // it), without holding mu_: sealing goes on meanwhile.
-  if (reader_) return reader_->Reports(job, tap, out);
+  if (reader_) return reader_->Reports(job, run, tap, out);
   std::vector<ReportPtr> held;  // in-memory database: every report is cached
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = taps_.lower_bound({job, ""}); it != taps_.end() && it->first.first == job; ++it) {
-      if (!tap.empty() && tap != it->first.second) continue;
+    for (auto it = taps_.lower_bound({job, run, ""});
+         it != taps_.end() && it->first.job == job && it->first.run == run; ++it) {
+      if (!tap.empty() && tap != it->first.tap) continue;
       for (const auto& [g, e] : it->second.reports) held.push_back(e.report);
     }
   }
@@ -169,50 +181,52 @@ absl::Status ReportHistory::Reports(const std::string& job, const std::string& t
 
 // ----------------------------------------------------------------- Staging --
 
-std::optional<SealedEntry> ReportHistory::Staging::Lookup(const std::string& job, const std::string& tap,
-                                                          int64_t g) const {
-  if (auto s = staged_.find({job, tap}); s != staged_.end()) {
+std::optional<SealedEntry> ReportHistory::Staging::Lookup(const TapKey& tap, int64_t g) const {
+  if (auto s = staged_.find(tap); s != staged_.end()) {
     if (auto r = s->second.find(g); r != s->second.end()) return r->second;
   }
   std::lock_guard<std::mutex> lock(history_->mu_);
-  auto t = history_->taps_.find({job, tap});
+  auto t = history_->taps_.find(tap);
   if (t == history_->taps_.end()) return std::nullopt;
   auto r = t->second.reports.find(g);
   if (r == t->second.reports.end()) return std::nullopt;
   return r->second;
 }
 
-BaselineInputs ReportHistory::Staging::Resolve(const SnapshotKey& key, const std::string& baseline_job,
+BaselineInputs ReportHistory::Staging::Resolve(const SnapshotKey& key, const BaselineRef& base,
                                                std::optional<int64_t> pinned) const {
   BaselineInputs in;
-  in.job = baseline_job.empty() ? key.job : baseline_job;
+  in.job = base.job;
+  in.run = base.run;
+  const TapKey own{key.job, key.run, key.tap};
+  const TapKey other{base.job, base.run, key.tap};
   std::optional<int64_t> first;
   {
     std::lock_guard<std::mutex> lock(history_->mu_);
-    if (auto t = history_->taps_.find({in.job, key.tap}); t != history_->taps_.end()) first = t->second.first_sealed;
-    if (auto t = history_->taps_.find({key.job, key.tap}); t != history_->taps_.end()) {
+    if (auto t = history_->taps_.find(other); t != history_->taps_.end()) first = t->second.first_sealed;
+    if (auto t = history_->taps_.find(own); t != history_->taps_.end()) {
       for (const auto& [g, p] : t->second.reports)
         if (g < key.generation) AddPoint(g, p, &in);
     }
   }
   if (!first) {
-    if (auto f = first_.find({in.job, key.tap}); f != first_.end()) first = f->second;
+    if (auto f = first_.find(other); f != first_.end()) first = f->second;
   }
-  if (!first && in.job == key.job) first = key.generation;  // this successful seal is the tap's first
-  if (auto s = staged_.find({key.job, key.tap}); s != staged_.end()) {
+  if (!first && other == own) first = key.generation;  // this successful seal is the tap's first
+  if (auto s = staged_.find(own); s != staged_.end()) {
     for (const auto& [g, p] : s->second)
       if (g < key.generation) AddPoint(g, p, &in);
   }
   const std::optional<int64_t> bgen = pinned ? pinned : first;
   if (!bgen) return in;
   in.generation = *bgen;
-  in.self = in.job == key.job && *bgen == key.generation;
-  if (!in.self) in.entry = Lookup(in.job, key.tap, *bgen);
+  in.self = other == own && *bgen == key.generation;
+  if (!in.self) in.entry = Lookup(other, *bgen);
   return in;
 }
 
 void ReportHistory::Staging::Stage(const ReportPtr& report) {
-  const TapKey key{report->job(), report->tap()};
+  const TapKey key = TapOf(*report);
   staged_[key][report->generation()] = EntryOf(report);
   if (report->flags().cholesky_failed() || first_.contains(key)) return;
   std::lock_guard<std::mutex> lock(history_->mu_);

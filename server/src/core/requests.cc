@@ -26,6 +26,8 @@ absl::Status CheckConfig(const v1::JobConfig& config) {
     return Refusal(StatusCode::kInvalidArgument, "invalid_request", s.message());
   if (!config.baseline_job().empty() && !ValidName(config.baseline_job()))
     return Refusal(StatusCode::kInvalidArgument, "invalid_name", "invalid config.baseline_job name");
+  if (!config.baseline_run().empty() && !ValidName(config.baseline_run()))
+    return Refusal(StatusCode::kInvalidArgument, "invalid_name", "invalid config.baseline_run name");
   return absl::OkStatus();
 }
 
@@ -43,6 +45,11 @@ absl::StatusOr<sigma::DType> ValidateOpen(const v1::OpenSnapshot& open, const Da
   const std::string tap = TapName(open.tap());
   if (!ValidName(open.job())) return BadName("job", open.job());
   if (!ValidName(tap)) return BadName("tap", tap);
+  if (!open.run().empty() && !ValidName(open.run())) return BadName("run", open.run());
+  if (!v1::Resume_IsValid(open.resume()))
+    return Refusal(StatusCode::kInvalidArgument, "invalid_request",
+                   absl::StrFormat("unknown resume %d: use RESUME_ALLOW, RESUME_MUST or RESUME_NEVER",
+                                   static_cast<int>(open.resume())));
   if (open.generation() < 0)
     return Refusal(StatusCode::kInvalidArgument, "invalid_request",
                    absl::StrFormat("generation must be >= 0, got %d", open.generation()));
@@ -101,16 +108,18 @@ absl::Status ValidateBatch(const v1::Batch& batch, const Snapshot::Params& snap,
   return absl::OkStatus();
 }
 
-absl::Status ValidateNames(const std::string& job, const std::string* tap) {
+absl::Status ValidateNames(const std::string& job, const std::string* tap, const std::string& run) {
+  if (!run.empty() && !ValidName(run)) return BadName("run", run);
   if (!ValidName(job) || (tap && !ValidName(*tap)))
     return Refusal(StatusCode::kInvalidArgument, "invalid_name",
                    "invalid job or tap name: must match [A-Za-z0-9_.:-]{1,128}");
   return absl::OkStatus();
 }
 
-absl::StatusOr<SnapshotKey> ValidateKey(const std::string& job, const std::string& tap, int64_t generation) {
-  SnapshotKey key{job, TapName(tap), generation};
-  if (absl::Status s = ValidateNames(key.job, &key.tap); !s.ok()) return s;
+absl::StatusOr<SnapshotKey> ValidateKey(const std::string& job, const std::string& tap, int64_t generation,
+                                        const std::string& run) {
+  SnapshotKey key{job, TapName(tap), generation, run.empty() ? std::string(kFirstRun) : run};
+  if (absl::Status s = ValidateNames(key.job, &key.tap, run); !s.ok()) return s;
   if (generation < 0)
     return Refusal(StatusCode::kInvalidArgument, "invalid_request",
                    absl::StrFormat("generation must be >= 0, got %d", generation));

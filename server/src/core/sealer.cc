@@ -124,10 +124,11 @@ void Engine::BuildReports(std::vector<SealWork>& works) {
     if (!w.error.ok()) continue;
     const SnapshotKey& key = w.snap->key();
     const int64_t pinned = w.config.has_baseline_generation() ? w.config.baseline_generation() : -1;
-    const bool other = !w.config.baseline_job().empty() && w.config.baseline_job() != key.job;
-    absl::Status read = history_->CatchUp(key.job, key.tap, key.generation, std::max(1, w.config.trend_k()),
-                                          kForecastWindow, other ? -1 : pinned);
-    if (read.ok() && other) read = history_->CatchUp(w.config.baseline_job(), key.tap, /*before=*/0, 0, 0, pinned);
+    const BaselineRef base = BaselineOf(key, w.config);
+    const bool other = base.job != key.job || base.run != key.run;
+    absl::Status read = history_->CatchUp(key.job, key.run, key.tap, key.generation,
+                                          std::max(1, w.config.trend_k()), kForecastWindow, other ? -1 : pinned);
+    if (read.ok() && other) read = history_->CatchUp(base.job, base.run, key.tap, /*before=*/0, 0, 0, pinned);
     if (read.ok()) continue;
     metrics_->StoreCommitFailed();
     w.error = absl::UnavailableError(
@@ -159,7 +160,7 @@ void Engine::BuildReports(std::vector<SealWork>& works) {
     if (!vals.flags.cholesky_failed) {
       std::optional<int64_t> pinned;
       if (w.config.has_baseline_generation()) pinned = w.config.baseline_generation();
-      baseline = staging.Resolve(p.key, w.config.baseline_job(), pinned);
+      baseline = staging.Resolve(p.key, BaselineOf(p.key, w.config), pinned);
     }
     w.report = std::make_shared<const v1::GenerationReport>(BuildReport(in, vals, baseline));
     staging.Stage(w.report);
@@ -230,8 +231,9 @@ void Engine::AdoptStoredReports(std::vector<SealWork>& works, const std::vector<
     const absl::Status one = store_->Commit(job, {*w.report});
     if (one.ok()) continue;
     if (one.code() == absl::StatusCode::kAlreadyExists) {
-      history_->CatchUp(key.job, key.tap, /*before=*/0, 0, 0, /*pinned=*/w.report->generation()).IgnoreError();
-      absl::StatusOr<ReportPtr> stored = history_->Read(key.job, key.tap, w.report->generation());
+      history_->CatchUp(key.job, key.run, key.tap, /*before=*/0, 0, 0, /*pinned=*/w.report->generation())
+          .IgnoreError();
+      absl::StatusOr<ReportPtr> stored = history_->Read(key);
       if (stored.ok() && SameData(**stored, *w.report)) {
         w.report = *stored;
         continue;
@@ -251,9 +253,11 @@ void Engine::Publish(std::vector<SealWork>& works) {
     std::lock_guard<std::mutex> lock(mu_);
     for (SealWork& w : works) {
       if (w.error.ok()) {
-        registry_.MarkSealed(w.snap->key().job);
+        registry_.MarkSealed(w.snap->key().job, w.snap->key().run);
         metrics_->CountSeal(*w.report);
-        if (history_->Record(w.report)) metrics_->PublishReport(*w.report, Thresholds(w.config));
+        // The gauges show the job's latest run (docs/server.md "Runs").
+        if (history_->Record(w.report) && registry_.IsLatestRun(w.snap->key().job, w.snap->key().run))
+          metrics_->PublishReport(*w.report, Thresholds(w.config));
       }
       DropLocked(w.snap);
     }

@@ -14,7 +14,8 @@ namespace sigma::server {
 namespace v1 = sigma::v1;
 
 std::string KeyString(const SnapshotKey& k) {
-  return absl::StrFormat("job '%s' tap '%s' generation %d", k.job, k.tap, k.generation);
+  if (k.run == kFirstRun) return absl::StrFormat("job '%s' tap '%s' generation %d", k.job, k.tap, k.generation);
+  return absl::StrFormat("job '%s' run '%s' tap '%s' generation %d", k.job, k.run, k.tap, k.generation);
 }
 
 // ------------------------------------------------------------ MemoryBudget --

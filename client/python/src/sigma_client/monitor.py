@@ -69,6 +69,7 @@ def _retry_after_seconds(error):
 _NOT_THE_SHARE = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _PREP = {None: 0, "": 0, "l2": 1, "none": 2}
 _PROBE = {"fresh": 1, "fixed": 2}
+_RESUME = {"allow": 1, "must": 2, "never": 3}  # OpenSnapshot.resume (docs/server.md "Runs")
 _SIGNIFICANCE_KEYS = ("probe", "trend_k", "trend_z", "trend_floor")
 
 
@@ -121,6 +122,10 @@ class Monitor:
     the retries); None: default_spool_dir() in async mode, no spool in sync mode; False:
     never. A later share, the next successful one, or `python -m sigma_client sync DIR`
     sends them, oldest first, exactly once (docs/python-client.md, "Never stall training").
+    run, resume: the job's run (docs/server.md "Runs"): resume "allow" continues run (or
+    creates it; None: the job's latest run), "must" requires it to exist, "never" starts a
+    new run (None: the next number). The daemon names the run in its first answer; this
+    monitor then continues that run (self.run).
     """
 
     def __init__(self, target: str | Sequence[str], job: str, tap: str = "default",
@@ -142,7 +147,7 @@ class Monitor:
                  mode: str = "sync", on_error: str = "raise", spool_dir: Any = None,
                  spool_max_bytes: int = DEFAULT_MAX_BYTES, queue_bytes: int = 256 << 20,
                  block_timeout: float = 1.0, async_timeout: float = 10.0,
-                 retry_down_after: float = 5.0):
+                 retry_down_after: float = 5.0, run: Optional[str] = None, resume: str = "allow"):
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
         if on_error not in ("raise", "warn"):
@@ -153,6 +158,9 @@ class Monitor:
         self.target = pick_target(self.targets, job)
         self.job = job
         self.tap = tap
+        if resume not in _RESUME:
+            raise ValueError(f"resume must be 'allow', 'must' or 'never', got {resume!r}")
+        self.run, self.resume = run, resume
         r, w, source = detect_world()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
@@ -301,7 +309,7 @@ class Monitor:
 
     def __repr__(self):
         return (f"Monitor(target={self.target!r}, job={self.job!r}, tap={self.tap!r}, "
-                f"rank={self.rank}, world_size={self.world_size})")
+                f"rank={self.rank}, world_size={self.world_size}, run={self.run!r})")
 
     def _call(self, name: str, fn, request, retry: bool = True, target: Optional[str] = None):
         """Calls fn(request), retrying UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff.
@@ -377,9 +385,11 @@ class Monitor:
         self._raise_pending()
         return Generation(self, int(k), corpus_size)
 
-    def history(self, tap: Optional[str] = None) -> list[GenerationReport]:
-        """Every sealed report of the job (this monitor's tap; tap="" for all), by generation."""
-        req = self.pb2.GetHistoryRequest(job=self.job, tap=self.tap if tap is None else tap)
+    def history(self, tap: Optional[str] = None, run: Optional[str] = None) -> list[GenerationReport]:
+        """Every sealed report of the job's run (this monitor's tap; tap="" for all), by
+        generation. run: default this monitor's run, else the job's latest."""
+        req = self.pb2.GetHistoryRequest(job=self.job, tap=self.tap if tap is None else tap,
+                                         run=(self.run if run is None else run) or "")
         resp = self._call("GetHistory", self._stub.GetHistory, req)
         return [report_from_proto(r) for r in resp.reports]
 
@@ -421,13 +431,15 @@ class Monitor:
                   rho: Optional[float] = None, preprocessing: Optional[str] = None,
                   seed: Optional[int] = None, thresholds: Optional[Mapping[str, float]] = None,
                   baseline_generation: Optional[int] = None,
-                  baseline_job: Optional[str] = None, **threshold_kw) -> JobInfo:
+                  baseline_job: Optional[str] = None, baseline_run: Optional[str] = None,
+                  **threshold_kw) -> JobInfo:
         """Creates or updates the job's configuration (fields left None are not sent).
 
         Thresholds may be given as a mapping or as keywords (drift_warning,
         drift_critical, divergence_warning, track1_stable); the significance
         settings as keywords probe ("fresh"/"fixed"), trend_k, trend_z,
-        trend_floor (spec §3). Sketch parameters are fixed once a generation has
+        trend_floor (spec §3). baseline_run: compare against that run (of baseline_job,
+        else of this job; docs/server.md "Runs"). Sketch parameters are fixed once a generation has
         sealed (SigmaError FAILED_PRECONDITION)."""
         sig = _significance(**{k: threshold_kw.pop(k) for k in list(threshold_kw)
                                if k in _SIGNIFICANCE_KEYS})
@@ -435,6 +447,8 @@ class Monitor:
         th.update(threshold_kw)
         cfg = self._config_proto(n_a, delta, rho, preprocessing, seed, th,
                                  baseline_generation, baseline_job, sig)
+        if baseline_run is not None:
+            cfg.baseline_run = baseline_run
         self.significance.update(sig)
         for name, val in (("n_a", n_a), ("delta", delta), ("rho", rho),
                           ("preprocessing", preprocessing), ("seed", seed),
@@ -461,13 +475,13 @@ class Monitor:
 
     def close_generation(self, k: int) -> GenerationReport:
         """Seals generation k now with whatever ranks have sent (explicit close)."""
-        req = self.pb2.CloseGenerationRequest(job=self.job, tap=self.tap, generation=int(k))
+        req = self.pb2.CloseGenerationRequest(job=self.job, tap=self.tap, generation=int(k), run=self.run or "")
         return report_from_proto(self._call("CloseGeneration", self._stub.CloseGeneration, req))
 
     def get_report(self, k: int) -> Optional[GenerationReport]:
         """The sealed report of generation k of this tap (GetReport); None while the daemon
         has none (not sealed yet, or an unknown job)."""
-        req = self.pb2.GetReportRequest(job=self.job, tap=self.tap, generation=int(k))
+        req = self.pb2.GetReportRequest(job=self.job, tap=self.tap, generation=int(k), run=self.run or "")
         r = or_none(lambda: self._call("GetReport", self._stub.GetReport, req))
         return None if r is None else report_from_proto(r)
 
@@ -531,7 +545,8 @@ class Monitor:
             gen.m, gen.kind = m, kind or self._last_kind or "fp32"
         open_msg = pb2.OpenSnapshot(job=self.job, tap=self.tap, generation=gen.k, rank=self.rank,
                                     world_size=self.world_size, m=gen.m or 0,
-                                    dtype=DTYPE_ENUM.get(gen.kind, 0), config=self._own_config())
+                                    dtype=DTYPE_ENUM.get(gen.kind, 0), config=self._own_config(),
+                                    run=self.run or "", resume=_RESUME[self.resume])
         if gen.corpus_size is not None:
             open_msg.corpus_size = int(gen.corpus_size)
         msgs = [pb2.IngestRequest(open=open_msg)]
@@ -556,7 +571,10 @@ class Monitor:
 
     def _ingest(self, msgs: list):
         # Each attempt re-sends the whole share; the daemon counts a (rank, seq) once.
-        return self._call("Ingest", self._stub.Ingest, lambda: iter(msgs))
+        resp = self._call("Ingest", self._stub.Ingest, lambda: iter(msgs))
+        if resp is not None and resp.run:  # the daemon named the run: later shares continue it
+            self.run, self.resume = resp.run, "allow"
+        return resp
 
     def _deliver(self, gen: "Generation"):
         """Sends gen's share after this job/tap/rank's spooled ones (oldest first, so that

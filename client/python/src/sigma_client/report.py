@@ -91,6 +91,8 @@ class GenerationReport:
     # What was sealed: one digest per rank, and the generation's digest over them.
     shares: tuple[ShareDigest, ...] = ()
     data_digest: str = ""
+    run: str = ""                       # the job's run (store key job, run, tap, generation)
+    baseline_run: str = ""              # the baseline's run (with baseline_job)
 
     @property
     def track2_ci(self) -> tuple[float, float]:
@@ -129,6 +131,7 @@ class JobConfig:
     seed: Optional[int] = None
     baseline_generation: Optional[int] = None
     baseline_job: str = ""
+    baseline_run: str = ""        # runs: the baseline's run
     thresholds: Thresholds = field(default_factory=Thresholds)
     probe: str = ""               # "fresh", "fixed" or "" (unspecified)
     trend_k: Optional[int] = None
@@ -155,6 +158,8 @@ class JobInfo:
     tap_info: tuple[TapInfo, ...] = ()
     finished: bool = False        # FinishJob was called (Monitor.finish)
     finished_unix_ms: int = 0
+    runs: tuple[str, ...] = ()     # the job's runs in creation order (docs/server.md "Runs")
+    run: str = ""                 # the latest run, which generations_sealed/last_generation count
 
 
 # ---------------------------------------------------------------- conversion
@@ -200,7 +205,7 @@ def config_from_proto(msg) -> JobConfig:
         n_a=_opt(msg, "n_a"), delta=_opt(msg, "delta"), rho=_opt(msg, "rho"),
         preprocessing=_PREP_NAMES.get(msg.preprocessing, str(msg.preprocessing)),
         seed=_opt(msg, "seed"), baseline_generation=_opt(msg, "baseline_generation"),
-        baseline_job=msg.baseline_job,
+        baseline_job=msg.baseline_job, baseline_run=msg.baseline_run,
         thresholds=Thresholds(drift_warning=_opt(th, "drift_warning"),
                               drift_critical=_opt(th, "drift_critical"),
                               divergence_warning=_opt(th, "divergence_warning"),
@@ -215,4 +220,4 @@ def job_info_from_proto(msg) -> JobInfo:
     return JobInfo(job=msg.job, config=config_from_proto(msg.config), taps=tuple(msg.taps),
                    generations_sealed=msg.generations_sealed, last_generation=msg.last_generation,
                    m=msg.m, tap_info=taps, finished=msg.finished,
-                   finished_unix_ms=msg.finished_unix_ms)
+                   finished_unix_ms=msg.finished_unix_ms, runs=tuple(msg.runs), run=msg.run)

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,11 @@ struct JobState {
   // has a new one): a seal in flight across a DeleteJob finds it changed.
   uint64_t incarnation = 0;
   std::string tenant;            // Tenant::key of the token that created it ("": none; quota.h)
+  // Runs (issue 15 item 1; docs/server.md "Runs"): in creation order (the
+  // last is the latest), and those that sealed a generation. Rebuilt from the
+  // stored reports at restart (a run that never sealed is not stored).
+  std::vector<std::string> runs;
+  std::set<std::string> sealed_runs;
 };
 
 class JobRegistry {
@@ -60,7 +66,19 @@ class JobRegistry {
   // report. A tap that never held a row and has nothing open or sealed takes
   // the m of the next OpenSnapshot again (as after a restart).
   void CloseSnapshot(const std::string& job, const std::string& tap, bool still_open_on_tap, bool tap_sealed);
-  void MarkSealed(const std::string& job);
+  void MarkSealed(const std::string& job, const std::string& run);
+
+  // Runs: the run an OpenSnapshot of `job` goes to (`run` may be empty;
+  // resume: allow, must or never, docs/server.md "Runs"), or the refusal
+  // (must: NOT_FOUND; never: ALREADY_EXISTS). Changes nothing.
+  absl::StatusOr<std::string> ResolveRun(const std::string& job, const std::string& run,
+                                         sigma::v1::Resume resume) const;
+  // The run a request without one reads (GetHistory, CloseGeneration,
+  // GetReport): the job's latest run; "1" for a job without runs.
+  std::string LatestRun(const std::string& job) const;
+  bool IsLatestRun(const std::string& job, const std::string& run) const { return LatestRun(job) == run; }
+  // Records `run` of a known job (a no-op when it is known).
+  void NoteRun(const std::string& job, const std::string& run);
   // GetJob block: the dtype of a snapshot of (job, tap) that OpenSnapshot admitted.
   void NoteTapDType(const std::string& job, const std::string& tap, sigma::v1::DType dtype);
 
@@ -83,7 +101,8 @@ class JobRegistry {
   // The store row of a known job (name, configuration, m, finished time).
   static StoredJob Stored(const std::string& name, const JobState& job);
 
-  // Restart: a stored job, and the m of a stored report's tap.
+  // Restart: a stored job, and the m of a stored report's tap (its run:
+  // MarkSealed).
   void Restore(const StoredJob& job);
   void RestoreTap(const std::string& job, const std::string& tap, int32_t m);
 
@@ -91,7 +110,8 @@ class JobRegistry {
   const std::map<std::string, JobState>& jobs() const { return jobs_; }
   // Information for ListJobs and GetJob: the effective configuration at the
   // job's m, with the sealed generation count and the highest one
-  // (ReportHistory), and each tap's m and dtype (tap_info).
+  // of its latest run (ReportHistory), each tap's m and dtype (tap_info) and
+  // the job's runs.
   sigma::v1::JobInfo Info(const std::string& name, const JobState& job, int64_t generations, int64_t last) const;
 
  private:

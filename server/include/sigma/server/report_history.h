@@ -1,4 +1,4 @@
-// What the daemon knows of sealed reports: per (job, tap) the values later
+// What the daemon knows of sealed reports: per (job, run, tap) the values later
 // seals need (baselines, forecast points), the first successful generation
 // (the default baseline), and the latest --history-cache-per-tap reports
 // themselves; older reports are read back from SQLite (HistoryReader).
@@ -50,10 +50,20 @@ struct SealedEntry {
 };
 SealedEntry EntryOf(const ReportPtr& report);
 
-// What a new report of (job, tap, generation) compares against (spec §3).
+// Which history a seal compares against (runs, docs/server.md "Runs"): the
+// job's `baseline_job` (default the seal's own job) and `baseline_run`
+// (default: the seal's own run for its own job, run "1" of another job).
+struct BaselineRef {
+  std::string job;
+  std::string run;
+};
+BaselineRef BaselineOf(const SnapshotKey& key, const sigma::v1::JobConfig& config);
+
+// What a new report of (job, run, tap, generation) compares against (spec §3).
 struct BaselineInputs {
   int64_t generation = -1;  // -1: no baseline yet
   std::string job;          // the baseline's job
+  std::string run;          // the baseline's run
   bool self = false;        // the snapshot is its own baseline
   std::optional<SealedEntry> entry;  // its values (absent: unknown or evicted from the map)
   std::map<int64_t, double> drift_points;  // earlier generations with a drift: per-dim track2 drift
@@ -67,6 +77,15 @@ struct BaselineInputs {
   std::map<int64_t, TrendPoint> trend_points;
 };
 
+// One tap's history: (job, run, tap).
+struct TapKey {
+  std::string job;
+  std::string run;
+  std::string tap;
+  auto operator<=>(const TapKey&) const = default;
+};
+TapKey TapOf(const sigma::v1::GenerationReport& report);
+
 class ReportHistory {
  public:
   // `reader` null: an in-memory database; every report stays cached.
@@ -78,7 +97,7 @@ class ReportHistory {
   std::vector<ReportPtr> Replay(std::vector<sigma::v1::GenerationReport> reports);
 
   // Records a committed report; true when it is its tap's highest generation
-  // (the gauges show it).
+  // in its run (the gauges show it when the run is the job's latest).
   bool Record(ReportPtr report);
 
   // Shared store (HistoryReader::shared): records the reports of (job, tap)
@@ -90,22 +109,22 @@ class ReportHistory {
   // reports whatever the history's length, outside mu_; a failed read changes
   // nothing and is returned (the seal cannot know its baseline). A no-op (OK)
   // for a store only this daemon writes.
-  absl::Status CatchUp(const std::string& job, const std::string& tap, int64_t before, int recent, int with_drift,
-               int64_t pinned);
+  absl::Status CatchUp(const std::string& job, const std::string& run, const std::string& tap, int64_t before,
+                       int recent, int with_drift, int64_t pinned);
 
-  // DeleteJob: forgets every tap of `job` (the store rows are gone).
+  // DeleteJob: forgets every run and tap of `job` (the store rows are gone).
   void Forget(const std::string& job);
 
-  bool Contains(const std::string& job, const std::string& tap, int64_t generation) const;
-  // True when the tap has any sealed report.
+  bool Contains(const SnapshotKey& key) const;
+  // True when the tap has any sealed report (in any run).
   bool TapSealed(const std::string& job, const std::string& tap) const;
-  // Sealed generations of `job` (distinct over taps) and the highest (-1: none).
-  int64_t Generations(const std::string& job, int64_t* last) const;
+  // Sealed generations of the run (distinct over taps) and the highest (-1: none).
+  int64_t Generations(const std::string& job, const std::string& run, int64_t* last) const;
   // One report: from the cache, else the store (NOT_FOUND when there is none;
   // a shared store is asked for reports this daemon does not know of).
-  absl::StatusOr<ReportPtr> Read(const std::string& job, const std::string& tap, int64_t generation) const;
-  // Every report of `job` (of `tap` when not empty), by generation then tap.
-  absl::Status Reports(const std::string& job, const std::string& tap,
+  absl::StatusOr<ReportPtr> Read(const SnapshotKey& key) const;
+  // Every report of the run (of `tap` when not empty), by generation then tap.
+  absl::Status Reports(const std::string& job, const std::string& run, const std::string& tap,
                        std::vector<sigma::v1::GenerationReport>* out) const;
 
   // The overlay of one seal batch.
@@ -113,16 +132,14 @@ class ReportHistory {
    public:
     explicit Staging(const ReportHistory* history) : history_(history) {}
     // For a successful seal of `key`: the baseline (pinned `pinned`, else the
-    // first successful generation of
-    // `baseline_job`'s tap, this one when it is the first) and forecast points.
-    BaselineInputs Resolve(const SnapshotKey& key, const std::string& baseline_job,
-                           std::optional<int64_t> pinned) const;
+    // first successful generation of the tap in the `base` history, this one
+    // when it is the first) and forecast points (of key's own run).
+    BaselineInputs Resolve(const SnapshotKey& key, const BaselineRef& base, std::optional<int64_t> pinned) const;
     // Makes `report` visible to later Resolve calls of this batch.
     void Stage(const ReportPtr& report);
 
    private:
-    using TapKey = std::pair<std::string, std::string>;
-    std::optional<SealedEntry> Lookup(const std::string& job, const std::string& tap, int64_t g) const;
+    std::optional<SealedEntry> Lookup(const TapKey& tap, int64_t g) const;
     const ReportHistory* history_;
     std::map<TapKey, std::map<int64_t, SealedEntry>> staged_;
     std::map<TapKey, int64_t> first_;
@@ -135,7 +152,6 @@ class ReportHistory {
     std::map<int64_t, SealedEntry> reports;
     std::deque<int64_t> held;  // generations whose report is cached, in sealing order
   };
-  using TapKey = std::pair<std::string, std::string>;
   void AddLocked(Tap& tap, ReportPtr report);  // mu_ held
 
   const int64_t cache_per_tap_;

@@ -26,12 +26,14 @@ absl::StatusOr<sigma::DType> ValidateOpen(const sigma::v1::OpenSnapshot& open, c
 absl::Status ValidateBatch(const sigma::v1::Batch& batch, const Snapshot::Params& snap, const DaemonOptions& options,
                            const std::string& where);
 
-// A job (and optional tap) name of a unary request.
-absl::Status ValidateNames(const std::string& job, const std::string* tap);
+// A job (and optional tap) name of a unary request, and its run ("": none).
+absl::Status ValidateNames(const std::string& job, const std::string* tap, const std::string& run = "");
 
 // The snapshot a unary request names (CloseGeneration, GetReport): the names,
-// the tap ("" = "default") and generation >= 0.
-absl::StatusOr<SnapshotKey> ValidateKey(const std::string& job, const std::string& tap, int64_t generation);
+// the tap ("" = "default"), generation >= 0 and the run (empty: "1" here; the
+// caller resolves it to the job's latest run).
+absl::StatusOr<SnapshotKey> ValidateKey(const std::string& job, const std::string& tap, int64_t generation,
+                                        const std::string& run = "");
 
 // A ConfigureJob request's own fields.
 absl::Status ValidateConfigure(const sigma::v1::ConfigureJobRequest& request);

@@ -42,6 +42,7 @@
 #include "sigma/kernels/sketch.h"
 #include "sigma/server/memory_budget.h"
 #include "sigma/server/share.h"
+#include "sigma/server/storage.h"
 #include "sigma/v1/sigma.pb.h"
 
 namespace sigma::server {
@@ -55,9 +56,11 @@ struct SnapshotKey {
   std::string job;
   std::string tap;
   int64_t generation = 0;
+  std::string run = kFirstRun;  // the job's run (docs/server.md "Runs"), resolved at OpenSnapshot
   auto operator<=>(const SnapshotKey&) const = default;
 };
-// "job 'J' tap 'T' generation G", for messages.
+// "job 'J' tap 'T' generation G" (run "1"), else "job 'J' run 'R' tap 'T'
+// generation G", for messages.
 std::string KeyString(const SnapshotKey& key);
 
 // The CPU working set of sealing m columns with n_a sampled rows: the Gram

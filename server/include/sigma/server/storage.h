@@ -10,7 +10,9 @@
 // transaction, a schema newer than this sigmad is refused):
 //   1: the tables above;
 //   2: reports.severity (highest alert severity) and reports.compute_seconds;
-//   3: jobs.finished_unix_ms (FinishJob; 0 = not finished).
+//   3: jobs.finished_unix_ms (FinishJob; 0 = not finished);
+//   4: reports.run (issue 15 item 1): the key becomes (job, run, tap,
+//      generation); every history stored before is run "1" (StoredRun).
 // Durability: Commit returns OK only once the transaction is durable (SQLite
 // fsync; PostgreSQL COMMIT acknowledged by the server).
 // Timeouts (PostgreSQL): every statement runs under the server-side
@@ -38,7 +40,20 @@
 
 namespace sigma::server {
 
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
+
+// The run of a job whose reports carry no run name (histories stored before
+// schema version 4, and the first unnamed run of a job).
+inline constexpr char kFirstRun[] = "1";
+// The run a report is stored under: report.run(), or kFirstRun when empty.
+inline std::string StoredRun(const sigma::v1::GenerationReport& report) {
+  return report.run().empty() ? std::string(kFirstRun) : report.run();
+}
+// A report read back from the store of `run`: its run named (reports stored
+// before schema version 4 carry none).
+inline void NameRun(const std::string& run, sigma::v1::GenerationReport* report) {
+  if (report->run().empty()) report->set_run(run);
+}
 
 struct StoredJob {
   std::string name;
@@ -102,7 +117,7 @@ class Store {
 
   // Upserts jobs (a configs row is appended when the config changed) and
   // inserts reports, in one transaction; durable when it returns OK. A report
-  // whose (job, tap, generation) is already stored: PostgreSQL (replicas
+  // whose (job, run, tap, generation) is already stored: PostgreSQL (replicas
   // share the database) treats a byte-identical row as committed and refuses
   // a different one with ALREADY_EXISTS (nothing of the transaction is
   // stored); SQLite (one writer) refuses it as before (INTERNAL, UNIQUE).
@@ -162,7 +177,8 @@ class Store {
 // whose report is no longer held in memory: a second connection that sees
 // every committed report (SQLite: read-only, WAL lets it read while the Store
 // writes; PostgreSQL: also the reports other replicas committed). Point reads
-// use the (job, tap, generation) index.
+// use the (job, run, tap, generation) index. Reports stored before runs come
+// back with run set to "1".
 class HistoryReader {
  public:
   // `db` must have been opened by Store::Open before.
@@ -170,13 +186,13 @@ class HistoryReader {
                                                              const StoreOptions& options = {});
   virtual ~HistoryReader() = default;
 
-  // Every report of `job` (of `tap` only, when not empty), by generation then tap.
-  virtual absl::Status Reports(const std::string& job, const std::string& tap,
+  // Every report of the job's run (of `tap` only, when not empty), by generation then tap.
+  virtual absl::Status Reports(const std::string& job, const std::string& run, const std::string& tap,
                                std::vector<sigma::v1::GenerationReport>* out) = 0;
   // One report, NOT_FOUND when there is none.
-  virtual absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& tap,
-                                                             int64_t generation) = 0;
-  // What a seal of (job, tap, `before`) reads of the tap's earlier history
+  virtual absl::StatusOr<sigma::v1::GenerationReport> Report(const std::string& job, const std::string& run,
+                                                             const std::string& tap, int64_t generation) = 0;
+  // What a seal of (job, run, tap, `before`) reads of the tap's earlier history
   // (spec §3; ReportHistory::CatchUp), by generation: the `recent` latest
   // reports with generation < `before`, the `with_drift` latest successful
   // ones with a baseline (baseline_generation >= 0) and generation < `before`,
@@ -184,8 +200,9 @@ class HistoryReader {
   // and report `pinned` (a pinned baseline; -1: none). Each report once. The
   // rows read do not grow with the tap's history. This default filters
   // Reports(); PostgreSQL reads only those rows.
-  virtual absl::Status SealWindow(const std::string& job, const std::string& tap, int64_t before, int recent,
-                                  int with_drift, int64_t pinned, std::vector<sigma::v1::GenerationReport>* out);
+  virtual absl::Status SealWindow(const std::string& job, const std::string& run, const std::string& tap,
+                                  int64_t before, int recent, int with_drift, int64_t pinned,
+                                  std::vector<sigma::v1::GenerationReport>* out);
   // True when other sigmad replicas write the same database (PostgreSQL):
   // reports this daemon did not seal may appear at any time (ReportHistory::CatchUp).
   virtual bool shared() const { return false; }

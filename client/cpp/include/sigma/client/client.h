@@ -111,11 +111,16 @@ struct TlsFiles {
 // NOT_FOUND when a file cannot be read, INVALID_ARGUMENT for a cert without key.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsCredentials(const TlsFiles& files);
 
-// One snapshot: (job, tap, generation).
+// One snapshot: (job, tap, generation) of a run of the job (docs/server.md
+// "Runs"): `run` empty means the job's latest run (a new job: "1"); `resume`
+// (Send only) allow (unspecified), must or never. The IngestResponse names
+// the run the share went to: name it here for the next generations.
 struct SnapshotId {
   std::string job;
   std::string tap = "default";
   int64_t generation = 0;
+  std::string run;
+  v1::Resume resume = v1::RESUME_UNSPECIFIED;
 };
 
 // A block of embeddings in host memory, row-major [rows, m], little-endian
@@ -245,9 +250,10 @@ class Client {
 
   // Seals now with whatever the ranks sent and returns the report (idempotent).
   absl::StatusOr<v1::GenerationReport> CloseGeneration(const SnapshotId& snapshot);
-  // Every sealed report of `job` (one tap when `tap` is not empty).
-  absl::StatusOr<std::vector<v1::GenerationReport>> GetHistory(std::string_view job,
-                                                              std::string_view tap = "");
+  // Every sealed report of `job`'s run (one tap when `tap` is not empty; run
+  // empty: the job's latest run).
+  absl::StatusOr<std::vector<v1::GenerationReport>> GetHistory(std::string_view job, std::string_view tap = "",
+                                                              std::string_view run = "");
   // The jobs of every target, merged (sorted by job name).
   absl::StatusOr<std::vector<v1::JobInfo>> ListJobs();
   // GetJob / GetReport block.
