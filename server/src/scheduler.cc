@@ -129,7 +129,6 @@ absl::Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) 
   absl::StatusOr<std::string> run = registry_.ResolveRun(open.job(), open.run(), open.resume());
   if (!run.ok()) return run.status();
   const SnapshotKey key{open.job(), TapName(open.tap()), open.generation(), *run};
-  session->response.set_run(*run);
   if (expired_.contains(key)) return ExpiredError(key);
   if (auto it = open_.find(key); it != open_.end()) {
     std::optional<int64_t> corpus;
@@ -146,6 +145,7 @@ absl::Status Engine::Open(const v1::OpenSnapshot& open, IngestSession* session) 
   } else if (absl::Status s = OpenNew(open, key, *dtype, session); !s.ok()) {
     return s;
   }
+  session->response.set_run(*run);  // only once admitted: a refused Open leaves the response as it was
   session->rank = open.rank();
   session->opened = true;
   return absl::OkStatus();
