@@ -19,10 +19,6 @@ using absl::StatusCode;
 
 namespace {
 
-absl::Status UnknownJob(const std::string& job) {
-  return Refusal(StatusCode::kNotFound, "not_found", absl::StrCat("unknown job '", job, "'"));
-}
-
 // A report that has not sealed (yet) is an answer, not a refusal of the
 // request: NOT_FOUND without a reason, so polling clients are not counted in
 // sigma_rejected_batches_total.

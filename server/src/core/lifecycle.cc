@@ -16,14 +16,6 @@ namespace sigma::server {
 namespace v1 = sigma::v1;
 using absl::StatusCode;
 
-namespace {
-
-absl::Status UnknownJob(const std::string& job) {
-  return Refusal(StatusCode::kNotFound, "not_found", absl::StrCat("unknown job '", job, "'"));
-}
-
-}  // namespace
-
 bool Engine::SameJobLocked(const Snapshot& snap) const {
   const JobState* job = registry_.Find(snap.key().job);
   return job != nullptr && job->incarnation == snap.params().job_incarnation;

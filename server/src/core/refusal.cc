@@ -1,5 +1,7 @@
 #include "sigma/server/refusal.h"
 
+#include "absl/strings/str_cat.h"
+
 #include <optional>
 
 #include "absl/strings/cord.h"
@@ -21,6 +23,10 @@ absl::Status Refusal(absl::StatusCode code, absl::string_view reason, absl::stri
 std::string RefusalReason(const absl::Status& status) {
   const auto p = status.GetPayload(kReasonUrl);
   return p ? std::string(*p) : std::string();
+}
+
+absl::Status UnknownJob(const std::string& job) {
+  return Refusal(absl::StatusCode::kNotFound, "not_found", absl::StrCat("unknown job '", job, "'"));
 }
 
 absl::Status WithShareRow(absl::Status status, int64_t row) {

@@ -21,6 +21,9 @@ absl::Status Refusal(absl::StatusCode code, absl::string_view reason, absl::stri
 // The reason attached by Refusal, or "" when `status` carries none.
 std::string RefusalReason(const absl::Status& status);
 
+// NOT_FOUND (reason not_found) "unknown job 'J'".
+absl::Status UnknownJob(const std::string& job);
+
 // The row within the rank's share that a refusal is about (issue 15 item 2):
 // attached below the gRPC edge, sent by api.cc as trailing metadata
 // "sigma-share-row" so clients can name their own row (sigmactl: the file row).
