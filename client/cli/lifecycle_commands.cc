@@ -21,8 +21,8 @@ constexpr char kDeleteUsage[] =
     "(their ranks get ABORTED), its series on /metrics; the job slot is free again. Needs an\n"
     "admin token when sigmad runs with --tokens. Cannot be undone.\n"
     "  --job J               job name (required)\n"
-    "  --run R               one run only (not supported by sigmad yet: omit it to delete\n"
-    "                        every run of the job)\n"
+    "  --run R               one run only: its reports and open snapshots; the job, its\n"
+    "                        configuration and its other runs stay (sigmactl job lists the runs)\n"
     "  --json                print the DeleteJobResponse as one JSON object\n"
     "%s";
 
@@ -81,8 +81,12 @@ int RunDeleteJob(const Args& args, std::ostream& out, std::ostream& err) {
   absl::StatusOr<v1::DeleteJobResponse> r = (*c)->DeleteJob(*p->Get("job"), p->Get("run").value_or(""));
   if (!r.ok()) return RpcError(err, r.status());
   if (p->Has("json")) return PrintJson(*r, out, err);
-  out << absl::StrFormat("deleted job %s: %d reports, %d open snapshots discarded\n", r->job(),
-                         r->reports_deleted(), r->snapshots_discarded());
+  if (!r->run().empty())
+    out << absl::StrFormat("deleted run %s of job %s: %d reports, %d open snapshots discarded\n", r->run(), r->job(),
+                           r->reports_deleted(), r->snapshots_discarded());
+  else
+    out << absl::StrFormat("deleted job %s: %d reports, %d open snapshots discarded\n", r->job(),
+                           r->reports_deleted(), r->snapshots_discarded());
   return 0;
 }
 
@@ -119,12 +123,12 @@ int RunSnapshots(const Args& args, std::ostream& out, std::ostream& err) {
     out << "no open snapshots\n";
     return 0;
   }
-  out << absl::StrFormat("%-24s %-16s %5s %7s %8s %8s %10s %-12s %s\n", "JOB", "TAP", "GEN", "STATE", "AGE_S",
-                         "IDLE_S", "ROWS", "FINISHED", "MISSING");
+  out << absl::StrFormat("%-24s %-8s %-16s %5s %7s %8s %8s %10s %-12s %s\n", "JOB", "RUN", "TAP", "GEN", "STATE",
+                         "AGE_S", "IDLE_S", "ROWS", "FINISHED", "MISSING");
   for (const v1::SnapshotInfo& s : *snaps) {
-    out << absl::StrFormat("%-24s %-16s %5d %7s %8.1f %8.1f %10d %-12s %s\n", s.job(), s.tap(), s.generation(),
-                           s.state(), s.age_seconds(), s.idle_seconds(), s.rows(), Ranks(s.ranks_finished()),
-                           Ranks(s.ranks_missing()));
+    out << absl::StrFormat("%-24s %-8s %-16s %5d %7s %8.1f %8.1f %10d %-12s %s\n", s.job(), s.run(), s.tap(),
+                           s.generation(), s.state(), s.age_seconds(), s.idle_seconds(), s.rows(),
+                           Ranks(s.ranks_finished()), Ranks(s.ranks_missing()));
   }
   return 0;
 }

@@ -31,7 +31,7 @@ constexpr Command kCommands[] = {
     {"health", sigma::cli::RunHealth, "[--service S]   gRPC health check of each target"},
     {"snapshots", sigma::cli::RunSnapshots, "[--job J]   open snapshots: age, ranks finished and missing"},
     {"finish-job", sigma::cli::RunFinishJob, "--job J   mark a job finished (history kept, no new generations)"},
-    {"delete-job", sigma::cli::RunDeleteJob, "--job J   delete a job: reports, snapshots, metrics (admin)"},
+    {"delete-job", sigma::cli::RunDeleteJob, "--job J [--run R]   delete a job or one run: reports, snapshots, metrics (admin)"},
 };
 
 int Usage(std::ostream& os) {

@@ -204,6 +204,7 @@ absl::Status Engine::OpenNew(const v1::OpenSnapshot& open, const SnapshotKey& ke
   p.row_bytes = static_cast<size_t>(open.m()) * sigma::DTypeWidth(dtype);
   p.tenant = tenant.limited() ? tenant.key : "";
   p.job_incarnation = registry_.Find(key.job)->incarnation;
+  p.run_id = registry_.RunId(key.job, key.run);
   std::optional<int64_t> corpus;
   if (open.has_corpus_size()) corpus = open.corpus_size();
   auto snap = std::make_shared<Snapshot>(std::move(p), corpus, std::move(charge), clock_());
@@ -291,9 +292,11 @@ void Engine::EndShare(IngestSession* session, const v1::EndOfShare* end, IngestD
   };
   if (session->sealed) {
     session->ended = true;
-    return ReplySealed(*session->sealed, [this, session, reply](const absl::Status& s, ReportPtr report) {
+    ResentShare resent{*session->sealed, session->rank, !session->resent_seqs.empty(), session->resent};
+    const SnapshotKey key = resent.key;  // not a reference into `resent`, which the lambda takes
+    return ReplySealed(key, [resent = std::move(resent), reply](const absl::Status& s, ReportPtr report) {
       if (s.ok() && report) {
-        if (absl::Status c = CheckResent(*session, *report); !c.ok()) return reply(c, nullptr);
+        if (absl::Status c = CheckResent(resent, *report); !c.ok()) return reply(c, nullptr);
       }
       reply(s, std::move(report));
     });
@@ -312,24 +315,24 @@ void Engine::EndShare(IngestSession* session, const v1::EndOfShare* end, IngestD
   }
 }
 
-absl::Status Engine::CheckResent(const IngestSession& session, const v1::GenerationReport& report) const {
+absl::Status Engine::CheckResent(const ResentShare& resent, const v1::GenerationReport& report) {
   // A stream that only opened (no batch) asks for the report; reports sealed
   // before digests were stored cannot be compared and are answered as before.
-  if (session.resent_seqs.empty() || report.shares_size() == 0) return absl::OkStatus();
+  if (!resent.rows_resent || report.shares_size() == 0) return absl::OkStatus();
   const v1::ShareDigest* sealed = nullptr;
   for (const v1::ShareDigest& d : report.shares())
-    if (d.rank() == session.rank) sealed = &d;
-  if (sealed && sealed->rows() == session.resent.rows() && sealed->digest() == session.resent.digest())
+    if (d.rank() == resent.rank) sealed = &d;
+  if (sealed && sealed->rows() == resent.digest.rows() && sealed->digest() == resent.digest.digest())
     return absl::OkStatus();
-  const std::string was = sealed ? absl::StrCat("sealed with rank ", session.rank, "'s share ",
+  const std::string was = sealed ? absl::StrCat("sealed with rank ", resent.rank, "'s share ",
                                                 DigestString(sealed->rows(), sealed->digest()))
-                                 : absl::StrCat("sealed without a share of rank ", session.rank);
+                                 : absl::StrCat("sealed without a share of rank ", resent.rank);
   return Refusal(StatusCode::kAlreadyExists, "share_conflict",
                  absl::StrFormat("%s was %s; this share (%s) has other data, and a sealed generation never changes: "
                                  "send it as the next generation, as a new run (resume never) or under another "
                                  "job name",
-                                 KeyString(*session.sealed), was,
-                                 DigestString(session.resent.rows(), session.resent.digest())));
+                                 KeyString(resent.key), was,
+                                 DigestString(resent.digest.rows(), resent.digest.digest())));
 }
 
 void Engine::Close(const v1::CloseGenerationRequest& request, ReportCallback done) {

@@ -70,7 +70,7 @@ class SqliteStore final : public Store {
                       const std::vector<sigma::v1::GenerationReport>& reports) override;
   absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) override;
   absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) override;
-  absl::StatusOr<int64_t> DeleteJob(const std::string& job) override;
+  absl::StatusOr<int64_t> DeleteJob(const std::string& job, const std::string& run) override;
   absl::Status Health() override { return absl::OkStatus(); }
   int schema_version() const override { return schema_version_; }
   const char* kind() const override { return "sqlite"; }
@@ -371,17 +371,19 @@ absl::Status SqliteStore::Migrate(int next) {
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
 
-absl::StatusOr<int64_t> SqliteStore::DeleteJob(const std::string& job) {
+absl::StatusOr<int64_t> SqliteStore::DeleteJob(const std::string& job, const std::string& run) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
   int64_t reports = 0;
   const char* const kSql[] = {"DELETE FROM reports WHERE job = ?1;", "DELETE FROM configs WHERE job = ?1;",
                               "DELETE FROM jobs WHERE name = ?1;"};
-  for (int i = 0; i < 3; ++i) {
-    Stmt q(db_, kSql[i]);
+  const char* const kRunSql = "DELETE FROM reports WHERE job = ?1 AND run = ?2;";
+  for (int i = 0; i < (run.empty() ? 3 : 1); ++i) {
+    Stmt q(db_, run.empty() ? kSql[i] : kRunSql);
     absl::Status s = q.status();
     if (s.ok()) {
       q.Text(1, job);
+      if (!run.empty()) q.Text(2, run);
       if (q.Step() != SQLITE_DONE) s = absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
     }
     if (!s.ok()) {

@@ -71,7 +71,7 @@ class PgStore final : public Store {
   bool shared() const override { return true; }
   absl::StatusOr<StoredJob> LoadJob(const std::string& name) override;
   absl::StatusOr<std::vector<JobSummary>> ListJobs() override;
-  absl::StatusOr<int64_t> DeleteJob(const std::string& job) override;
+  absl::StatusOr<int64_t> DeleteJob(const std::string& job, const std::string& run) override;
   int schema_version() const override { return schema_version_; }
   const char* kind() const override { return "postgresql"; }
 
@@ -80,7 +80,7 @@ class PgStore final : public Store {
   absl::Status MigrateTo2();
   absl::Status LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports);
   absl::Status Migrate(int next);
-  absl::StatusOr<int64_t> DeleteJobOnce(const std::string& job);
+  absl::StatusOr<int64_t> DeleteJobOnce(const std::string& job, const std::string& run);
   absl::Status CommitOnce(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports);
   absl::Status UpsertJob(const StoredJob& job, int64_t now);
   absl::Status EnsureJob(const StoredJob& job, int64_t now);
@@ -204,13 +204,17 @@ absl::Status PgStore::Migrate(int next) {
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
 
-absl::StatusOr<int64_t> PgStore::DeleteJobOnce(const std::string& job) {
+absl::StatusOr<int64_t> PgStore::DeleteJobOnce(const std::string& job, const std::string& run) {
   if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
-  auto deleted = conn_.Exec("WITH d AS (DELETE FROM reports WHERE job = $1 RETURNING 1) SELECT count(*) FROM d",
-                            {Text(job)});
+  auto deleted = run.empty()
+                     ? conn_.Exec("WITH d AS (DELETE FROM reports WHERE job = $1 RETURNING 1) SELECT count(*) FROM d",
+                                  {Text(job)})
+                     : conn_.Exec("WITH d AS (DELETE FROM reports WHERE job = $1 AND run = $2 RETURNING 1)"
+                                  " SELECT count(*) FROM d",
+                                  {Text(job), Text(run)});
   absl::Status s = deleted.status();
-  if (s.ok()) s = conn_.Run("DELETE FROM configs WHERE job = $1", {Text(job)});
-  if (s.ok()) s = conn_.Run("DELETE FROM jobs WHERE name = $1", {Text(job)});
+  if (s.ok() && run.empty()) s = conn_.Run("DELETE FROM configs WHERE job = $1", {Text(job)});
+  if (s.ok() && run.empty()) s = conn_.Run("DELETE FROM jobs WHERE name = $1", {Text(job)});
   if (s.ok()) s = conn_.Run("COMMIT");
   if (!s.ok()) {
     conn_.Rollback();
@@ -219,9 +223,9 @@ absl::StatusOr<int64_t> PgStore::DeleteJobOnce(const std::string& job) {
   return GetInt(deleted->get(), 0, 0);
 }
 
-absl::StatusOr<int64_t> PgStore::DeleteJob(const std::string& job) {
+absl::StatusOr<int64_t> PgStore::DeleteJob(const std::string& job, const std::string& run) {
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<int64_t> r = WithRetry([&] { return DeleteJobOnce(job); });
+  absl::StatusOr<int64_t> r = WithRetry([&] { return DeleteJobOnce(job, run); });
   Remember(r.status());
   return r;
 }

@@ -58,3 +58,29 @@ def test_sigmactl_lifecycle_commands(server, job):
     assert r.returncode == 1 and "NOT_FOUND" in r.stderr
     r = run([ctl, "delete-job", *t])
     assert r.returncode == 2 and "--job is required" in r.stderr
+
+
+def test_sigmactl_delete_one_run_keeps_the_other(server, job):
+    """delete-job --run: one run's reports and open snapshots go, the job and its
+    first run stay (history, runs); snapshots names the run."""
+    ctl, t = sigmactl(), ["--target", server.target]
+    first = Monitor(server.target, job=job, rank=0, world_size=1)
+    with first.generation(0) as g:
+        g.send(_rows(10))
+    second = Monitor(server.target, job=job, rank=0, world_size=2, resume="never")
+    with second.generation(0) as g:  # rank 0 of 2: the snapshot of the new run stays open
+        g.send(_rows(11))
+    r = run([ctl, "snapshots", *t, "--job", job, "--json"])
+    assert r.returncode == 0, r.stderr
+    (snap,) = json.loads(r.stdout)["snapshots"]
+    assert snap["run"] == "2", snap
+    r = run([ctl, "snapshots", *t, "--job", job])
+    assert r.returncode == 0 and "RUN" in r.stdout, r.stdout
+    r = run([ctl, "delete-job", *t, "--job", job, "--run", "7"])
+    assert r.returncode == 1 and "NOT_FOUND" in r.stderr and "has no run '7'" in r.stderr, r.stderr
+    r = run([ctl, "delete-job", *t, "--job", job, "--run", "2"])
+    assert r.returncode == 0, r.stderr
+    assert f"deleted run 2 of job {job}: 0 reports, 1 open snapshots discarded" in r.stdout, r.stdout
+    info = first.job_info()
+    assert info.runs == ["1"] and info.generations_sealed == 1
+    assert [h.generation for h in first.history(run="1")] == [0]

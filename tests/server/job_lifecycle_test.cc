@@ -155,9 +155,10 @@ TEST_F(JobLifecycleTest, DeleteJobRemovesReportsSnapshotsStateAndSeries) {
     grpc::ClientContext ctx;
     v1::DeleteJobRequest req;
     req.set_job("keep");
-    req.set_run("r1");  // per-run delete is not wired yet: refused, never widened to every run
-    EXPECT_EQ(d_->stub->DeleteJob(&ctx, req, &r).error_code(), StatusCode::UNIMPLEMENTED);
+    req.set_run("r1");  // a run the job does not have: refused, never widened to every run
+    EXPECT_EQ(d_->stub->DeleteJob(&ctx, req, &r).error_code(), StatusCode::NOT_FOUND);
   }
+  EXPECT_EQ(Jobs(), std::vector<std::string>{"keep"});
   // The name starts afresh, and the deletion survives a restart.
   ASSERT_TRUE(Share("del", 0).ok());
   d_.reset();

@@ -201,5 +201,74 @@ TEST_F(RunsTest, BaselineRunComparesAgainstAnotherRun) {
       << base.report().track2() << " " << self.report().track2() << " " << other.report().track2();
 }
 
+// DeleteJob of one run (issue 15 item 4, `sigmactl delete-job --run`): the
+// run's reports and open snapshots go; the job, its other runs and their
+// history stay, and the gauges show the run created before it again. An
+// unknown run is NOT_FOUND and changes nothing; after a restart the run is
+// still gone, and its name can start a new run.
+TEST_F(RunsTest, DeleteOneRunKeepsTheJobAndItsOtherRuns) {
+  v1::IngestResponse r;
+  v1::GenerationReport last_of_first;
+  for (int g = 0; g < 2; ++g) {
+    ASSERT_TRUE(Share("del", g, GaussianRows(3000, kM, 300 + g), "", v1::RESUME_UNSPECIFIED, &r).ok());
+    last_of_first = r.report();
+  }
+  ASSERT_TRUE(Share("del", 0, GaussianRows(3000, kM, 400, 0.3, kM / 2), "", v1::RESUME_NEVER, &r).ok());
+  ASSERT_EQ(r.run(), "2");
+  // An open snapshot of run 2: rank 0 of 2 finished its share, rank 1 missing.
+  v1::IngestRequest open0 = MakeOpen("del", 1, 0, 2, kM, v1::DTYPE_FP32, std::nullopt, &cfg_);
+  open0.mutable_open()->set_run("2");
+  v1::IngestResponse r0;
+  ASSERT_TRUE(SendShare(d_->stub.get(), open0, GaussianRows(1200, kM, 401), 0, 1200, 600, v1::DTYPE_FP32, &r0).ok());
+  auto snapshots = [&] {
+    v1::ListSnapshotsRequest req;
+    req.set_job("del");
+    v1::ListSnapshotsResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(d_->stub->ListSnapshots(&ctx, req, &resp).ok());
+    return resp;
+  };
+  ASSERT_EQ(snapshots().snapshots_size(), 1);
+  EXPECT_EQ(snapshots().snapshots(0).run(), "2");  // ListSnapshots names the run
+  const std::map<std::string, std::string> labels = {{"job_name", "del"}, {"tap", "default"}};
+  EXPECT_EQ(MetricValue(Scrape(d_->ports.metrics_port), "sigma_generation", labels), 0);  // run 2's
+
+  auto remove = [&](const std::string& run, v1::DeleteJobResponse* resp) {
+    v1::DeleteJobRequest req;
+    req.set_job("del");
+    req.set_run(run);
+    grpc::ClientContext ctx;
+    return d_->stub->DeleteJob(&ctx, req, resp);
+  };
+  v1::DeleteJobResponse deleted;
+  grpc::Status s = remove("9", &deleted);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message();
+  EXPECT_NE(s.error_message().find("job 'del' has no run '9'"), std::string::npos) << s.error_message();
+  EXPECT_EQ(Runs(Info("del")), (std::vector<std::string>{"1", "2"}));  // unchanged
+  s = remove("2", &deleted);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(deleted.run(), "2");
+  EXPECT_EQ(deleted.reports_deleted(), 1);
+  EXPECT_EQ(deleted.snapshots_discarded(), 1);
+  EXPECT_EQ(snapshots().snapshots_size(), 0);
+  const v1::JobInfo info = Info("del");
+  EXPECT_EQ(Runs(info), std::vector<std::string>{"1"});
+  EXPECT_EQ(info.run(), "1");
+  EXPECT_EQ(info.generations_sealed(), 2);
+  EXPECT_EQ(History("del", "").size(), 2u);  // the default is run 1 again
+  // The gauges are run 1's latest report again.
+  const std::string scrape = Scrape(d_->ports.metrics_port);
+  EXPECT_EQ(MetricValue(scrape, "sigma_generation", labels), 1);
+  ExpectMetricNear(MetricValue(scrape, "sigma_track2", labels), last_of_first.track2());
+
+  d_.reset();  // the store holds no row of run 2
+  Start();
+  EXPECT_EQ(Runs(Info("del")), std::vector<std::string>{"1"});
+  ASSERT_TRUE(Share("del", 0, GaussianRows(3000, kM, 402), "2", v1::RESUME_NEVER, &r).ok());
+  EXPECT_EQ(r.run(), "2");
+  EXPECT_EQ(r.report().baseline_generation(), 0);  // a new run: its own baseline
+  EXPECT_EQ(r.report().track2_drift(), 0);
+}
+
 }  // namespace
 }  // namespace sigma::server::testing

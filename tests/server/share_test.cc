@@ -1,8 +1,12 @@
 // Atomic shares, share digests and resends to sealed generations (issue 15
 // items 1-3) through a real in-process sigmad over gRPC with real SQLite.
+#include <sqlite3.h>
+
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -116,6 +120,49 @@ TEST_F(ShareTest, SealedGenerationAnswersOnlyTheSameData) {
   ASSERT_TRUE(d_->stub->GetHistory(&ctx, req, &history).ok());
   ASSERT_EQ(history.reports_size(), 1);
   EXPECT_EQ(history.reports(0).SerializeAsString(), sealed.report().SerializeAsString());
+}
+
+// A resend to a sealed generation is answered from the task lane (the stored
+// report is read there). A Batch after the EndOfShare is refused at once,
+// which finishes and deletes the stream while the answer is still queued; the
+// answer must not touch the stream's state any more (it read the freed session
+// before: valgrind reported invalid reads in Engine::CheckResent). The task
+// lane is held up by a ConfigureJob waiting on a locked database.
+TEST_F(ShareTest, ResendRefusedWhileItsReportIsReadLeavesTheDaemonServing) {
+  const Rows rows = GaussianRows(3000, kM, 61);
+  v1::IngestResponse sealed;
+  ASSERT_TRUE(Share("cancelled", rows, &sealed).ok());
+  ASSERT_TRUE(sealed.sealed());
+  sqlite3* writer = nullptr;
+  ASSERT_EQ(sqlite3_open(TestOptions(dir_.path()).db.c_str(), &writer), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(writer, "BEGIN EXCLUSIVE;", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(writer);
+  std::thread stall([&] {  // the task lane waits out the store's busy timeout
+    v1::ConfigureJobRequest req;
+    req.set_job("stall");
+    req.set_create(true);
+    v1::JobInfo info;
+    grpc::ClientContext ctx;
+    d_->stub->ConfigureJob(&ctx, req, &info);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  {
+    grpc::ClientContext ctx;
+    v1::IngestResponse resp;
+    auto stream = d_->stub->Ingest(&ctx, &resp);
+    ASSERT_TRUE(stream->Write(Open("cancelled")));
+    ASSERT_TRUE(stream->Write(MakeBatch(rows, 0, rows.n(), 0, v1::DTYPE_FP32)));
+    ASSERT_TRUE(stream->Write(MakeEnd(rows.n())));  // the report is read behind the ConfigureJob
+    stream->Write(MakeBatch(rows, 0, 10, 1, v1::DTYPE_FP32));  // refused: the share has ended
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the stream is gone on the server too
+  sqlite3_exec(writer, "ROLLBACK;", nullptr, nullptr, nullptr);
+  sqlite3_close(writer);
+  stall.join();
+  v1::IngestResponse again;
+  ASSERT_TRUE(Share("cancelled", rows, &again).ok());
+  EXPECT_EQ(again.report().SerializeAsString(), sealed.report().SerializeAsString());
 }
 
 // Issue 15 item 3: two processes that both think they are rank 0 of 1.

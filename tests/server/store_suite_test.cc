@@ -237,6 +237,27 @@ TEST_P(StoreSuite, RunsKeepTheirOwnGenerations) {
   EXPECT_EQ(window[0].track2(), -2);
 }
 
+// DeleteJob of one run (issue 15 item 4, `--run`): only that run's reports
+// go; the job's row, its configuration log and its other runs stay.
+TEST_P(StoreSuite, DeleteJobOfOneRunKeepsTheJobAndItsOtherRuns) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  v1::GenerationReport second = Report("r", "default", 0, -2), second_b = Report("r", "default", 1, -3);
+  second.set_run("2");
+  second_b.set_run("2");
+  ASSERT_TRUE((*store)->Commit({Job("r", 64)}, {Report("r", "default", 0, -1)}).ok());
+  ASSERT_TRUE((*store)->Commit({}, {second, second_b}).ok());
+  ASSERT_TRUE((*store)->Commit({Job("keep", 64)}, {Report("keep", "default", 0, -4)}).ok());
+  absl::StatusOr<int64_t> deleted = (*store)->DeleteJob("r", "2");
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 2);
+  EXPECT_EQ(*(*store)->DeleteJob("r", "7"), 0);  // no such run: nothing removed
+  EXPECT_EQ(Column("SELECT run FROM reports WHERE job = 'r' ORDER BY id"), std::vector<std::string>{"1"});
+  EXPECT_EQ(Column("SELECT name FROM jobs ORDER BY name"), (std::vector<std::string>{"keep", "r"}));
+  EXPECT_EQ(Column("SELECT job FROM configs WHERE job = 'r'").size(), 1u);
+  EXPECT_EQ(Column("SELECT job FROM reports WHERE job = 'keep'").size(), 1u);
+}
+
 TEST_P(StoreSuite, NewerSchemaIsRefusedAndLeftAlone) {
   { ASSERT_TRUE(Store::Open(db_).ok()); }
   Column("UPDATE schema_version SET version = 99");

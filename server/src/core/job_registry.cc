@@ -205,7 +205,28 @@ void JobRegistry::NoteRun(const std::string& job, const std::string& run) {
   auto j = jobs_.find(job);
   if (j == jobs_.end()) return;
   std::vector<std::string>& runs = j->second.runs;
-  if (std::find(runs.begin(), runs.end(), run) == runs.end()) runs.push_back(run);
+  if (std::find(runs.begin(), runs.end(), run) != runs.end()) return;
+  runs.push_back(run);
+  j->second.run_ids[run] = next_run_id_++;
+}
+
+uint64_t JobRegistry::RunId(const std::string& job, const std::string& run) const {
+  const JobState* state = Find(job);
+  if (state == nullptr) return 0;
+  auto it = state->run_ids.find(run);
+  return it == state->run_ids.end() ? 0 : it->second;
+}
+
+bool JobRegistry::RemoveRun(const std::string& job, const std::string& run) {
+  auto j = jobs_.find(job);
+  if (j == jobs_.end()) return false;
+  std::vector<std::string>& runs = j->second.runs;
+  auto it = std::find(runs.begin(), runs.end(), run);
+  if (it == runs.end()) return false;
+  runs.erase(it);
+  j->second.sealed_runs.erase(run);
+  j->second.run_ids.erase(run);
+  return true;
 }
 
 absl::StatusOr<std::string> JobRegistry::ResolveRun(const std::string& job, const std::string& run,

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "sigma/server/refusal.h"
+#include "sigma/server/report_builder.h"
 #include "sigma/server/requests.h"
 #include "sigma/server/scheduler.h"
 
@@ -18,23 +19,106 @@ using absl::StatusCode;
 
 bool Engine::SameJobLocked(const Snapshot& snap) const {
   const JobState* job = registry_.Find(snap.key().job);
-  return job != nullptr && job->incarnation == snap.params().job_incarnation;
+  return job != nullptr && job->incarnation == snap.params().job_incarnation &&
+         registry_.RunId(snap.key().job, snap.key().run) == snap.params().run_id;
+}
+
+// NOT_FOUND (unknown_run) when `job` has no run `run` (mu_ held).
+absl::Status Engine::KnownRunLocked(const std::string& job, const std::string& run) const {
+  if (registry_.Find(job) == nullptr) return UnknownJob(job);
+  if (registry_.RunId(job, run) == 0)
+    return Refusal(StatusCode::kNotFound, "unknown_run",
+                   absl::StrCat("job '", job, "' has no run '", run, "' (sigmactl job --job ", job, " lists its runs)"));
+  return absl::OkStatus();
 }
 
 void Engine::DeleteJob(const v1::DeleteJobRequest& request, DeleteDone done) {
-  if (absl::Status s = ValidateNames(request.job(), nullptr); !s.ok()) return done(s, {});
-  if (!request.run().empty())  // runs arrive with issue 15 item 1; never delete more than asked
-    return done(Refusal(StatusCode::kUnimplemented, "invalid_request",
-                        absl::StrCat("DeleteJob of one run ('", request.run(),
-                                     "') is not supported yet: leave run empty to delete every run of the job")),
-                {});
+  if (absl::Status s = ValidateNames(request.job(), nullptr, request.run()); !s.ok()) return done(s, {});
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (registry_.Find(request.job()) == nullptr) return done(UnknownJob(request.job()), {});
+    if (!request.run().empty()) {
+      if (absl::Status s = KnownRunLocked(request.job(), request.run()); !s.ok()) return done(s, {});
+    }
   }
-  const std::string job = request.job();
-  if (!queue_.TryEnqueueTask([this, job, done] { RunDelete(job, "DeleteJob", done); }))
+  const std::string job = request.job(), run = request.run();
+  auto task = [this, job, run, done] {
+    if (run.empty()) return RunDelete(job, "DeleteJob", done);
+    RunDeleteRun(job, run, done);
+  };
+  if (!queue_.TryEnqueueTask(std::move(task)))
     done(Refusal(StatusCode::kResourceExhausted, "queue_full", "compute queue full (--compute-queue-capacity)"), {});
+}
+
+int64_t Engine::AbortSnapshots(const std::vector<std::shared_ptr<Snapshot>>& snaps, const absl::Status& aborted) {
+  int64_t discarded = 0;
+  for (const std::shared_ptr<Snapshot>& snap : snaps) {
+    std::vector<ReportCallback> waiters;
+    if (!snap->Cancel(aborted, &waiters)) continue;  // sealing: its commit drops it (SameJobLocked)
+    ++discarded;
+    for (auto& w : waiters) w(aborted, nullptr);
+  }
+  return discarded;
+}
+
+// DeleteJob --run: as RunDelete (exclusive commit_mu_, the store first), for
+// one run: its reports and open snapshots go, the job stays. When the run was
+// the latest, the gauges show the run created before it (or nothing).
+void Engine::RunDeleteRun(const std::string& job, const std::string& run, const DeleteDone& done) {
+  v1::DeleteJobResponse response;
+  response.set_job(job);
+  response.set_run(run);
+  std::vector<std::shared_ptr<Snapshot>> snaps;
+  {
+    std::unique_lock<std::shared_mutex> no_seal(commit_mu_);
+    bool was_latest = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (absl::Status s = KnownRunLocked(job, run); !s.ok()) return done(s, {});  // deleted meanwhile
+      was_latest = registry_.IsLatestRun(job, run);
+    }
+    absl::StatusOr<int64_t> deleted = store_->DeleteJob(job, run);
+    if (!deleted.ok()) {
+      metrics_->StoreCommitFailed();
+      logger_.Log(LogLevel::kError, "store_failure", {{"what", "delete_run"}, {"job", job}, {"run", run},
+                                                      {"error", std::string(deleted.status().message())}});
+      return done(absl::UnavailableError(absl::StrCat("store: ", deleted.status().message(), "; job '", job,
+                                                      "' run '", run, "' is unchanged, retry DeleteJob")),
+                  response);
+    }
+    response.set_reports_deleted(*deleted);
+    std::string latest;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [key, snap] : open_) {
+        if (key.job == job && key.run == run) snaps.push_back(snap);
+      }
+      history_->ForgetRun(job, run);
+      for (const std::shared_ptr<Snapshot>& snap : snaps) DropLocked(snap);
+      registry_.RemoveRun(job, run);
+      latest = registry_.LatestRun(job);
+    }
+    if (was_latest) RepublishRun(job, latest);
+  }
+  const absl::Status aborted = absl::AbortedError(absl::StrCat("job '", job, "' run '", run, "' was deleted (DeleteJob)"));
+  response.set_snapshots_discarded(AbortSnapshots(snaps, aborted));
+  logger_.Log(LogLevel::kInfo, "delete_run",
+              {{"job", job}, {"run", run}, {"reports_deleted", absl::StrCat(response.reports_deleted())},
+               {"snapshots_discarded", absl::StrCat(response.snapshots_discarded())}});
+  done(absl::OkStatus(), response);
+}
+
+// The job's series again from `run` (now its latest): its reports, its
+// thresholds and finished flag (unless the TTL removed them).
+void Engine::RepublishRun(const std::string& job, const std::string& run) {
+  const std::vector<ReportPtr> reports = history_->LatestReports(job, run);  // may read the store
+  std::lock_guard<std::mutex> lock(mu_);
+  const JobState* state = registry_.Find(job);
+  metrics_->RemoveJob(job);
+  if (state == nullptr || state->series_removed) return;
+  for (const ReportPtr& r : reports) metrics_->PublishReport(*r, Thresholds(registry_.Effective(*state, r->m())));
+  metrics_->SetThresholds(job, Thresholds(registry_.Effective(*state, state->m)));
+  metrics_->SetJobFinished(job, state->finished_unix_ms > 0);
 }
 
 std::vector<std::shared_ptr<Snapshot>> Engine::DetachJobLocked(const std::string& job) {
@@ -86,13 +170,7 @@ void Engine::RunDelete(const std::string& job, const std::string& why, const Del
     metrics_->RemoveJob(job);
   }
   const absl::Status aborted = absl::AbortedError(absl::StrCat("job '", job, "' was deleted (", why, ")"));
-  int64_t discarded = 0;
-  for (const std::shared_ptr<Snapshot>& snap : snaps) {
-    std::vector<ReportCallback> waiters;
-    if (!snap->Cancel(aborted, &waiters)) continue;  // sealing: its commit drops it
-    ++discarded;
-    for (auto& w : waiters) w(aborted, nullptr);
-  }
+  const int64_t discarded = AbortSnapshots(snaps, aborted);
   response.set_reports_deleted(*deleted);
   response.set_snapshots_discarded(discarded);
   logger_.Log(LogLevel::kInfo, "delete_job",
@@ -162,6 +240,7 @@ absl::Status Engine::ListSnapshots(const v1::ListSnapshotsRequest& request, v1::
     info->set_idle_seconds(std::chrono::duration<double>(now - p.last_activity).count());
     info->set_rows(p.rows);
     info->set_state(p.state == Snapshot::State::kOpen ? "open" : "sealing");
+    info->set_run(key.run);
   }
   return absl::OkStatus();
 }

@@ -1,6 +1,7 @@
 #include "sigma/server/report_history.h"
 
 #include <algorithm>
+#include <iterator>
 #include <set>
 
 namespace sigma::server {
@@ -113,6 +114,38 @@ absl::Status ReportHistory::CatchUp(const std::string& job, const std::string& r
 void ReportHistory::Forget(const std::string& job) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = taps_.lower_bound({job, "", ""}); it != taps_.end() && it->first.job == job;) it = taps_.erase(it);
+}
+
+void ReportHistory::ForgetRun(const std::string& job, const std::string& run) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = taps_.lower_bound({job, run, ""}); it != taps_.end() && it->first.job == job && it->first.run == run;)
+    it = taps_.erase(it);
+}
+
+std::vector<ReportPtr> ReportHistory::LatestReports(const std::string& job, const std::string& run) const {
+  std::vector<SnapshotKey> keys;  // in publishing order
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = taps_.lower_bound({job, run, ""}); it != taps_.end() && it->first.job == job && it->first.run == run;
+         ++it) {
+      const std::map<int64_t, SealedEntry>& reports = it->second.reports;
+      if (reports.empty()) continue;
+      auto latest = std::prev(reports.end());
+      if (latest->second.failed) {
+        for (auto ok = std::make_reverse_iterator(latest); ok != reports.rend(); ++ok) {
+          if (ok->second.failed) continue;
+          keys.push_back({job, it->first.tap, ok->first, run});
+          break;
+        }
+      }
+      keys.push_back({job, it->first.tap, latest->first, run});
+    }
+  }
+  std::vector<ReportPtr> out;
+  for (const SnapshotKey& key : keys) {
+    if (absl::StatusOr<ReportPtr> r = Read(key); r.ok()) out.push_back(*std::move(r));
+  }
+  return out;
 }
 
 bool ReportHistory::Contains(const SnapshotKey& key) const {

@@ -176,8 +176,9 @@ void Engine::CommitReports(std::vector<SealWork>& works) {
     std::lock_guard<std::mutex> lock(mu_);
     for (SealWork& w : works) {
       if (!w.error.ok()) continue;
-      if (!SameJobLocked(*w.snap)) {  // DeleteJob ran while it sealed: nothing of it is stored
-        w.error = absl::AbortedError(absl::StrCat(KeyString(w.snap->key()), ": the job was deleted while it sealed"));
+      if (!SameJobLocked(*w.snap)) {  // DeleteJob (--run) ran while it sealed: nothing of it is stored
+        w.error = absl::AbortedError(
+            absl::StrCat(KeyString(w.snap->key()), ": the job or its run was deleted while it sealed"));
         w.report.reset();
         continue;
       }

@@ -41,6 +41,10 @@ struct JobState {
   // stored reports at restart (a run that never sealed is not stored).
   std::vector<std::string> runs;
   std::set<std::string> sealed_runs;
+  // run -> an id distinct for every time the run is noted anew (a run deleted
+  // by DeleteJob --run and opened again has a new one): a seal in flight across
+  // the delete finds it changed.
+  std::map<std::string, uint64_t> run_ids;
 };
 
 class JobRegistry {
@@ -79,6 +83,11 @@ class JobRegistry {
   bool IsLatestRun(const std::string& job, const std::string& run) const { return LatestRun(job) == run; }
   // Records `run` of a known job (a no-op when it is known).
   void NoteRun(const std::string& job, const std::string& run);
+  // The run's id (JobState::run_ids), 0 when the job or the run is unknown.
+  uint64_t RunId(const std::string& job, const std::string& run) const;
+  // DeleteJob --run: forgets `run` of `job` (false when unknown); the next
+  // latest run is the one created before it.
+  bool RemoveRun(const std::string& job, const std::string& run);
   // GetJob block: the dtype of a snapshot of (job, tap) that OpenSnapshot admitted.
   void NoteTapDType(const std::string& job, const std::string& tap, sigma::v1::DType dtype);
 
@@ -120,6 +129,7 @@ class JobRegistry {
   const DaemonOptions& options_;
   std::map<std::string, JobState> jobs_;
   uint64_t next_incarnation_ = 1;
+  uint64_t next_run_id_ = 1;
 };
 
 }  // namespace sigma::server

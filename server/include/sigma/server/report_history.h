@@ -114,6 +114,14 @@ class ReportHistory {
 
   // DeleteJob: forgets every run and tap of `job` (the store rows are gone).
   void Forget(const std::string& job);
+  // DeleteJob --run: forgets every tap of `run` of `job`.
+  void ForgetRun(const std::string& job, const std::string& run);
+  // What the gauges show of a run that becomes the job's latest again (DeleteJob
+  // --run of the latest): per tap, its highest generation, preceded by the
+  // latest successful one before it when that one failed (a failed seal keeps
+  // the previous track values). Evicted reports are read from the store
+  // (outside mu_); a report that cannot be read is left out.
+  std::vector<ReportPtr> LatestReports(const std::string& job, const std::string& run) const;
 
   bool Contains(const SnapshotKey& key) const;
   // True when the tap has any sealed report (in any run).

@@ -193,8 +193,16 @@ class Engine {
   absl::StatusOr<bool> AddBatch(Snapshot& snap, int32_t rank, const sigma::v1::Batch& batch, int64_t first_row,
                                 const std::string& where);
   // A resent share's answer on a sealed generation: the stored report when its
-  // digest matches the rank's share as sealed, else ALREADY_EXISTS.
-  absl::Status CheckResent(const IngestSession& session, const sigma::v1::GenerationReport& report) const;
+  // digest matches the rank's share as sealed, else ALREADY_EXISTS. Takes a
+  // copy of what it compares: the session may be gone when the report is read
+  // (the client cancelled while the task lane read it).
+  struct ResentShare {
+    SnapshotKey key;
+    int32_t rank = -1;
+    bool rows_resent = false;  // a stream that only opened asks for the report
+    sigma::v1::ShareDigest digest;
+  };
+  static absl::Status CheckResent(const ResentShare& resent, const sigma::v1::GenerationReport& report);
   void Compute(std::vector<SealWork>& works);
   void BuildReports(std::vector<SealWork>& works);
   void CommitReports(std::vector<SealWork>& works);
@@ -232,10 +240,17 @@ class Engine {
   absl::Status ExpiredError(const SnapshotKey& key) const;
   // DeleteJob's work on the task lane; `why` ("DeleteJob", "retention") is logged.
   void RunDelete(const std::string& job, const std::string& why, const DeleteDone& done);
+  // DeleteJob --run on the task lane, and its steps (lifecycle.cc).
+  void RunDeleteRun(const std::string& job, const std::string& run, const DeleteDone& done);
+  absl::Status KnownRunLocked(const std::string& job, const std::string& run) const;  // mu_ held
+  void RepublishRun(const std::string& job, const std::string& run);  // commit_mu_ held, not mu_
+  // Fails the snapshots not already sealing with `aborted`; returns how many.
+  static int64_t AbortSnapshots(const std::vector<std::shared_ptr<Snapshot>>& snaps, const absl::Status& aborted);
   // Takes `job`'s open snapshots out of the table and the job out of the
   // registry (mu_ held); returns the snapshots.
   std::vector<std::shared_ptr<Snapshot>> DetachJobLocked(const std::string& job);
-  // True when `w`'s job still exists as the one the snapshot was opened in (mu_ held).
+  // True when the snapshot's job and run still exist as the ones it was opened
+  // in: neither DeleteJob nor DeleteJob --run ran since (mu_ held).
   bool SameJobLocked(const Snapshot& snap) const;
   int64_t WallMs() const { return absl::ToUnixMillis(wall_clock_()); }
 

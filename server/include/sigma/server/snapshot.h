@@ -97,6 +97,7 @@ class Snapshot {
     size_t row_bytes = 0;    // m x dtype width
     std::string tenant;      // Tenant::key of the token that opened it ("": none; quota.h)
     uint64_t job_incarnation = 0;  // JobState::incarnation at open (a DeleteJob changes it)
+    uint64_t run_id = 0;           // JobState::run_ids of key.run at open (a DeleteJob --run changes it)
   };
 
   // What the caller of an event must do.

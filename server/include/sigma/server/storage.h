@@ -134,9 +134,10 @@ class Store {
   // run after an interruption copies nothing twice.
   virtual absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) = 0;
   // Removes `job` (every run): its reports, its configs and its row, in one
-  // transaction. Returns the number of reports removed (0 when the store never
-  // held the job). UNAVAILABLE when the database cannot be reached.
-  virtual absl::StatusOr<int64_t> DeleteJob(const std::string& job) = 0;
+  // transaction. With `run` not empty, only that run's reports (the job's row,
+  // configs and other runs stay). Returns the number of reports removed (0
+  // when the store never held them). UNAVAILABLE when the database cannot be reached.
+  virtual absl::StatusOr<int64_t> DeleteJob(const std::string& job, const std::string& run = "") = 0;
 
   // OK when the store can take commits now; UNAVAILABLE with the reason
   // otherwise (PostgreSQL: the server is unreachable, or DEADLINE_EXCEEDED: the
