@@ -453,6 +453,37 @@ TEST(DeleteJobRaceTest, SealInFlightStoresNothing) {
   EXPECT_EQ(MetricValue(f.Scrape(), "sigma_open_snapshot_bytes", {}), 0.0);
 }
 
+// The same for DeleteJob --run: a seal of the run in flight stores nothing
+// (the run's id changed), the job and its other run keep their reports.
+TEST(DeleteJobRaceTest, SealOfADeletedRunInFlightStoresNothing) {
+  TempDir dir;
+  DaemonOptions o;
+  o.seal_batch_window_ms = 1500;
+  EngineOnFile f(dir.path(), o);
+  ASSERT_TRUE(f.SealOne("race", 0).ok());  // run "1"
+  IngestSession s;
+  v1::IngestRequest open = MakeOpen("race", 0, 0, 1, 8, v1::DTYPE_FP64);
+  open.mutable_open()->set_run("2");
+  ASSERT_TRUE(f.engine->Open(open.open(), &s).ok());
+  const Rows rows = GaussianRows(64, 8, 99);
+  ASSERT_TRUE(f.engine->Batch(&s, MakeBatch(rows, 0, 64, 0, v1::DTYPE_FP64).batch()).ok());
+  std::promise<absl::Status> sealed;
+  const v1::EndOfShare end;
+  f.engine->EndShare(&s, &end, [&](const absl::Status& st, const v1::IngestResponse&) { sealed.set_value(st); });
+  std::promise<absl::Status> deleted;
+  v1::DeleteJobRequest req;
+  req.set_job("race");
+  req.set_run("2");
+  f.engine->DeleteJob(req, [&](const absl::Status& st, const v1::DeleteJobResponse&) { deleted.set_value(st); });
+  const absl::Status d = deleted.get_future().get();
+  EXPECT_TRUE(d.ok()) << d;
+  const absl::Status st = sealed.get_future().get();
+  EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
+  EXPECT_EQ(f.Jobs(), std::vector<std::string>{"race"});
+  EXPECT_EQ(Count(f.o.db, "SELECT COUNT(*) FROM reports WHERE run = '2'"), 0);
+  EXPECT_EQ(Count(f.o.db, "SELECT COUNT(*) FROM reports WHERE run = '1'"), 1);
+}
+
 // Seals and deletes of the same jobs racing on their lanes: whatever the
 // order, a deleted job leaves no row and no state behind.
 TEST(DeleteJobRaceTest, ConcurrentSealsAndDeletesLeaveNothingBehind) {
