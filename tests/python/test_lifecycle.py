@@ -82,5 +82,5 @@ def test_sigmactl_delete_one_run_keeps_the_other(server, job):
     assert r.returncode == 0, r.stderr
     assert f"deleted run 2 of job {job}: 0 reports, 1 open snapshots discarded" in r.stdout, r.stdout
     info = first.job_info()
-    assert info.runs == ["1"] and info.generations_sealed == 1
+    assert list(info.runs) == ["1"] and info.generations_sealed == 1
     assert [h.generation for h in first.history(run="1")] == [0]
