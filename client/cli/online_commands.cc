@@ -169,8 +169,9 @@ std::string AlertsText(const v1::GenerationReport& r) {
 }
 
 void PrintReport(const v1::GenerationReport& r, std::ostream& out) {
-  out << absl::StrFormat("job %s  tap %s  generation %d  (ranks finished %d of %d)\n", r.job(),
-                         r.tap(), r.generation(), r.ranks_finished(), r.world_size());
+  out << absl::StrFormat("job %s  run %s  tap %s  generation %d  (ranks finished %d of %d)\n", r.job(),
+                         r.run().empty() ? "1" : r.run(), r.tap(), r.generation(), r.ranks_finished(),
+                         r.world_size());
   const double ratio = r.m() > 0 ? static_cast<double>(r.n_a()) / r.m() : 0.0;
   out << absl::StrFormat("  m %d  n %.0f  n_A %d  (n_A/m %.1f)  backend %s  compute %.4f s\n",
                          r.m(), r.n(), r.n_a(), ratio, r.backend(), r.compute_seconds());
@@ -441,7 +442,7 @@ int RunJobs(const Args& args, std::ostream& out, std::ostream& err) {
     out << "no jobs\n";
     return 0;
   }
-  out << absl::StrFormat("%-24s %6s %5s %5s %7s %10s %8s %7s %-9s %s\n", "JOB", "M", "GENS", "LAST",
+  out << absl::StrFormat("%-24s %-8s %6s %5s %5s %7s %10s %8s %7s %-9s %s\n", "JOB", "RUN", "M", "GENS", "LAST",
                          "N_A", "DELTA", "RHO", "PREPROC", "BASELINE", "TAPS");
   for (const v1::JobInfo& j : *jobs) {
     const v1::JobConfig& cfg = j.config();
@@ -449,8 +450,8 @@ int RunJobs(const Args& args, std::ostream& out, std::ostream& err) {
                                ? absl::StrCat(cfg.baseline_generation())
                                : std::string("first");
     if (!cfg.baseline_job().empty()) baseline = absl::StrCat(cfg.baseline_job(), ":", baseline);
-    out << absl::StrFormat("%-24s %6d %5d %5d %7d %10.3g %8.3g %7s %-9s %s\n", j.job(), j.m(),
-                           j.generations_sealed(), j.last_generation(), cfg.n_a(), cfg.delta(),
+    out << absl::StrFormat("%-24s %-8s %6d %5d %5d %7d %10.3g %8.3g %7s %-9s %s\n", j.job(),
+                           j.run().empty() ? "-" : j.run(), j.m(), j.generations_sealed(), j.last_generation(), cfg.n_a(), cfg.delta(),
                            cfg.rho(), PreprocessingText(cfg.preprocessing()), baseline,
                            j.taps().empty() ? "-" : absl::StrJoin(j.taps(), ","));
   }

@@ -40,14 +40,17 @@ std::string DTypeText(v1::DType d) {
 
 void PrintJob(const v1::JobInfo& j, std::optional<int64_t> m, std::ostream& out) {
   const v1::JobConfig& c = j.config();
-  out << absl::StrFormat("job %s  m %d  generations sealed %d  last %d\n", j.job(), j.m(), j.generations_sealed(),
-                         j.last_generation());
+  out << absl::StrFormat("job %s  m %d  generations sealed %d  last %d  (run %s)\n", j.job(), j.m(),
+                         j.generations_sealed(), j.last_generation(), j.run().empty() ? "-" : j.run());
+  out << "  runs: " << (j.runs().empty() ? std::string("-") : absl::StrJoin(j.runs(), ", "))
+      << (j.runs().empty() ? "" : "  (in creation order; the last is the latest)") << "\n";
   const std::string n_a = c.has_n_a() ? absl::StrCat(c.n_a()) : std::string("- (no m known)");
   out << absl::StrFormat("  n_A %s%s  delta %g  rho %g  preprocessing %s  seed %d\n", n_a,
                          m ? absl::StrCat(" (for m = ", *m, ")") : std::string(), c.delta(), c.rho(),
                          PreprocessingText(c.preprocessing()), c.seed());
   std::string baseline = c.has_baseline_generation() ? absl::StrCat("generation ", c.baseline_generation())
                                                      : std::string("the first sealed generation");
+  if (!c.baseline_run().empty()) baseline = absl::StrCat(baseline, " of run ", c.baseline_run());
   if (!c.baseline_job().empty()) baseline = absl::StrCat(baseline, " of job ", c.baseline_job());
   out << "  baseline: " << baseline << "\n";
   const v1::Thresholds& t = c.thresholds();

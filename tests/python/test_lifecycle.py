@@ -76,6 +76,14 @@ def test_sigmactl_delete_one_run_keeps_the_other(server, job):
     assert snap["run"] == "2", snap
     r = run([ctl, "snapshots", *t, "--job", job])
     assert r.returncode == 0 and "RUN" in r.stdout, r.stdout
+    # The text outputs name the runs: job lists them, jobs shows the latest.
+    r = run([ctl, "job", *t, "--job", job])
+    assert r.returncode == 0 and "runs: 1, 2" in r.stdout and "(run 2)" in r.stdout, r.stdout
+    r = run([ctl, "jobs", *t])
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith(job + " ")]
+    assert r.stdout.split()[1] == "RUN" and line.split()[1] == "2", r.stdout
+    r = run([ctl, "report", *t, "--job", job, "--run", "1", "--generation", "0"])
+    assert r.returncode == 0 and f"job {job}  run 1  tap default  generation 0" in r.stdout, r.stdout
     r = run([ctl, "delete-job", *t, "--job", job, "--run", "7"])
     assert r.returncode == 1 and "NOT_FOUND" in r.stderr and "has no run '7'" in r.stderr, r.stderr
     r = run([ctl, "delete-job", *t, "--job", job, "--run", "2"])
