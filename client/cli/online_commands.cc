@@ -184,11 +184,14 @@ void PrintReport(const v1::GenerationReport& r, std::ostream& out) {
                            r.track2(), r.track2_ci_halfwidth(), r.track2_pop_halfwidth(), r.track2_raw(),
                            r.track2_bias());
     std::string baseline = absl::StrCat("generation ", r.baseline_generation());
+    if (!r.baseline_run().empty()) baseline = absl::StrCat("run ", r.baseline_run(), " ", baseline);
     if (!r.baseline_job().empty() && r.baseline_job() != r.job())
       baseline = absl::StrCat("job ", r.baseline_job(), " ", baseline);
-    out << absl::StrFormat(
-        "  drift vs %s: track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n", baseline,
-        r.track1_drift(), r.track2_drift(), r.drift_halfwidth(), r.divergence());
+    if (r.baseline_generation() < 0)
+      out << "  drift: no baseline available (pinned generation or run not sealed, or deleted)\n";
+    else
+      out << absl::StrFormat("  drift vs %s: track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n", baseline,
+                             r.track1_drift(), r.track2_drift(), r.drift_halfwidth(), r.divergence());
     out << absl::StrFormat("  per dim:  track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n",
                            r.per_dim().track1_drift(), r.per_dim().track2_drift(),
                            r.per_dim().drift_halfwidth(), r.per_dim().divergence());

@@ -92,3 +92,24 @@ def test_sigmactl_delete_one_run_keeps_the_other(server, job):
     info = first.job_info()
     assert list(info.runs) == ["1"] and info.generations_sealed == 1
     assert [h.generation for h in first.history(run="1")] == [0]
+
+
+def test_deleting_the_baseline_run_is_reported_as_no_baseline(server, job):
+    """A run's pinned baseline run deleted: later reports say there is no baseline
+    (sigmactl prints that instead of a drift against 'generation -1')."""
+    ctl, t = sigmactl(), ["--target", server.target]
+    first = Monitor(server.target, job=job, rank=0, world_size=1)
+    with first.generation(0) as g:
+        g.send(_rows(20))
+    second = Monitor(server.target, job=job, rank=0, world_size=1, resume="never")
+    with second.generation(0) as g:
+        g.send(_rows(21))
+    second.configure(baseline_run="1")
+    r = run([ctl, "delete-job", *t, "--job", job, "--run", "1"])
+    assert r.returncode == 0, r.stderr
+    with second.generation(1) as g:
+        g.send(_rows(22))
+    r = run([ctl, "report", *t, "--job", job, "--generation", "1"])
+    assert r.returncode == 0, r.stderr
+    assert f"job {job}  run 2  tap default  generation 1" in r.stdout, r.stdout
+    assert "drift: no baseline available" in r.stdout and "generation -1" not in r.stdout, r.stdout
