@@ -544,5 +544,57 @@ TEST(DeleteJobRaceTest, ConcurrentSealsAndDeletesLeaveNothingBehind) {
   EXPECT_EQ(MetricValue(f.Scrape(), "sigma_open_snapshots", {}), 0.0);
 }
 
+// Seals of two runs racing with DeleteJob --run of them: whatever the order,
+// a run the job no longer lists has no report in the store, and the job stays.
+TEST(DeleteJobRaceTest, ConcurrentSealsAndRunDeletesLeaveNothingBehind) {
+  TempDir dir;
+  DaemonOptions o;
+  o.seal_batch_window_ms = 0;
+  EngineOnFile f(dir.path(), o);
+  ASSERT_TRUE(f.SealOne("runs", 100).ok());  // run "1" keeps the job
+  std::vector<std::future<absl::Status>> outcomes;
+  std::vector<std::unique_ptr<std::promise<absl::Status>>> promises;
+  std::vector<std::unique_ptr<IngestSession>> sessions;
+  auto promise = [&] {
+    promises.push_back(std::make_unique<std::promise<absl::Status>>());
+    outcomes.push_back(promises.back()->get_future());
+    return promises.back().get();
+  };
+  for (int i = 0; i < 16; ++i) {
+    const std::string run = i % 2 ? "a" : "b";
+    sessions.push_back(std::make_unique<IngestSession>());
+    IngestSession* s = sessions.back().get();
+    v1::IngestRequest open = MakeOpen("runs", i, 0, 1, 8, v1::DTYPE_FP64);
+    open.mutable_open()->set_run(run);
+    ASSERT_TRUE(f.engine->Open(open.open(), s).ok());
+    const Rows rows = GaussianRows(64, 8, static_cast<uint64_t>(i));
+    ASSERT_TRUE(f.engine->Batch(s, MakeBatch(rows, 0, 64, 0, v1::DTYPE_FP64).batch()).ok());
+    const v1::EndOfShare end;
+    std::promise<absl::Status>* sealed = promise();
+    f.engine->EndShare(s, &end, [sealed](const absl::Status& st, const v1::IngestResponse&) { sealed->set_value(st); });
+    v1::DeleteJobRequest req;
+    req.set_job("runs");
+    req.set_run(run);
+    std::promise<absl::Status>* deleted = promise();
+    f.engine->DeleteJob(req, [deleted](const absl::Status& st, const v1::DeleteJobResponse&) { deleted->set_value(st); });
+  }
+  for (auto& outcome : outcomes) {
+    const absl::Status st = outcome.get();
+    EXPECT_TRUE(st.ok() || st.code() == absl::StatusCode::kAborted || st.code() == absl::StatusCode::kNotFound) << st;
+  }
+  f.engine->WaitForTasks();
+  EXPECT_EQ(f.Jobs(), std::vector<std::string>{"runs"});
+  v1::GetJobRequest get;
+  get.set_job("runs");
+  v1::JobInfo info;
+  ASSERT_TRUE(f.engine->GetJob(get, &info).ok());
+  for (const std::string run : {"a", "b"}) {
+    if (std::find(info.runs().begin(), info.runs().end(), run) != info.runs().end()) continue;
+    EXPECT_EQ(Count(f.o.db, "SELECT COUNT(*) FROM reports WHERE run = '" + run + "'"), 0) << run;
+  }
+  EXPECT_EQ(Count(f.o.db, "SELECT COUNT(*) FROM reports WHERE run = '1'"), 1);
+  EXPECT_EQ(MetricValue(f.Scrape(), "sigma_open_snapshots", {}), 0.0);
+}
+
 }  // namespace
 }  // namespace sigma::server::testing
