@@ -151,7 +151,18 @@ JobState& JobRegistry::Create(const std::string& job) {
 StoredJob JobRegistry::Stored(const std::string& name, const JobState& job) {
   StoredJob s{name, job.config, job.m};
   s.finished_unix_ms = job.finished_unix_ms;
+  s.created_unix_ms = job.stored_created_ms;  // a shared store refuses a row deleted since
   return s;
+}
+
+bool JobRegistry::NoteStored(const std::string& job, int64_t created, uint64_t epoch) {
+  auto it = jobs_.find(job);
+  if (it == jobs_.end() || created == 0) return false;
+  if (it->second.stored_created_ms == 0) {
+    it->second.stored_created_ms = created;
+    it->second.stored_epoch = epoch;
+  }
+  return it->second.stored_created_ms == created;
 }
 
 bool JobRegistry::Finish(const std::string& job, int64_t unix_ms) {

@@ -117,6 +117,7 @@ void Engine::FinishJob(const v1::FinishJobRequest& request, InfoDone done) {
     if (!row) return done(UnknownJob(job), {});
     const absl::Status committed = store_->Commit({*row}, {});
     store_ok_.store(committed.ok());
+    if (ForgetIfDeleted(committed)) return done(committed, {});  // shared store: deleted on another replica
     if (!committed.ok()) {
       metrics_->StoreCommitFailed();
       return done(absl::UnavailableError(absl::StrCat("store: ", committed.message())), {});
