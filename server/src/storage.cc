@@ -449,7 +449,8 @@ absl::Status SqliteStore::InsertReport(const sigma::v1::GenerationReport& r) {
 }
 
 absl::Status SqliteStore::Commit(const std::vector<StoredJob>& jobs,
-                                 const std::vector<sigma::v1::GenerationReport>& reports, std::vector<int64_t>* created) {
+                                 const std::vector<sigma::v1::GenerationReport>& reports,
+                                 std::vector<int64_t>* created) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
   std::vector<int64_t> rows(jobs.size());
