@@ -7,7 +7,8 @@
 //   must), and B continues A's latest run (resume allow, no name) once it
 //   has synced (at most a second: the reaper's sync);
 // - a job A deletes while B holds it: B's next seal of it is refused and
-//   stores nothing, B stops listing it, and the name works again afterwards.
+//   stores nothing, B stops listing it, and the name works again afterwards;
+//   B's open share of it is aborted and its series leave B's /metrics.
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -262,6 +263,41 @@ TEST_F(SharedRunsTest, JobDeletedOnOneReplicaIsForgottenByTheOther) {
   EXPECT_EQ(Count("SELECT count(*) FROM reports WHERE job = 'gone'"), "2");
   EXPECT_TRUE(Lists(a_.get(), "gone"));
   EXPECT_TRUE(Lists(b_.get(), "gone"));
+}
+
+// A deletes a job while B holds an open share of it and has published its
+// series: B forgets the job (here found by B's ListJobs, else by its sync):
+// the share is aborted naming the deletion, the series leave B's /metrics.
+TEST_F(SharedRunsTest, OpenShareOnTheOtherReplicaIsAbortedWhenTheJobIsDeleted) {
+  v1::IngestResponse r;
+  ASSERT_TRUE(Share(b_.get(), "held", 0, "", v1::RESUME_UNSPECIFIED, &r).ok());
+  ASSERT_NE(Scrape(b_->ports.metrics_port).find("job_name=\"held\""), std::string::npos);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::IngestResponse held;
+  auto stream = b_->stub->Ingest(&ctx, &held);
+  const Rows rows = GaussianRows(100, kM, 703);
+  ASSERT_TRUE(stream->Write(Open("held", 1, "", v1::RESUME_UNSPECIFIED)));
+  ASSERT_TRUE(stream->Write(MakeBatch(rows, 0, rows.n(), 0, v1::DTYPE_FP32)));
+  ASSERT_TRUE(Eventually([&] {
+    v1::JobInfo info;
+    return GetJob(b_.get(), "held", &info).ok() && info.tap_info_size() == 1 && info.tap_info(0).open_size() == 1;
+  }));
+  ASSERT_TRUE(Lists(a_.get(), "held"));  // A learns the job from the store
+  v1::DeleteJobRequest del;
+  del.set_job("held");
+  v1::DeleteJobResponse deleted;
+  grpc::ClientContext del_ctx;
+  ASSERT_TRUE(a_->stub->DeleteJob(&del_ctx, del, &deleted).ok());
+  EXPECT_EQ(deleted.reports_deleted(), 1);
+  ASSERT_TRUE(Eventually([&] { return !Lists(b_.get(), "held"); }));
+  EXPECT_EQ(Scrape(b_->ports.metrics_port).find("job_name=\"held\""), std::string::npos);
+  stream->Write(MakeEnd());
+  stream->WritesDone();
+  const grpc::Status s = stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("'held' was deleted on another replica"), std::string::npos) << s.error_message();
+  EXPECT_EQ(Count("SELECT count(*) FROM jobs WHERE name = 'held'"), "0");
 }
 
 }  // namespace
