@@ -66,6 +66,7 @@ void Engine::ReaperLoop() {
     lock.unlock();
     ExpireIdle();
     SweepLifecycle();
+    SyncWithStore();  // shared store: what other replicas committed (store_sync.cc)
     lock.lock();
   }
 }
@@ -96,7 +97,10 @@ absl::Status Engine::Restore() {
   }
   history_ = std::make_unique<ReportHistory>(options_.history_cache_per_tap, std::move(reader));
   std::lock_guard<std::mutex> lock(mu_);
-  for (const StoredJob& j : jobs) registry_.Restore(j);
+  for (const StoredJob& j : jobs) {
+    registry_.Restore(j);
+    registry_.NoteStored(j.name, j.created_unix_ms, 0);
+  }
   for (const v1::GenerationReport& r : reports) {
     registry_.RestoreTap(r.job(), r.tap(), r.m());
     registry_.MarkSealed(r.job(), StoredRun(r));  // runs in creation (first seal) order
@@ -466,13 +470,14 @@ void Engine::GetHistory(const v1::GetHistoryRequest& request, v1::GetHistoryResp
 }
 
 void Engine::ListJobs(v1::ListJobsResponse* response, std::function<void(const absl::Status&)> done) {
-  // `stored`: the shared store's view (generations counted there), else null.
-  auto list = [this, response](const std::vector<JobSummary>* stored) {
+  // `stored`: the shared store's view (generations counted there; read at
+  // sync epoch `epoch`), else null.
+  auto list = [this, response](const std::vector<JobSummary>* stored, uint64_t epoch) {
     std::lock_guard<std::mutex> lock(mu_);
     std::map<std::string, const JobSummary*> in_store;
     if (stored) {
       for (const JobSummary& j : *stored) {
-        AdoptStoredJobLocked(j.job);
+        if (!AdoptStoredJobLocked(j.job, epoch)) continue;
         for (const auto& [tap, m] : j.taps) registry_.RestoreTap(j.job.name, tap, m);
         in_store[j.job.name] = &j;
       }
@@ -489,34 +494,25 @@ void Engine::ListJobs(v1::ListJobsResponse* response, std::function<void(const a
     }
   };
   if (!store_->shared()) {
-    list(nullptr);
+    list(nullptr, 0);
     return done(absl::OkStatus());
   }
   queue_.EnqueueTask([this, list, done = std::move(done)] {
+    const uint64_t epoch = NextSyncEpoch();
     absl::StatusOr<std::vector<JobSummary>> stored = store_->ListJobs();
     if (!stored.ok())
       return done(absl::UnavailableError(absl::StrCat("reading the jobs: ", stored.status().message())));
-    list(&*stored);
+    std::map<std::string, int64_t> rows;
+    for (const JobSummary& j : *stored) rows[j.job.name] = j.job.created_unix_ms;
+    std::vector<StaleJob> stale;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stale = StaleJobsLocked(rows, epoch, /*complete=*/true);
+    }
+    ForgetJobs(stale);  // deleted on another replica: not listed
+    list(&*stored, epoch);
     done(absl::OkStatus());
   });
-}
-
-void Engine::AdoptStoredJobLocked(const StoredJob& stored) {
-  const JobState* known = registry_.Find(stored.name);
-  StoredJob refreshed = stored;  // keeps every stored field (finished_unix_ms, ...)
-  if (known && known->m) refreshed.m = known->m;
-  registry_.Restore(refreshed);
-}
-
-void Engine::RefreshJobs(const std::set<std::string>& names) {
-  if (!store_->shared()) return;
-  std::vector<StoredJob> stored;
-  for (const std::string& name : names) {
-    absl::StatusOr<StoredJob> j = store_->LoadJob(name);
-    if (j.ok()) stored.push_back(*std::move(j));  // NOT_FOUND: new; UNAVAILABLE: the commit will say so
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const StoredJob& j : stored) AdoptStoredJobLocked(j);
 }
 
 void Engine::Configure(const v1::ConfigureJobRequest& request,
@@ -543,14 +539,18 @@ absl::StatusOr<StoredJob> Engine::PrepareConfigureLocked(const v1::ConfigureJobR
 void Engine::RunConfigure(const v1::ConfigureJobRequest& request, const Tenant& tenant,
                           const std::function<void(const absl::Status&, const v1::JobInfo&)>& done) {
   absl::StatusOr<StoredJob> updated;
-  RefreshJobs({request.job()});  // a partial update applies to what another replica committed
+  // A partial update applies to what another replica committed; a job deleted
+  // there is forgotten here first (created anew when the request creates).
+  ForgetJobs(RefreshJobs({request.job()}));
   {
     std::lock_guard<std::mutex> lock(mu_);
     updated = PrepareConfigureLocked(request, tenant);
   }
   if (!updated.ok()) return done(updated.status(), {});
-  const absl::Status committed = store_->Commit({*updated}, {});
+  std::vector<int64_t> created;
+  const absl::Status committed = store_->Commit({*updated}, {}, &created);
   store_ok_.store(committed.ok());
+  if (ForgetIfDeleted(committed)) return done(committed, {});  // deleted elsewhere meanwhile
   if (!committed.ok()) {
     metrics_->StoreCommitFailed();
     logger_.Log(LogLevel::kError, "store_failure",
@@ -564,9 +564,10 @@ void Engine::RunConfigure(const v1::ConfigureJobRequest& request, const Tenant& 
     std::lock_guard<std::mutex> lock(mu_);
     absl::StatusOr<StoredJob> again = PrepareConfigureLocked(request, tenant);
     if (again.ok()) {
-      const bool created = registry_.Find(request.job()) == nullptr;
+      const bool is_new = registry_.Find(request.job()) == nullptr;
       registry_.ApplyConfigure(*again, tenant.limited() ? tenant.key : "");
-      if (created) {
+      NoteCommittedLocked({*updated}, created);
+      if (is_new) {
         tenants_.JobCreated(tenant);
         metrics_->SetJobs(static_cast<int64_t>(registry_.jobs().size()));
       }

@@ -66,8 +66,8 @@ class SqliteStore final : public Store {
   SqliteStore(sqlite3* db, int lock_fd) : db_(db), lock_fd_(lock_fd) {}
   ~SqliteStore() override;
   absl::Status LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) override;
-  absl::Status Commit(const std::vector<StoredJob>& jobs,
-                      const std::vector<sigma::v1::GenerationReport>& reports) override;
+  absl::Status Commit(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports,
+                      std::vector<int64_t>* created) override;
   absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) override;
   absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) override;
   absl::StatusOr<int64_t> DeleteJob(const std::string& job, const std::string& run) override;
@@ -78,7 +78,7 @@ class SqliteStore final : public Store {
 
  private:
   absl::Status Exec(const char* sql);
-  absl::Status UpsertJob(const StoredJob& job);
+  absl::Status UpsertJob(const StoredJob& job, int64_t* created);
   absl::Status InsertReport(const sigma::v1::GenerationReport& report);
   absl::Status ImportLocked(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log);
   absl::Status MigrateTo2();
@@ -257,7 +257,7 @@ absl::Status SqliteStore::LoadAll(std::vector<StoredJob>* jobs,
                             std::vector<sigma::v1::GenerationReport>* reports) {
   std::lock_guard<std::mutex> lock(mu_);
   {
-    Stmt q(db_, "SELECT name, config, m, finished_unix_ms FROM jobs ORDER BY name;");
+    Stmt q(db_, "SELECT name, config, m, finished_unix_ms, created_unix_ms FROM jobs ORDER BY name;");
     if (auto s = q.status(); !s.ok()) return s;
     int rc;
     while ((rc = q.Step()) == SQLITE_ROW) {
@@ -267,6 +267,7 @@ absl::Status SqliteStore::LoadAll(std::vector<StoredJob>* jobs,
         return absl::DataLossError(absl::StrCat("--db: job ", job.name, ": unreadable config"));
       job.m = sqlite3_column_int(q.get(), 2);
       job.finished_unix_ms = sqlite3_column_int64(q.get(), 3);
+      job.created_unix_ms = sqlite3_column_int64(q.get(), 4);
       jobs->push_back(std::move(job));
     }
     if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
@@ -283,21 +284,24 @@ absl::Status SqliteStore::LoadAll(std::vector<StoredJob>* jobs,
   return absl::OkStatus();
 }
 
-absl::Status SqliteStore::UpsertJob(const StoredJob& job) {
+// `created`: the row's created_unix_ms (one writer: job.created_unix_ms is not checked).
+absl::Status SqliteStore::UpsertJob(const StoredJob& job, int64_t* created) {
   std::string blob;
   job.config.SerializeToString(&blob);
   std::string old;
   bool exists = false;
+  const int64_t now = NowMs();
+  *created = now;
   {
-    Stmt q(db_, "SELECT config FROM jobs WHERE name = ?1;");
+    Stmt q(db_, "SELECT config, created_unix_ms FROM jobs WHERE name = ?1;");
     if (auto s = q.status(); !s.ok()) return s;
     q.Text(1, job.name);
     if (q.Step() == SQLITE_ROW) {
       exists = true;
       old = q.ColumnBlob(0);
+      *created = sqlite3_column_int64(q.get(), 1);
     }
   }
-  const int64_t now = NowMs();
   {
     Stmt q(db_,
            "INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms, finished_unix_ms) "
@@ -367,6 +371,8 @@ absl::Status SqliteStore::Migrate(int next) {
     // generation); SQLite cannot change a UNIQUE constraint, so the table is
     // rebuilt (ids kept) with every stored report in run "1".
     case 4: return Exec(kSqliteRunsMigration);
+    // Version 5: the runs table and its triggers (storage_runs_sql.h).
+    case 5: return Exec(kSqliteRunsTableMigration);
   }
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
@@ -445,11 +451,13 @@ absl::Status SqliteStore::InsertReport(const sigma::v1::GenerationReport& r) {
 }
 
 absl::Status SqliteStore::Commit(const std::vector<StoredJob>& jobs,
-                           const std::vector<sigma::v1::GenerationReport>& reports) {
+                                 const std::vector<sigma::v1::GenerationReport>& reports,
+                                 std::vector<int64_t>* created) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
-  for (const StoredJob& j : jobs) {
-    if (auto s = UpsertJob(j); !s.ok()) {
+  std::vector<int64_t> rows(jobs.size());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (auto s = UpsertJob(jobs[i], &rows[i]); !s.ok()) {
       Exec("ROLLBACK;").IgnoreError();
       return s;
     }
@@ -460,7 +468,9 @@ absl::Status SqliteStore::Commit(const std::vector<StoredJob>& jobs,
       return s;
     }
   }
-  return Exec("COMMIT;");
+  if (auto s = Exec("COMMIT;"); !s.ok()) return s;
+  if (created) *created = std::move(rows);
+  return absl::OkStatus();
 }
 
 absl::Status SqliteStore::LoadConfigLog(std::vector<ConfigRecord>* out) {

@@ -32,6 +32,7 @@
 #include "absl/strings/str_cat.h"
 #include "sigma/server/storage.h"
 #include "pg_connection.h"
+#include "pg_store_sync.h"
 #include "storage_backends.h"
 #include "storage_runs_sql.h"
 
@@ -63,14 +64,18 @@ class PgStore final : public Store {
   PgStore(std::string url, const StoreOptions& options) : conn_(std::move(url), options) {}
   absl::Status Init();
   absl::Status LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) override;
-  absl::Status Commit(const std::vector<StoredJob>& jobs,
-                      const std::vector<sigma::v1::GenerationReport>& reports) override;
+  absl::Status Commit(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports,
+                      std::vector<int64_t>* created) override;
   absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) override;
   absl::Status Import(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log) override;
   absl::Status Health() override;
   bool shared() const override { return true; }
   absl::StatusOr<StoredJob> LoadJob(const std::string& name) override;
   absl::StatusOr<std::vector<JobSummary>> ListJobs() override;
+  absl::StatusOr<std::vector<StoredRuns>> ListRuns() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return WithRetry([&] { return pg::ListRuns(conn_); });
+  }
   absl::StatusOr<int64_t> DeleteJob(const std::string& job, const std::string& run) override;
   int schema_version() const override { return schema_version_; }
   const char* kind() const override { return "postgresql"; }
@@ -81,9 +86,8 @@ class PgStore final : public Store {
   absl::Status LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports);
   absl::Status Migrate(int next);
   absl::StatusOr<int64_t> DeleteJobOnce(const std::string& job, const std::string& run);
-  absl::Status CommitOnce(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports);
-  absl::Status UpsertJob(const StoredJob& job, int64_t now);
-  absl::Status EnsureJob(const StoredJob& job, int64_t now);
+  absl::Status CommitOnce(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports,
+                          std::vector<int64_t>* created);
   absl::Status InsertReport(const sigma::v1::GenerationReport& r, int64_t now);
   absl::Status ImportOnce(const std::vector<StoredJob>& jobs, const std::vector<ConfigRecord>& log);
   absl::Status Probe();
@@ -200,12 +204,20 @@ absl::Status PgStore::Migrate(int next) {
     case 3: return conn_.Run("ALTER TABLE jobs ADD COLUMN finished_unix_ms BIGINT NOT NULL DEFAULT 0");
     // Version 4 (runs, issue 15 item 1): reports.run, key (job, run, tap, generation).
     case 4: return conn_.Run(kPostgresRunsMigration);
+    // Version 5: the runs table and its triggers (storage_runs_sql.h).
+    case 5: return conn_.Run(kPostgresRunsTableMigration);
   }
   return absl::InternalError(absl::StrCat("no migration to ", next));
 }
 
 absl::StatusOr<int64_t> PgStore::DeleteJobOnce(const std::string& job, const std::string& run) {
   if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
+  // The row first: a concurrent commit of the job on another replica either
+  // finishes before (and its reports are deleted here) or finds the row gone.
+  if (auto s = conn_.Run("SELECT 1 FROM jobs WHERE name = $1 FOR UPDATE", {Text(job)}); !s.ok()) {
+    conn_.Rollback();
+    return s;
+  }
   auto deleted = run.empty()
                      ? conn_.Exec("WITH d AS (DELETE FROM reports WHERE job = $1 RETURNING 1) SELECT count(*) FROM d",
                                   {Text(job)})
@@ -240,7 +252,8 @@ absl::Status PgStore::LoadAll(std::vector<StoredJob>* jobs, std::vector<sigma::v
 }
 
 absl::Status PgStore::LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<sigma::v1::GenerationReport>* reports) {
-  auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m, finished_unix_ms FROM jobs ORDER BY name"); });
+  auto j = WithRetry(
+      [&] { return conn_.Exec("SELECT name, config, m, finished_unix_ms, created_unix_ms FROM jobs ORDER BY name"); });
   if (!j.ok()) return j.status();
   for (int i = 0; i < PQntuples(j->get()); ++i) {
     StoredJob job;
@@ -249,6 +262,7 @@ absl::Status PgStore::LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<si
       return absl::DataLossError(absl::StrCat("--db: job ", job.name, ": unreadable config"));
     job.m = static_cast<int32_t>(GetInt(j->get(), i, 2));
     job.finished_unix_ms = GetInt(j->get(), i, 3);
+    job.created_unix_ms = GetInt(j->get(), i, 4);
     jobs->push_back(std::move(job));
   }
   auto r = WithRetry([&] { return conn_.Exec("SELECT report FROM reports ORDER BY id"); });
@@ -260,45 +274,11 @@ absl::Status PgStore::LoadAllLocked(std::vector<StoredJob>* jobs, std::vector<si
   return absl::OkStatus();
 }
 
-absl::Status PgStore::UpsertJob(const StoredJob& job, int64_t now) {
-  std::string blob;
-  job.config.SerializeToString(&blob);
-  auto old = conn_.Exec("SELECT config FROM jobs WHERE name = $1 FOR UPDATE", {Text(job.name)});
-  if (!old.ok()) return old.status();
-  const bool changed = PQntuples(old->get()) == 0 || GetBytes(old->get(), 0, 0) != blob;
-  if (auto s = conn_.Run("INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms, finished_unix_ms)"
-                         " VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config,"
-                         " m = EXCLUDED.m, updated_unix_ms = EXCLUDED.updated_unix_ms,"
-                         " finished_unix_ms = GREATEST(jobs.finished_unix_ms, EXCLUDED.finished_unix_ms)",
-                         {Text(job.name), Bytes(blob), Int(job.m), Int(now), Int(job.finished_unix_ms)});
-      !s.ok())
-    return s;
-  if (!changed) return absl::OkStatus();
-  return conn_.Run("INSERT INTO configs (job, config, set_unix_ms) VALUES ($1, $2, $3)",
-                   {Text(job.name), Bytes(blob), Int(now)});
-}
-
-// A seal's job row: created with this replica's configuration when new; an
-// existing row keeps its configuration (ConfigureJob on any replica owns it)
-// and only gets its m when it had none.
-absl::Status PgStore::EnsureJob(const StoredJob& job, int64_t now) {
-  std::string blob;
-  job.config.SerializeToString(&blob);
-  auto r = conn_.Exec("INSERT INTO jobs (name, config, m, created_unix_ms, updated_unix_ms)"
-                      " VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET m = EXCLUDED.m,"
-                      " updated_unix_ms = EXCLUDED.updated_unix_ms WHERE jobs.m = 0 RETURNING (xmax = 0)",
-                      {Text(job.name), Bytes(blob), Int(job.m), Int(now)});
-  if (!r.ok()) return r.status();
-  const bool inserted = PQntuples(r->get()) == 1 && PQgetvalue(r->get(), 0, 0)[0] == 1;
-  if (!inserted) return absl::OkStatus();
-  return conn_.Run("INSERT INTO configs (job, config, set_unix_ms) VALUES ($1, $2, $3)",
-                   {Text(job.name), Bytes(blob), Int(now)});
-}
-
 absl::StatusOr<StoredJob> PgStore::LoadJob(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto r = WithRetry(
-      [&] { return conn_.Exec("SELECT config, m, finished_unix_ms FROM jobs WHERE name = $1", {Text(name)}); });
+  auto r = WithRetry([&] {
+    return conn_.Exec("SELECT config, m, finished_unix_ms, created_unix_ms FROM jobs WHERE name = $1", {Text(name)});
+  });
   if (!r.ok()) return r.status();
   if (PQntuples(r->get()) == 0) return absl::NotFoundError(absl::StrCat("no stored job ", name));
   StoredJob job;
@@ -307,6 +287,7 @@ absl::StatusOr<StoredJob> PgStore::LoadJob(const std::string& name) {
     return absl::DataLossError(absl::StrCat("--db: job ", name, ": unreadable config"));
   job.m = static_cast<int32_t>(GetInt(r->get(), 0, 1));
   job.finished_unix_ms = GetInt(r->get(), 0, 2);
+  job.created_unix_ms = GetInt(r->get(), 0, 3);
   return job;
 }
 
@@ -338,27 +319,34 @@ absl::Status PgStore::InsertReport(const sigma::v1::GenerationReport& r, int64_t
 }
 
 absl::Status PgStore::CommitOnce(const std::vector<StoredJob>& jobs,
-                                 const std::vector<sigma::v1::GenerationReport>& reports) {
+                                 const std::vector<sigma::v1::GenerationReport>& reports,
+                                 std::vector<int64_t>* created) {
   if (auto s = conn_.Run("BEGIN"); !s.ok()) return s;
   const int64_t now = NowMs();
   absl::Status s;
+  std::vector<int64_t> rows;
   for (const StoredJob& j : jobs) {
-    if (s.ok()) s = reports.empty() ? UpsertJob(j, now) : EnsureJob(j, now);
+    if (!s.ok()) break;
+    absl::StatusOr<int64_t> row = reports.empty() ? pg::UpsertJob(conn_, j, now) : pg::EnsureJob(conn_, j, now);
+    s = row.status();
+    if (s.ok()) rows.push_back(*row);
   }
   for (const auto& r : reports) {
     if (s.ok()) s = InsertReport(r, now);
   }
+  if (s.ok()) s = conn_.Run("COMMIT");
   if (!s.ok()) {
     conn_.Rollback();
     return s;
   }
-  return conn_.Run("COMMIT");
+  if (created) *created = std::move(rows);
+  return s;
 }
 
 absl::Status PgStore::Commit(const std::vector<StoredJob>& jobs,
-                             const std::vector<sigma::v1::GenerationReport>& reports) {
+                             const std::vector<sigma::v1::GenerationReport>& reports, std::vector<int64_t>* created) {
   std::lock_guard<std::mutex> lock(mu_);
-  const absl::Status s = WithRetry([&] { return CommitOnce(jobs, reports); });
+  const absl::Status s = WithRetry([&] { return CommitOnce(jobs, reports, created); });
   Remember(s);
   return s;
 }
@@ -394,7 +382,7 @@ absl::Status PgStore::Probe() {
 
 absl::StatusOr<std::vector<JobSummary>> PgStore::ListJobs() {
   std::lock_guard<std::mutex> lock(mu_);
-  auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m FROM jobs ORDER BY name"); });
+  auto j = WithRetry([&] { return conn_.Exec("SELECT name, config, m, created_unix_ms FROM jobs ORDER BY name"); });
   if (!j.ok()) return j.status();
   auto t = WithRetry(
       [&] { return conn_.Exec("SELECT job, tap, max(m) FROM reports GROUP BY job, tap ORDER BY 1, 2"); });
@@ -411,6 +399,7 @@ absl::StatusOr<std::vector<JobSummary>> PgStore::ListJobs() {
     if (!s.job.config.ParseFromString(GetBytes(j->get(), i, 1)))
       return absl::DataLossError(absl::StrCat("--db: job ", s.job.name, ": unreadable config"));
     s.job.m = static_cast<int32_t>(GetInt(j->get(), i, 2));
+    s.job.created_unix_ms = GetInt(j->get(), i, 3);
     for (; ti < PQntuples(t->get()) && GetBytes(t->get(), ti, 0) <= s.job.name; ++ti) {
       if (GetBytes(t->get(), ti, 0) == s.job.name)
         s.taps.emplace_back(GetBytes(t->get(), ti, 1), static_cast<int32_t>(GetInt(t->get(), ti, 2)));

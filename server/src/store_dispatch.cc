@@ -1,17 +1,38 @@
 // The --db dispatch (SQLite path or PostgreSQL URL), the URL redaction for
-// logs, and the backend-independent rule of HistoryReader::SealWindow
-// (storage.h).
+// logs, the refusal of a commit to a job deleted elsewhere, and the
+// backend-independent rule of HistoryReader::SealWindow (storage.h).
 #include <memory>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "sigma/server/storage.h"
 #include "storage_backends.h"
 
 namespace sigma::server {
+
+namespace {
+constexpr char kDeletedJobPayload[] = "type.sigma/store.job_deleted_elsewhere";
+}  // namespace
+
+absl::Status JobDeletedElsewhere(const std::string& job) {
+  absl::Status s = absl::FailedPreconditionError(absl::StrCat(
+      "job '", job, "' was deleted on another replica (its row in the shared store is gone or belongs to a job of ",
+      "that name created since): nothing of this commit was stored, and this replica forgets the job; send again ",
+      "to create it anew"));
+  s.SetPayload(kDeletedJobPayload, absl::Cord(job));
+  return s;
+}
+
+std::string DeletedJob(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kFailedPrecondition) return "";
+  const auto job = status.GetPayload(kDeletedJobPayload);  // absl::optional<absl::Cord>
+  return job ? std::string(*job) : "";
+}
 
 bool IsPostgresUrl(const std::string& db) {
   return absl::StartsWith(db, "postgresql://") || absl::StartsWith(db, "postgres://");

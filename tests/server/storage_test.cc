@@ -139,6 +139,9 @@ TEST(StorageSchemaTest, VersionOneIsMigratedWithReportsIntact) {
   // Version 4 (runs): every stored report is run "1", ids (the seal order) kept.
   EXPECT_EQ(Column(path, "SELECT run || ' ' || id FROM reports ORDER BY generation;"),
             (std::vector<std::string>{"1 1", "1 2", "1 3", "1 4"}));
+  // Version 5: the runs table, back-filled (first_report: the run's first id).
+  EXPECT_EQ(Column(path, "SELECT job || ' ' || run || ' ' || first_report FROM runs;"),
+            std::vector<std::string>{"old 1 1"});
   EXPECT_EQ(Column(path, "SELECT count(*) FROM sqlite_master WHERE name IN ('reports_by_job', 'reports_by_severity');"),
             std::vector<std::string>{"2"});
   EXPECT_EQ(Column(path, "PRAGMA integrity_check;"), std::vector<std::string>{"ok"});

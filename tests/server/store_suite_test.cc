@@ -258,6 +258,34 @@ TEST_P(StoreSuite, DeleteJobOfOneRunKeepsTheJobAndItsOtherRuns) {
   EXPECT_EQ(Column("SELECT job FROM reports WHERE job = 'keep'").size(), 1u);
 }
 
+// Schema version 5: the runs table lists every run with a stored report in
+// first-sealed order, kept by the database itself (triggers) whatever inserts
+// or deletes reports; a commit returns each job row's incarnation.
+TEST_P(StoreSuite, RunsTableFollowsTheReports) {
+  auto store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto in_run = [](v1::GenerationReport r, const std::string& run) {
+    r.set_run(run);
+    return r;
+  };
+  std::vector<int64_t> created;
+  ASSERT_TRUE((*store)->Commit({Job("r", 64), Job("s", 64)},
+                               {Report("r", "default", 0, -1), in_run(Report("r", "default", 0, -2), "b")}, &created)
+                  .ok());
+  ASSERT_EQ(created.size(), 2u);
+  EXPECT_GT(created[0], 0);
+  ASSERT_TRUE((*store)->Commit({}, {in_run(Report("r", "t", 0, -3), "a"), Report("r", "default", 1, -4),
+                                    in_run(Report("s", "default", 0, -5), "x")})
+                  .ok());
+  const std::string runs = "SELECT job || ' ' || run FROM runs ORDER BY first_report";
+  EXPECT_EQ(Column(runs), (std::vector<std::string>{"r 1", "r b", "r a", "s x"}));
+  ASSERT_TRUE((*store)->DeleteJob("r").ok());
+  EXPECT_EQ(Column(runs), (std::vector<std::string>{"s x"}));
+  std::vector<int64_t> again;
+  ASSERT_TRUE((*store)->Commit({Job("s", 64)}, {}, &again).ok());
+  EXPECT_EQ(again, std::vector<int64_t>{created[1]});  // an upsert keeps the row's incarnation
+}
+
 TEST_P(StoreSuite, NewerSchemaIsRefusedAndLeftAlone) {
   { ASSERT_TRUE(Store::Open(db_).ok()); }
   Column("UPDATE schema_version SET version = 99");
@@ -432,6 +460,7 @@ TEST(PostgresStoreTest, VersionOneIsMigratedWithReportsIntact) {
             std::vector<std::string>{std::to_string(kSchemaVersion)});
   EXPECT_EQ(*pg->Query(db, "SELECT finished_unix_ms FROM jobs"), std::vector<std::string>{"0"});  // version 3
   EXPECT_EQ(*pg->Query(db, "SELECT run FROM reports"), std::vector<std::string>{"1"});  // version 4
+  EXPECT_EQ(*pg->Query(db, "SELECT job || ' ' || run FROM runs"), std::vector<std::string>{"old 1"});  // version 5
 }
 
 // Two replicas' Stores on one database: each sees the other's commits; the

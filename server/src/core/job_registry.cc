@@ -87,11 +87,12 @@ void JobRegistry::CloseSnapshot(const std::string& job, const std::string& tap, 
     state.m = 0;
 }
 
-void JobRegistry::MarkSealed(const std::string& job, const std::string& run) {
+void JobRegistry::MarkSealed(const std::string& job, const std::string& run, uint64_t epoch) {
   if (auto j = jobs_.find(job); j != jobs_.end()) {
     j->second.has_sealed = true;
     NoteRun(job, run);
     j->second.sealed_runs.insert(run);
+    j->second.sealed_epochs.emplace(run, epoch);
   }
 }
 
@@ -151,7 +152,18 @@ JobState& JobRegistry::Create(const std::string& job) {
 StoredJob JobRegistry::Stored(const std::string& name, const JobState& job) {
   StoredJob s{name, job.config, job.m};
   s.finished_unix_ms = job.finished_unix_ms;
+  s.created_unix_ms = job.stored_created_ms;  // a shared store refuses a row deleted since
   return s;
+}
+
+bool JobRegistry::NoteStored(const std::string& job, int64_t created, uint64_t epoch) {
+  auto it = jobs_.find(job);
+  if (it == jobs_.end() || created == 0) return false;
+  if (it->second.stored_created_ms == 0) {
+    it->second.stored_created_ms = created;
+    it->second.stored_epoch = epoch;
+  }
+  return it->second.stored_created_ms == created;
 }
 
 bool JobRegistry::Finish(const std::string& job, int64_t unix_ms) {
@@ -225,6 +237,7 @@ bool JobRegistry::RemoveRun(const std::string& job, const std::string& run) {
   if (it == runs.end()) return false;
   runs.erase(it);
   j->second.sealed_runs.erase(run);
+  j->second.sealed_epochs.erase(run);
   j->second.run_ids.erase(run);
   return true;
 }

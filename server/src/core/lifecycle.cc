@@ -87,18 +87,7 @@ void Engine::RunDeleteRun(const std::string& job, const std::string& run, const 
                   response);
     }
     response.set_reports_deleted(*deleted);
-    std::string latest;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (const auto& [key, snap] : open_) {
-        if (key.job == job && key.run == run) snaps.push_back(snap);
-      }
-      history_->ForgetRun(job, run);
-      for (const std::shared_ptr<Snapshot>& snap : snaps) DropLocked(snap);
-      registry_.RemoveRun(job, run);
-      latest = registry_.LatestRun(job);
-    }
-    if (was_latest) RepublishRun(job, latest);
+    snaps = ForgetRunHeld(job, run, was_latest);
   }
   const absl::Status aborted = absl::AbortedError(absl::StrCat("job '", job, "' run '", run, "' was deleted (DeleteJob)"));
   response.set_snapshots_discarded(AbortSnapshots(snaps, aborted));
@@ -106,6 +95,24 @@ void Engine::RunDeleteRun(const std::string& job, const std::string& run, const 
               {{"job", job}, {"run", run}, {"reports_deleted", absl::StrCat(response.reports_deleted())},
                {"snapshots_discarded", absl::StrCat(response.snapshots_discarded())}});
   done(absl::OkStatus(), response);
+}
+
+std::vector<std::shared_ptr<Snapshot>> Engine::ForgetRunHeld(const std::string& job, const std::string& run,
+                                                              bool was_latest) {
+  std::vector<std::shared_ptr<Snapshot>> snaps;
+  std::string latest;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, snap] : open_) {
+      if (key.job == job && key.run == run) snaps.push_back(snap);
+    }
+    history_->ForgetRun(job, run);
+    for (const std::shared_ptr<Snapshot>& snap : snaps) DropLocked(snap);
+    registry_.RemoveRun(job, run);
+    latest = registry_.LatestRun(job);
+  }
+  if (was_latest) RepublishRun(job, latest);
+  return snaps;
 }
 
 // The job's series again from `run` (now its latest): its reports, its
@@ -195,6 +202,7 @@ void Engine::FinishJob(const v1::FinishJobRequest& request, InfoDone done) {
     if (!row) return done(UnknownJob(job), {});
     const absl::Status committed = store_->Commit({*row}, {});
     store_ok_.store(committed.ok());
+    if (ForgetIfDeleted(committed)) return done(committed, {});  // shared store: deleted on another replica
     if (!committed.ok()) {
       metrics_->StoreCommitFailed();
       return done(absl::UnavailableError(absl::StrCat("store: ", committed.message())), {});

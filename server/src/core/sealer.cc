@@ -109,7 +109,9 @@ void Engine::BuildReports(std::vector<SealWork>& works) {
   {
     std::set<std::string> names;
     for (const SealWork& w : works) names.insert(w.snap->key().job);
-    RefreshJobs(names);  // shared store: ConfigureJob on another replica
+    // Shared store: ConfigureJob on another replica. A job deleted there is
+    // not adopted again: its commit is refused (JobDeletedElsewhere).
+    RefreshJobs(names);
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -177,8 +179,9 @@ void Engine::CommitReports(std::vector<SealWork>& works) {
     for (SealWork& w : works) {
       if (!w.error.ok()) continue;
       if (!SameJobLocked(*w.snap)) {  // DeleteJob (--run) ran while it sealed: nothing of it is stored
-        w.error = absl::AbortedError(
-            absl::StrCat(KeyString(w.snap->key()), ": the job or its run was deleted while it sealed"));
+        w.error = absl::AbortedError(absl::StrCat(KeyString(w.snap->key()),
+                                                  ": the job or its run was deleted while it sealed (DeleteJob on "
+                                                  "this or another replica)"));
         w.report.reset();
         continue;
       }
@@ -190,10 +193,16 @@ void Engine::CommitReports(std::vector<SealWork>& works) {
   if (reports.empty()) return;
   std::vector<StoredJob> job_rows;
   for (auto& [name, j] : jobs) job_rows.push_back(std::move(j));
-  const absl::Status s = store_->Commit(job_rows, reports);
-  store_ok_.store(s.ok() || s.code() == absl::StatusCode::kAlreadyExists);
-  if (s.ok()) return;
-  if (s.code() == absl::StatusCode::kAlreadyExists) return AdoptStoredReports(works, job_rows);
+  std::vector<int64_t> created;
+  const absl::Status s = store_->Commit(job_rows, reports, &created);
+  // Shared store: a report another replica stored, or a job it deleted: each report alone.
+  const bool one_by_one = s.code() == absl::StatusCode::kAlreadyExists || !DeletedJob(s).empty();
+  store_ok_.store(s.ok() || one_by_one);
+  if (s.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return NoteCommittedLocked(job_rows, created);
+  }
+  if (one_by_one) return AdoptStoredReports(works, job_rows);
   metrics_->StoreCommitFailed();
   logger_.Log(LogLevel::kError, "store_failure", {{"what", "seal"}, {"reports", absl::StrCat(reports.size())},
                                                   {"error", std::string(s.message())}});
@@ -217,21 +226,32 @@ bool SameData(const v1::GenerationReport& a, const v1::GenerationReport& b) {
 }
 }  // namespace
 
-// Shared store: another replica committed some of these generations first
-// (storage.h, Commit). Each report is committed alone; one already stored is
-// answered with the stored report when it sealed the same data (SameData: the
-// same data digest, in any order of rows and batches), else ALREADY_EXISTS
-// naming the generation.
+// Shared store: another replica committed some of these generations first, or
+// deleted some of these jobs (storage.h, Commit). Each report is committed
+// alone; one already stored is answered with the stored report when it sealed
+// the same data (SameData: the same data digest, in any order of rows and
+// batches), else ALREADY_EXISTS naming the generation; one of a job deleted
+// elsewhere gets the store's refusal (JobDeletedElsewhere) and the job is
+// forgotten here (on the task lane: commit_mu_ is held).
 void Engine::AdoptStoredReports(std::vector<SealWork>& works, const std::vector<StoredJob>& job_rows) {
+  std::vector<StaleJob> deleted;
   for (SealWork& w : works) {
     if (!w.error.ok()) continue;
     const SnapshotKey& key = w.snap->key();
     std::vector<StoredJob> job;
     for (const StoredJob& j : job_rows)
       if (j.name == key.job) job.push_back(j);
-    const absl::Status one = store_->Commit(job, {*w.report});
-    if (one.ok()) continue;
-    if (one.code() == absl::StatusCode::kAlreadyExists) {
+    std::vector<int64_t> created;
+    const absl::Status one = store_->Commit(job, {*w.report}, &created);
+    if (one.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      NoteCommittedLocked(job, created);
+      continue;
+    }
+    if (!DeletedJob(one).empty() && !job.empty()) {
+      deleted.push_back(StaleJob{key.job, w.snap->params().job_incarnation, job[0].created_unix_ms});
+      w.error = one;
+    } else if (one.code() == absl::StatusCode::kAlreadyExists) {
       history_->CatchUp(key.job, key.run, key.tap, /*before=*/0, 0, 0, /*pinned=*/w.report->generation())
           .IgnoreError();
       absl::StatusOr<ReportPtr> stored = history_->Read(key);
@@ -246,15 +266,17 @@ void Engine::AdoptStoredReports(std::vector<SealWork>& works, const std::vector<
     }
     w.report.reset();
   }
+  if (!deleted.empty()) queue_.EnqueueTask([this, deleted] { ForgetJobs(deleted); });
 }
 
 // History and gauges (one rule: ReportHistory::Record), the table, then the waiters.
 void Engine::Publish(std::vector<SealWork>& works) {
+  const uint64_t epoch = NextSyncEpoch();  // after the commit (store_sync.cc)
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (SealWork& w : works) {
       if (w.error.ok()) {
-        registry_.MarkSealed(w.snap->key().job, w.snap->key().run);
+        registry_.MarkSealed(w.snap->key().job, w.snap->key().run, epoch);
         metrics_->CountSeal(*w.report);
         // The gauges show the job's latest run (docs/server.md "Runs").
         if (history_->Record(w.report) && registry_.IsLatestRun(w.snap->key().job, w.snap->key().run))

@@ -38,13 +38,24 @@ struct JobState {
   std::string tenant;            // Tenant::key of the token that created it ("": none; quota.h)
   // Runs (issue 15 item 1; docs/server.md "Runs"): in creation order (the
   // last is the latest), and those that sealed a generation. Rebuilt from the
-  // stored reports at restart (a run that never sealed is not stored).
+  // stored reports at restart (a run that never sealed is not stored); with a
+  // shared store, the runs other replicas sealed are merged in by the sync
+  // (store_sync.cc).
   std::vector<std::string> runs;
   std::set<std::string> sealed_runs;
   // run -> an id distinct for every time the run is noted anew (a run deleted
   // by DeleteJob --run and opened again has a new one): a seal in flight across
   // the delete finds it changed.
   std::map<std::string, uint64_t> run_ids;
+  // Shared store: run -> the sync epoch at which this replica learned the run
+  // sealed (store_sync.cc; 0: at start). A sync read begun later that does
+  // not list the run finds it deleted on another replica.
+  std::map<std::string, uint64_t> sealed_epochs;
+  // The incarnation of the job's store row this replica knows
+  // (StoredJob::created_unix_ms; 0: none, the job was never seen stored), and
+  // the sync epoch at which it learned it (store_sync.cc).
+  int64_t stored_created_ms = 0;
+  uint64_t stored_epoch = 0;
 };
 
 class JobRegistry {
@@ -70,7 +81,8 @@ class JobRegistry {
   // report. A tap that never held a row and has nothing open or sealed takes
   // the m of the next OpenSnapshot again (as after a restart).
   void CloseSnapshot(const std::string& job, const std::string& tap, bool still_open_on_tap, bool tap_sealed);
-  void MarkSealed(const std::string& job, const std::string& run);
+  // `epoch`: the sync epoch at which it is learned (JobState::sealed_epochs; the first is kept).
+  void MarkSealed(const std::string& job, const std::string& run, uint64_t epoch = 0);
 
   // Runs: the run an OpenSnapshot of `job` goes to (`run` may be empty;
   // resume: allow, must or never, docs/server.md "Runs"), or the refusal
@@ -109,6 +121,11 @@ class JobRegistry {
   void MarkSeriesRemoved(const std::string& job);
   // The store row of a known job (name, configuration, m, finished time).
   static StoredJob Stored(const std::string& name, const JobState& job);
+
+  // The job's store row is incarnation `created` (a commit, or a read of the
+  // store at sync epoch `epoch`): recorded when the job knew none. False when
+  // it knows another one (the job it holds was deleted elsewhere) or is unknown.
+  bool NoteStored(const std::string& job, int64_t created, uint64_t epoch);
 
   // Restart: a stored job, and the m of a stored report's tap (its run:
   // MarkSealed).

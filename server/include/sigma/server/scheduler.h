@@ -144,7 +144,8 @@ class Engine {
                   std::function<void(const absl::Status&)> done);
   // Every job. A shared store: the jobs, taps and sealed generations any
   // replica committed (Store::ListJobs, read on the task lane; `done` runs
-  // there), plus the jobs only this replica holds; otherwise inline from memory.
+  // there), plus the jobs only this replica holds (those another replica
+  // deleted are forgotten first, store_sync.cc); otherwise inline from memory.
   void ListJobs(sigma::v1::ListJobsResponse* response, std::function<void(const absl::Status&)> done);
 
   // GetJob / GetReport block (engine_queries.cc).
@@ -174,6 +175,13 @@ class Engine {
   std::vector<std::string> SweepLifecycle();
   // Blocks until every task queued before the call has run (tests).
   void WaitForTasks();
+  // Shared store (store_sync.cc; a no-op otherwise): queues, unless one is
+  // queued already, a task-lane sync with what other replicas committed: the
+  // jobs they created (adopted), deleted (forgotten here: snapshots aborted,
+  // series removed, slot freed) and the runs they sealed (merged into the
+  // registry, in first-sealed order), from Store::ListRuns. The reaper calls it
+  // every period (at most 1 s).
+  void SyncWithStore();
 
   // A stream was refused after its OpenSnapshot: the snapshot it opened is
   // discarded when no other stream holds it and it never got a row.
@@ -206,12 +214,39 @@ class Engine {
   void Compute(std::vector<SealWork>& works);
   void BuildReports(std::vector<SealWork>& works);
   void CommitReports(std::vector<SealWork>& works);
+  // Shared store (store_sync.cc): a job this replica holds whose store row
+  // was deleted (or deleted and created again) by another replica: its name,
+  // its registry incarnation and the row incarnation this replica knew.
+  struct StaleJob {
+    std::string name;
+    uint64_t incarnation = 0;
+    int64_t created = 0;
+  };
   // Shared store: the registry's configuration of `names` replaced by what any
-  // replica committed last (no-op otherwise). Store I/O outside mu_.
-  void RefreshJobs(const std::set<std::string>& names);
-  // The registry's view of a job some replica committed (mu_ held): its
-  // configuration, and its m unless this replica already has one.
-  void AdoptStoredJobLocked(const StoredJob& stored);
+  // replica committed last (no-op otherwise). Store I/O outside mu_. Returns
+  // the jobs it found deleted elsewhere (not adopted; ForgetJobs forgets them).
+  std::vector<StaleJob> RefreshJobs(const std::set<std::string>& names);
+  // The registry's view of a job some replica committed, read at sync epoch
+  // `epoch` (mu_ held): its configuration and incarnation, and its m unless
+  // this replica already has one. False (nothing changed) when this replica
+  // holds another incarnation of the job (deleted elsewhere).
+  bool AdoptStoredJobLocked(const StoredJob& stored, uint64_t epoch);
+  // The jobs this replica holds whose row, as a read at sync epoch `epoch`
+  // found it (`rows`: name -> created_unix_ms, 0: no row), is gone or another
+  // incarnation; `complete`: `rows` lists every stored job (mu_ held).
+  std::vector<StaleJob> StaleJobsLocked(const std::map<std::string, int64_t>& rows, uint64_t epoch,
+                                        bool complete) const;
+  // Forgets jobs deleted on another replica, as RunDelete does without
+  // touching the store (task lane; takes commit_mu_ exclusively, then mu_).
+  // A job changed since it was found stale (recreated, relearned) is kept.
+  void ForgetJobs(const std::vector<StaleJob>& stale);
+  // A commit refused with JobDeletedElsewhere (storage.h): forgets the job
+  // (task lane) and returns true; false for any other status.
+  bool ForgetIfDeleted(const absl::Status& status);
+  // A commit of `rows` stored them as incarnations `created` (mu_ held).
+  void NoteCommittedLocked(const std::vector<StoredJob>& rows, const std::vector<int64_t>& created);
+  void RunSync();
+  uint64_t NextSyncEpoch() { return sync_epoch_.fetch_add(1) + 1; }
   void AdoptStoredReports(std::vector<SealWork>& works, const std::vector<StoredJob>& job_rows);
   void Publish(std::vector<SealWork>& works);
   void FailSeals(const SealQueue::Batch& batch, const absl::Status& error);
@@ -244,6 +279,20 @@ class Engine {
   void RunDeleteRun(const std::string& job, const std::string& run, const DeleteDone& done);
   absl::Status KnownRunLocked(const std::string& job, const std::string& run) const;  // mu_ held
   void RepublishRun(const std::string& job, const std::string& run);  // commit_mu_ held, not mu_
+  // DeleteJob --run after the store (commit_mu_ held exclusively, not mu_):
+  // the run's open snapshots leave the table (returned, to abort), its history
+  // and registry entry go; the gauges show the new latest run when `was_latest`.
+  std::vector<std::shared_ptr<Snapshot>> ForgetRunHeld(const std::string& job, const std::string& run,
+                                                       bool was_latest);
+  // Shared store: runs another replica deleted (sealed here before `epoch`,
+  // missing from a store read at `epoch`): forgotten as by ForgetRunHeld,
+  // without touching the store (store_sync.cc).
+  struct StaleRun {
+    std::string job, run;
+    uint64_t run_id = 0;
+  };
+  void ForgetRuns(const std::vector<StaleRun>& stale);
+  void StaleRunsLocked(const StoredRuns& listed, uint64_t epoch, std::vector<StaleRun>* out) const;  // mu_ held
   // Fails the snapshots not already sealing with `aborted`; returns how many.
   static int64_t AbortSnapshots(const std::vector<std::shared_ptr<Snapshot>>& snaps, const absl::Status& aborted);
   // Takes `job`'s open snapshots out of the table and the job out of the
@@ -286,6 +335,10 @@ class Engine {
   std::thread reaper_;
 
   std::atomic<bool> store_ok_{true};
+  // Shared store sync (store_sync.cc): reads and commits are ordered by epoch
+  // (a row learned at an epoch after a read began is never judged by it).
+  std::atomic<uint64_t> sync_epoch_{0};
+  std::atomic<bool> sync_queued_{false};
   std::atomic<bool> backend_ok_{true};
 };
 

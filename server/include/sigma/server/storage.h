@@ -12,7 +12,12 @@
 //   2: reports.severity (highest alert severity) and reports.compute_seconds;
 //   3: jobs.finished_unix_ms (FinishJob; 0 = not finished);
 //   4: reports.run (issue 15 item 1): the key becomes (job, run, tap,
-//      generation); every history stored before is run "1" (StoredRun).
+//      generation); every history stored before is run "1" (StoredRun);
+//   5: runs (job, run, first_report): every run with a stored report, in
+//      first-sealed order (first_report: the id of its first report),
+//      maintained by triggers on reports (insert and delete, whatever deletes
+//      them) and back-filled; read by ListRuns (replicas learning each
+//      other's runs, store_sync.cc).
 // Durability: Commit returns OK only once the transaction is durable (SQLite
 // fsync; PostgreSQL COMMIT acknowledged by the server).
 // Timeouts (PostgreSQL): every statement runs under the server-side
@@ -40,7 +45,7 @@
 
 namespace sigma::server {
 
-inline constexpr int kSchemaVersion = 4;
+inline constexpr int kSchemaVersion = 5;
 
 // The run of a job whose reports carry no run name (histories stored before
 // schema version 4, and the first unnamed run of a job).
@@ -62,7 +67,32 @@ struct StoredJob {
   // FinishJob's time (0: not finished). Sticky in the store: an upsert never
   // clears it (a stale replica cannot un-finish a job); DeleteJob removes it.
   int64_t finished_unix_ms = 0;
+  // The incarnation of the job's row: its creation time in the store (set by
+  // LoadAll, LoadJob, ListJobs, ListRuns; never changed by an upsert). In a
+  // Commit: the incarnation the committing replica holds, 0 when it knows
+  // none (a job it never saw stored: created by whichever replica commits
+  // first). A shared store refuses a commit whose row is gone or has another
+  // incarnation (the job was deleted, perhaps created again, on another
+  // replica): JobDeletedElsewhere, nothing of the transaction stored. SQLite
+  // (one writer) ignores it.
+  int64_t created_unix_ms = 0;
 };
+
+// A shared store's view of one job for the replicas' periodic sync
+// (Store::ListRuns): its row's incarnation and its runs with a stored report,
+// in first-sealed order.
+struct StoredRuns {
+  std::string job;
+  int64_t created_unix_ms = 0;
+  std::vector<std::string> runs;
+};
+
+// The refusal of a commit to a job another replica deleted (StoredJob::
+// created_unix_ms): FAILED_PRECONDITION naming the job, with a payload that
+// DeletedJob reads back.
+absl::Status JobDeletedElsewhere(const std::string& job);
+// The job of a JobDeletedElsewhere status; empty for any other status.
+std::string DeletedJob(const absl::Status& status);
 
 // How Store::Open and HistoryReader::Open connect (PostgreSQL only; SQLite
 // ignores it).
@@ -122,9 +152,16 @@ class Store {
   // a different one with ALREADY_EXISTS (nothing of the transaction is
   // stored); SQLite (one writer) refuses it as before (INTERNAL, UNIQUE).
   // UNAVAILABLE when the database cannot be reached (the connection is
-  // re-established by the next call).
+  // re-established by the next call). A job whose created_unix_ms is set and
+  // whose row is gone or another incarnation: JobDeletedElsewhere (shared
+  // stores). `created`, when not null: the created_unix_ms of each of `jobs`
+  // as committed, in order.
+  absl::Status Commit(const std::vector<StoredJob>& jobs, const std::vector<sigma::v1::GenerationReport>& reports) {
+    return Commit(jobs, reports, nullptr);
+  }
   virtual absl::Status Commit(const std::vector<StoredJob>& jobs,
-                              const std::vector<sigma::v1::GenerationReport>& reports) = 0;
+                              const std::vector<sigma::v1::GenerationReport>& reports,
+                              std::vector<int64_t>* created) = 0;
 
   // The configs log: every configuration change, in the order it was made.
   virtual absl::Status LoadConfigLog(std::vector<ConfigRecord>* out) = 0;
@@ -162,6 +199,12 @@ class Store {
   // any replica. Shared stores only (UNIMPLEMENTED otherwise).
   virtual absl::StatusOr<std::vector<JobSummary>> ListJobs() {
     return absl::UnimplementedError("ListJobs: not a shared store");
+  }
+  // Every job's incarnation and runs (StoredRuns), by name, as committed by
+  // any replica: two small reads (jobs and runs tables), no report read.
+  // Shared stores only (UNIMPLEMENTED otherwise).
+  virtual absl::StatusOr<std::vector<StoredRuns>> ListRuns() {
+    return absl::UnimplementedError("ListRuns: not a shared store");
   }
 
   virtual int schema_version() const = 0;
