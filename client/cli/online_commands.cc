@@ -153,67 +153,6 @@ constexpr char kCloseUsage[] =
 
 const char* CommonFlagsHelp() { return kCommonFlagsHelp; }
 
-std::string PreprocessingText(v1::Preprocessing p) {
-  switch (p) {
-    case v1::PREPROCESSING_L2: return "l2";
-    case v1::PREPROCESSING_NONE: return "none";
-    default: return "default";
-  }
-}
-
-std::string AlertsText(const v1::GenerationReport& r) {
-  std::vector<std::string> parts;
-  for (const v1::Alert& a : r.alerts())
-    parts.push_back(absl::StrCat(a.rule(), "(", a.severity(), a.direction().empty() ? "" : ", ", a.direction(), ")"));
-  return parts.empty() ? "-" : absl::StrJoin(parts, ",");
-}
-
-void PrintReport(const v1::GenerationReport& r, std::ostream& out) {
-  out << absl::StrFormat("job %s  run %s  tap %s  generation %d  (ranks finished %d of %d)\n", r.job(),
-                         r.run().empty() ? "1" : r.run(), r.tap(), r.generation(), r.ranks_finished(),
-                         r.world_size());
-  const double ratio = r.m() > 0 ? static_cast<double>(r.n_a()) / r.m() : 0.0;
-  out << absl::StrFormat("  m %d  n %.0f  n_A %d  (n_A/m %.1f)  backend %s  compute %.4f s\n",
-                         r.m(), r.n(), r.n_a(), ratio, r.backend(), r.compute_seconds());
-  const v1::ReportFlags& f = r.flags();
-  if (f.cholesky_failed()) {
-    out << "  FAILED: " << f.failure_reason() << "\n";
-  } else {
-    out << absl::StrFormat("  track1  [%.6f, %.6f]\n", r.track1_lower(), r.track1_upper());
-    out << absl::StrFormat("  track2  %.6f +- %.6f (corpus) +- %.6f (population)  (raw %.6f, bias %.6f)\n",
-                           r.track2(), r.track2_ci_halfwidth(), r.track2_pop_halfwidth(), r.track2_raw(),
-                           r.track2_bias());
-    std::string baseline = absl::StrCat("generation ", r.baseline_generation());
-    if (!r.baseline_run().empty()) baseline = absl::StrCat("run ", r.baseline_run(), " ", baseline);
-    if (!r.baseline_job().empty() && r.baseline_job() != r.job())
-      baseline = absl::StrCat("job ", r.baseline_job(), " ", baseline);
-    if (r.baseline_generation() < 0)
-      out << "  drift: no baseline available (pinned generation or run not sealed, or deleted)\n";
-    else
-      out << absl::StrFormat("  drift vs %s: track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n", baseline,
-                             r.track1_drift(), r.track2_drift(), r.drift_halfwidth(), r.divergence());
-    out << absl::StrFormat("  per dim:  track1 %+.6f  track2 %+.6f +- %.6f  divergence %+.6f\n",
-                           r.per_dim().track1_drift(), r.per_dim().track2_drift(),
-                           r.per_dim().drift_halfwidth(), r.per_dim().divergence());
-    out << absl::StrFormat("  drift half-width: corpus %.6f  population %.6f  used %.6f  z_drift %+.3f%s\n",
-                           r.drift_halfwidth(), r.drift_halfwidth_pop(), r.drift_halfwidth_used(),
-                           r.drift_zscore(), r.trend_evaluated() ? "" : absl::StrCat("  (trend ", r.trend_note(), ")"));
-  }
-  std::vector<std::string> flags;
-  if (f.rho_violated())
-    flags.push_back(absl::StrFormat("rho_violated (%d rows, max energy %.6g)", f.rho_violations(),
-                                    f.max_energy()));
-  if (f.n_a_below_m()) flags.push_back("n_a_below_m");
-  if (f.low_confidence()) flags.push_back("low_confidence");
-  if (f.closed_explicitly()) flags.push_back("closed_explicitly");
-  out << "  flags: " << (flags.empty() ? "-" : absl::StrJoin(flags, ", ")) << "\n";
-  out << "  alerts: " << AlertsText(r) << "\n";
-  if (r.has_generations_to_critical()) {
-    out << absl::StrFormat("  forecast: %.1f generations to critical\n",
-                           r.generations_to_critical());
-  }
-}
-
 namespace {
 
 // ---- .npy loading ---------------------------------------------------------
@@ -249,26 +188,20 @@ absl::StatusOr<std::vector<NpyArray>> LoadArrays(const std::vector<std::string>&
 
 std::string WithCommon(const char* usage) { return absl::StrFormat(usage, kCommonFlagsHelp); }
 
-}  // namespace
-
-int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
-  const std::string usage = absl::StrFormat(kSendUsage, kConfigFlagsHelp, kCommonFlagsHelp);
-  absl::StatusOr<Parsed> p =
-      ParseArgs(args,
-                {{"job", true}, {"tap", true}, {"generation", true}, {"rank", true},
-                 {"world-size", true}, {"corpus-size", true}, {"n-a", true}, {"delta", true},
-                 {"rho", true}, {"preprocessing", true}, {"seed", true}, {"batch-rows", true},
-                 {"presketch", false}, {"close", false}, {"json", false}, {"run", true}, {"resume", true}},
-                /*allow_positional=*/true);
-  if (!p.ok()) return UsageError(err, usage, p.status());
-  if (p->help) {
-    out << usage;
-    return 0;
-  }
-  if (p->positional.empty())
-    return UsageError(err, usage, absl::InvalidArgumentError("no .npy file given"));
+// What `sigmactl send` was asked to do, from its flags.
+struct SendRequest {
   client::SnapshotId snapshot;
   client::ShareOptions share;
+  v1::JobConfig config;
+  std::optional<int64_t> batch_rows;
+};
+
+// The flags of `send` (every error, the first one returned).
+absl::StatusOr<SendRequest> ParseSend(const Parsed* p) {
+  SendRequest request;
+  client::SnapshotId& snapshot = request.snapshot;
+  client::ShareOptions& share = request.share;
+  v1::JobConfig& config = request.config;
   absl::Status status;
   auto check = [&](const absl::Status& s) {
     if (status.ok() && !s.ok()) status = s;
@@ -298,14 +231,63 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
   absl::StatusOr<std::optional<int64_t>> corpus = GetInt(*p, "corpus-size", 1);
   check(corpus.status());
   if (corpus.ok() && *corpus) share.corpus_size = **corpus;
-  v1::JobConfig config;
   absl::StatusOr<bool> any_config = ParseJobConfig(*p, &config);
   check(any_config.status());
   if (any_config.ok() && *any_config) share.config = config;
   absl::StatusOr<std::optional<int64_t>> batch_rows = GetInt(*p, "batch-rows", 1);
   check(batch_rows.status());
-  if (!status.ok()) return UsageError(err, usage, status);
+  if (!status.ok()) return status;
+  request.batch_rows = *batch_rows;
+  return request;
+}
 
+// The client `send` uses: `made` rebuilt with Batches of --batch-rows rows
+// (capped below sigmad's default message size, with a note on `err`).
+absl::Status ApplyBatchRows(std::optional<int64_t> batch_rows, int32_t m, v1::DType dtype,
+                            absl::StatusOr<std::unique_ptr<Client>>* made, std::ostream& err) {
+  if (batch_rows) {
+    // One Batch carries data + 8-byte ids; sigmad refuses more than its --max-message-bytes
+    // (default 64 MiB) with gRPC's "Received message larger than max": cap, and say so.
+    const int64_t row_bytes = int64_t{m} * client::DTypeBytes(dtype) + 8;
+    const int64_t cap = std::max<int64_t>(1, kDaemonMaxMessageBytes / row_bytes);
+    if (*batch_rows > cap) {
+      err << absl::StrFormat(
+          "sigmactl: --batch-rows %d with m = %d (%d bytes a row) would exceed sigmad's default "
+          "--max-message-bytes (64 MiB); sending %d rows per Batch\n",
+          *batch_rows, m, row_bytes, cap);
+      *batch_rows = cap;
+    }
+    // Rebuild the client with the requested chunk size.
+    ClientOptions options = (**made)->options();
+    options.chunk_bytes = static_cast<size_t>(*batch_rows) * m * client::DTypeBytes(dtype);
+    options.max_chunk_rows = *batch_rows;  // as asked (a daemon with a larger --max-rows-per-batch)
+    *made = Client::Create((**made)->targets(), options);
+  }
+  return made->status();
+}
+
+}  // namespace
+
+int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
+  const std::string usage = absl::StrFormat(kSendUsage, kConfigFlagsHelp, kCommonFlagsHelp);
+  absl::StatusOr<Parsed> p =
+      ParseArgs(args,
+                {{"job", true}, {"tap", true}, {"generation", true}, {"rank", true},
+                 {"world-size", true}, {"corpus-size", true}, {"n-a", true}, {"delta", true},
+                 {"rho", true}, {"preprocessing", true}, {"seed", true}, {"batch-rows", true},
+                 {"presketch", false}, {"close", false}, {"json", false}, {"run", true}, {"resume", true}},
+                /*allow_positional=*/true);
+  if (!p.ok()) return UsageError(err, usage, p.status());
+  if (p->help) {
+    out << usage;
+    return 0;
+  }
+  if (p->positional.empty())
+    return UsageError(err, usage, absl::InvalidArgumentError("no .npy file given"));
+  absl::StatusOr<SendRequest> request = ParseSend(&*p);
+  if (!request.ok()) return UsageError(err, usage, request.status());
+  client::SnapshotId& snapshot = request->snapshot;
+  client::ShareOptions& share = request->share;
   absl::StatusOr<std::unique_ptr<Client>> made = MakeClient(*p);
   if (!made.ok()) return ClientError(err, usage, made.status());
   absl::StatusOr<std::vector<NpyArray>> arrays = LoadArrays(p->positional);
@@ -315,28 +297,11 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
   }
   const int32_t m = static_cast<int32_t>(arrays->front().cols);
   const v1::DType dtype = sigma::ToWireDType(arrays->front().dtype);
-  if (*batch_rows) {
-    // One Batch carries data + 8-byte ids; sigmad refuses more than its --max-message-bytes
-    // (default 64 MiB) with gRPC's "Received message larger than max": cap, and say so.
-    const int64_t row_bytes = int64_t{m} * client::DTypeBytes(dtype) + 8;
-    const int64_t cap = std::max<int64_t>(1, kDaemonMaxMessageBytes / row_bytes);
-    if (**batch_rows > cap) {
-      err << absl::StrFormat(
-          "sigmactl: --batch-rows %d with m = %d (%d bytes a row) would exceed sigmad's default "
-          "--max-message-bytes (64 MiB); sending %d rows per Batch\n",
-          **batch_rows, m, row_bytes, cap);
-      *batch_rows = cap;
-    }
-    // Rebuild the client with the requested chunk size.
-    ClientOptions options = (*made)->options();
-    options.chunk_bytes = static_cast<size_t>(**batch_rows) * m * client::DTypeBytes(dtype);
-    options.max_chunk_rows = **batch_rows;  // as asked (a daemon with a larger --max-rows-per-batch)
-    made = Client::Create((*made)->targets(), options);
-    if (!made.ok()) return ClientError(err, usage, made.status());
-  }
+  if (absl::Status s = ApplyBatchRows(request->batch_rows, m, dtype, &made, err); !s.ok())
+    return ClientError(err, usage, s);
   Client& c = **made;
   if (p->Has("presketch")) {
-    absl::StatusOr<client::SketchParams> params = c.EffectiveSketchParams(snapshot.job, m, config);
+    absl::StatusOr<client::SketchParams> params = c.EffectiveSketchParams(snapshot.job, m, request->config);
     if (!params.ok()) return RpcError(err, params.status());
     share.presketch = *params;
   }
@@ -366,10 +331,11 @@ int RunSend(const Args& args, std::ostream& out, std::ostream& err) {
   }
   if (json) return PrintJson(*response, out, err);
   out << absl::StrFormat(
-      "rank %d of %d: %d batches accepted (%d duplicate), %d rows; snapshot %s/%s/%d waits for "
-      "the other ranks (or `sigmactl close`)\n",
+      "rank %d of %d: %d batches accepted (%d duplicate), %d rows; snapshot %s/%s/%d (run %s) waits for "
+      "the other ranks (or `sigmactl close --run %s`)\n",
       share.rank, share.world_size, response->batches_accepted(), response->batches_duplicate(),
-      response->rows_accepted(), snapshot.job, snapshot.tap, snapshot.generation);
+      response->rows_accepted(), snapshot.job, snapshot.tap, snapshot.generation,
+      snapshot.run.empty() ? "1" : snapshot.run, snapshot.run.empty() ? "1" : snapshot.run);
   return 0;
 }
 

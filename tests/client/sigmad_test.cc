@@ -640,7 +640,7 @@ TEST_F(SigmadTest, GetJobAndGetReportThroughTheClientAndSigmactl) {
   EXPECT_PRED2(Close, JsonNumber(nlohmann::json::parse(r.out)["track2"]), sent->report().track2());
   r = Sigmactl({"report", "--target", t, "--job", "query", "--tap", "t", "--generation", "0"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("job query  tap t  generation 0"));
+  EXPECT_THAT(r.out, HasSubstr("job query  run 1  tap t  generation 0"));
   r = Sigmactl({"report", "--target", t, "--job", "query", "--tap", "t", "--generation", "1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("generation 1"));
