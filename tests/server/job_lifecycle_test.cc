@@ -14,6 +14,7 @@
 #include <atomic>
 #include <fstream>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -341,20 +342,35 @@ struct EngineOnFile {
     engine->StartWorker();
   }
   std::string Scrape() { return prometheus::TextSerializer().Serialize(metrics.registry()->Collect()); }
-  // Opens (job, g) as rank 0 of `world` and sends 64 rows; with `end` and
-  // world 1 it seals, `done` getting the outcome.
-  void Send(const std::string& job, int64_t g, int32_t world, IngestSession* s) {
-    ASSERT_TRUE(engine->Open(MakeOpen(job, g, 0, world, 8, v1::DTYPE_FP64).open(), s).ok());
+  // Opens (job, g) as rank 0 of `world` in `run` ("": the default) and
+  // sends 64 rows; with `end` and world 1 it seals, `done` getting the outcome.
+  void Send(const std::string& job, int64_t g, int32_t world, IngestSession* s, const std::string& run = "") {
+    v1::IngestRequest open = MakeOpen(job, g, 0, world, 8, v1::DTYPE_FP64);
+    open.mutable_open()->set_run(run);
+    ASSERT_TRUE(engine->Open(open.open(), s).ok());
     const Rows rows = GaussianRows(64, 8, static_cast<uint64_t>(g) + 7);
     ASSERT_TRUE(engine->Batch(s, MakeBatch(rows, 0, 64, 0, v1::DTYPE_FP64).batch()).ok());
+  }
+  // EndShare of `s` and DeleteJob of `job` (one `run` when not empty), their
+  // outcomes as futures.
+  std::future<absl::Status> End(IngestSession* s) {
+    auto done = std::make_shared<std::promise<absl::Status>>();
+    const v1::EndOfShare end;
+    engine->EndShare(s, &end, [done](const absl::Status& st, const v1::IngestResponse&) { done->set_value(st); });
+    return done->get_future();
+  }
+  std::future<absl::Status> Delete(const std::string& job, const std::string& run = "") {
+    auto done = std::make_shared<std::promise<absl::Status>>();
+    v1::DeleteJobRequest req;
+    req.set_job(job);
+    req.set_run(run);
+    engine->DeleteJob(req, [done](const absl::Status& st, const v1::DeleteJobResponse&) { done->set_value(st); });
+    return done->get_future();
   }
   absl::Status SealOne(const std::string& job, int64_t g) {
     IngestSession s;
     Send(job, g, 1, &s);
-    std::promise<absl::Status> out;
-    const v1::EndOfShare end;
-    engine->EndShare(&s, &end, [&out](const absl::Status& st, const v1::IngestResponse&) { out.set_value(st); });
-    return out.get_future().get();
+    return End(&s).get();
   }
   absl::Status Finish(const std::string& job) {
     std::promise<absl::Status> out;
@@ -462,22 +478,11 @@ TEST(DeleteJobRaceTest, SealOfADeletedRunInFlightStoresNothing) {
   EngineOnFile f(dir.path(), o);
   ASSERT_TRUE(f.SealOne("race", 0).ok());  // run "1"
   IngestSession s;
-  v1::IngestRequest open = MakeOpen("race", 0, 0, 1, 8, v1::DTYPE_FP64);
-  open.mutable_open()->set_run("2");
-  ASSERT_TRUE(f.engine->Open(open.open(), &s).ok());
-  const Rows rows = GaussianRows(64, 8, 99);
-  ASSERT_TRUE(f.engine->Batch(&s, MakeBatch(rows, 0, 64, 0, v1::DTYPE_FP64).batch()).ok());
-  std::promise<absl::Status> sealed;
-  const v1::EndOfShare end;
-  f.engine->EndShare(&s, &end, [&](const absl::Status& st, const v1::IngestResponse&) { sealed.set_value(st); });
-  std::promise<absl::Status> deleted;
-  v1::DeleteJobRequest req;
-  req.set_job("race");
-  req.set_run("2");
-  f.engine->DeleteJob(req, [&](const absl::Status& st, const v1::DeleteJobResponse&) { deleted.set_value(st); });
-  const absl::Status d = deleted.get_future().get();
+  f.Send("race", 0, 1, &s, "2");
+  std::future<absl::Status> sealed = f.End(&s);  // held 1.5 s by the batching window
+  const absl::Status d = f.Delete("race", "2").get();
   EXPECT_TRUE(d.ok()) << d;
-  const absl::Status st = sealed.get_future().get();
+  const absl::Status st = sealed.get();
   EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
   EXPECT_EQ(f.Jobs(), std::vector<std::string>{"race"});
   EXPECT_EQ(Count(f.o.db, "SELECT COUNT(*) FROM reports WHERE run = '2'"), 0);
@@ -553,30 +558,13 @@ TEST(DeleteJobRaceTest, ConcurrentSealsAndRunDeletesLeaveNothingBehind) {
   EngineOnFile f(dir.path(), o);
   ASSERT_TRUE(f.SealOne("runs", 100).ok());  // run "1" keeps the job
   std::vector<std::future<absl::Status>> outcomes;
-  std::vector<std::unique_ptr<std::promise<absl::Status>>> promises;
   std::vector<std::unique_ptr<IngestSession>> sessions;
-  auto promise = [&] {
-    promises.push_back(std::make_unique<std::promise<absl::Status>>());
-    outcomes.push_back(promises.back()->get_future());
-    return promises.back().get();
-  };
   for (int i = 0; i < 16; ++i) {
     const std::string run = i % 2 ? "a" : "b";
     sessions.push_back(std::make_unique<IngestSession>());
-    IngestSession* s = sessions.back().get();
-    v1::IngestRequest open = MakeOpen("runs", i, 0, 1, 8, v1::DTYPE_FP64);
-    open.mutable_open()->set_run(run);
-    ASSERT_TRUE(f.engine->Open(open.open(), s).ok());
-    const Rows rows = GaussianRows(64, 8, static_cast<uint64_t>(i));
-    ASSERT_TRUE(f.engine->Batch(s, MakeBatch(rows, 0, 64, 0, v1::DTYPE_FP64).batch()).ok());
-    const v1::EndOfShare end;
-    std::promise<absl::Status>* sealed = promise();
-    f.engine->EndShare(s, &end, [sealed](const absl::Status& st, const v1::IngestResponse&) { sealed->set_value(st); });
-    v1::DeleteJobRequest req;
-    req.set_job("runs");
-    req.set_run(run);
-    std::promise<absl::Status>* deleted = promise();
-    f.engine->DeleteJob(req, [deleted](const absl::Status& st, const v1::DeleteJobResponse&) { deleted->set_value(st); });
+    f.Send("runs", i, 1, sessions.back().get(), run);
+    outcomes.push_back(f.End(sessions.back().get()));
+    outcomes.push_back(f.Delete("runs", run));
   }
   for (auto& outcome : outcomes) {
     const absl::Status st = outcome.get();

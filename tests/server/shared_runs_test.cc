@@ -149,6 +149,46 @@ class SharedRunsTest : public ::testing::Test {
     grpc::ClientContext ctx;
     return d->stub->GetJob(&ctx, req, info);
   }
+  // A share on `d` with every row sent and its EndOfShare held back, returned
+  // once `d` shows the snapshot open (GetJob); End() sends the EndOfShare and
+  // returns the share's outcome.
+  struct HeldShare {
+    grpc::ClientContext ctx;
+    v1::IngestResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::IngestRequest>> stream;
+    grpc::Status End() {
+      stream->Write(MakeEnd());
+      stream->WritesDone();
+      return stream->Finish();
+    }
+  };
+  std::unique_ptr<HeldShare> Hold(TestDaemon* d, const std::string& job, int64_t gen, const std::string& run,
+                                  v1::Resume resume) {
+    auto held = std::make_unique<HeldShare>();
+    held->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    held->stream = d->stub->Ingest(&held->ctx, &held->response);
+    const Rows rows = GaussianRows(200, kM, 700 + static_cast<uint64_t>(gen));
+    EXPECT_TRUE(held->stream->Write(Open(job, gen, run, resume)));
+    for (int64_t i = 0, seq = 0; i < rows.n(); i += 50)
+      EXPECT_TRUE(held->stream->Write(MakeBatch(rows, i, i + 50, seq++, v1::DTYPE_FP32)));
+    EXPECT_TRUE(Eventually([&] {
+      v1::JobInfo info;
+      if (!GetJob(d, job, &info).ok()) return false;
+      for (const v1::TapInfo& tap : info.tap_info())
+        for (const v1::OpenGeneration& open : tap.open())
+          if (open.generation() == gen) return true;
+      return false;
+    })) << "the held share never showed as open";
+    return held;
+  }
+  // DeleteJob on `d` (one `run` when not empty).
+  grpc::Status Delete(TestDaemon* d, const std::string& job, const std::string& run, v1::DeleteJobResponse* r) {
+    v1::DeleteJobRequest req;
+    req.set_job(job);
+    req.set_run(run);
+    grpc::ClientContext ctx;
+    return d->stub->DeleteJob(&ctx, req, r);
+  }
   bool Lists(TestDaemon* d, const std::string& job) {
     v1::ListJobsResponse resp;
     grpc::ClientContext ctx;
@@ -217,29 +257,16 @@ TEST_F(SharedRunsTest, RunDeletedOnOneReplicaIsForgottenByTheOther) {
     return GetJob(b_.get(), "cut", &info).ok() && info.run() == "2";
   }));
   ASSERT_TRUE(Share(b_.get(), "cut", 1, "2", v1::RESUME_MUST, &r).ok());  // B seals into run 2 too
-  // B: an open share of run 2, generation 2 (EndOfShare held back).
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  v1::IngestResponse held;
-  auto stream = b_->stub->Ingest(&ctx, &held);
-  const Rows rows = GaussianRows(200, kM, 703);
-  ASSERT_TRUE(stream->Write(Open("cut", 2, "2", v1::RESUME_MUST)));
-  ASSERT_TRUE(stream->Write(MakeBatch(rows, 0, rows.n(), 0, v1::DTYPE_FP32)));
+  std::unique_ptr<HeldShare> held = Hold(b_.get(), "cut", 2, "2", v1::RESUME_MUST);  // B: an open share of run 2
 
-  v1::DeleteJobRequest del;
-  del.set_job("cut");
-  del.set_run("2");
   v1::DeleteJobResponse deleted;
-  grpc::ClientContext del_ctx;
-  ASSERT_TRUE(a_->stub->DeleteJob(&del_ctx, del, &deleted).ok());
+  ASSERT_TRUE(Delete(a_.get(), "cut", "2", &deleted).ok());
   EXPECT_EQ(deleted.reports_deleted(), 2);  // A's and B's generations of run 2
   ASSERT_TRUE(Eventually([&] {
     v1::JobInfo info;
     return GetJob(b_.get(), "cut", &info).ok() && info.run() == "1" && info.runs_size() == 1;
   }));
-  ASSERT_TRUE(stream->Write(MakeEnd()));
-  stream->WritesDone();
-  const grpc::Status aborted = stream->Finish();
+  const grpc::Status aborted = held->End();
   EXPECT_EQ(aborted.error_code(), grpc::StatusCode::ABORTED) << aborted.error_message();
   EXPECT_NE(aborted.error_message().find("run '2' was deleted on another replica"), std::string::npos)
       << aborted.error_message();
@@ -267,29 +294,13 @@ TEST_F(SharedRunsTest, JobDeletedOnOneReplicaIsForgottenByTheOther) {
   ASSERT_TRUE(Share(b_.get(), "gone", 1, "", v1::RESUME_UNSPECIFIED, &r).ok());  // B holds the job
 
   // B: a share of generation 2, every row sent, EndOfShare held back.
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  v1::IngestResponse held;
-  auto stream = b_->stub->Ingest(&ctx, &held);
-  const Rows rows = GaussianRows(200, kM, 702);
-  ASSERT_TRUE(stream->Write(Open("gone", 2, "", v1::RESUME_UNSPECIFIED)));
-  for (int64_t i = 0, seq = 0; i < rows.n(); i += 50)
-    ASSERT_TRUE(stream->Write(MakeBatch(rows, i, i + 50, seq++, v1::DTYPE_FP32)));
-  ASSERT_TRUE(Eventually([&] {
-    v1::JobInfo info;
-    return GetJob(b_.get(), "gone", &info).ok() && info.tap_info_size() == 1 && info.tap_info(0).open_size() == 1;
-  }));
+  std::unique_ptr<HeldShare> held = Hold(b_.get(), "gone", 2, "", v1::RESUME_UNSPECIFIED);
 
-  v1::DeleteJobRequest del;
-  del.set_job("gone");
   v1::DeleteJobResponse deleted;
-  grpc::ClientContext del_ctx;
-  ASSERT_TRUE(a_->stub->DeleteJob(&del_ctx, del, &deleted).ok());
+  ASSERT_TRUE(Delete(a_.get(), "gone", "", &deleted).ok());
   EXPECT_EQ(deleted.reports_deleted(), 2);
 
-  ASSERT_TRUE(stream->Write(MakeEnd()));
-  stream->WritesDone();
-  const grpc::Status sealed = stream->Finish();
+  const grpc::Status sealed = held->End();
   // The store refused the commit (FAILED_PRECONDITION), or B's sync forgot the
   // job first and discarded the snapshot (ABORTED): either names the deletion.
   EXPECT_TRUE(sealed.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
@@ -297,7 +308,7 @@ TEST_F(SharedRunsTest, JobDeletedOnOneReplicaIsForgottenByTheOther) {
       << sealed.error_code() << " " << sealed.error_message();
   EXPECT_NE(sealed.error_message().find("'gone' was deleted on another replica"), std::string::npos)
       << sealed.error_message();
-  EXPECT_FALSE(held.sealed());
+  EXPECT_FALSE(held->response.sealed());
   EXPECT_EQ(Count("SELECT count(*) FROM jobs WHERE name = 'gone'"), "0");
   EXPECT_EQ(Count("SELECT count(*) FROM reports WHERE job = 'gone'"), "0");
   EXPECT_EQ(Count("SELECT count(*) FROM runs WHERE job = 'gone'"), "0");
@@ -326,29 +337,14 @@ TEST_F(SharedRunsTest, OpenShareOnTheOtherReplicaIsAbortedWhenTheJobIsDeleted) {
   v1::IngestResponse r;
   ASSERT_TRUE(Share(b_.get(), "held", 0, "", v1::RESUME_UNSPECIFIED, &r).ok());
   ASSERT_NE(Scrape(b_->ports.metrics_port).find("job_name=\"held\""), std::string::npos);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  v1::IngestResponse held;
-  auto stream = b_->stub->Ingest(&ctx, &held);
-  const Rows rows = GaussianRows(100, kM, 703);
-  ASSERT_TRUE(stream->Write(Open("held", 1, "", v1::RESUME_UNSPECIFIED)));
-  ASSERT_TRUE(stream->Write(MakeBatch(rows, 0, rows.n(), 0, v1::DTYPE_FP32)));
-  ASSERT_TRUE(Eventually([&] {
-    v1::JobInfo info;
-    return GetJob(b_.get(), "held", &info).ok() && info.tap_info_size() == 1 && info.tap_info(0).open_size() == 1;
-  }));
+  std::unique_ptr<HeldShare> held = Hold(b_.get(), "held", 1, "", v1::RESUME_UNSPECIFIED);
   ASSERT_TRUE(Lists(a_.get(), "held"));  // A learns the job from the store
-  v1::DeleteJobRequest del;
-  del.set_job("held");
   v1::DeleteJobResponse deleted;
-  grpc::ClientContext del_ctx;
-  ASSERT_TRUE(a_->stub->DeleteJob(&del_ctx, del, &deleted).ok());
+  ASSERT_TRUE(Delete(a_.get(), "held", "", &deleted).ok());
   EXPECT_EQ(deleted.reports_deleted(), 1);
   ASSERT_TRUE(Eventually([&] { return !Lists(b_.get(), "held"); }));
   EXPECT_EQ(Scrape(b_->ports.metrics_port).find("job_name=\"held\""), std::string::npos);
-  stream->Write(MakeEnd());
-  stream->WritesDone();
-  const grpc::Status s = stream->Finish();
+  const grpc::Status s = held->End();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED) << s.error_message();
   EXPECT_NE(s.error_message().find("'held' was deleted on another replica"), std::string::npos) << s.error_message();
   EXPECT_EQ(Count("SELECT count(*) FROM jobs WHERE name = 'held'"), "0");

@@ -91,8 +91,7 @@ void JobRegistry::MarkSealed(const std::string& job, const std::string& run, uin
   if (auto j = jobs_.find(job); j != jobs_.end()) {
     j->second.has_sealed = true;
     NoteRun(job, run);
-    j->second.sealed_runs.insert(run);
-    j->second.sealed_epochs.emplace(run, epoch);
+    j->second.sealed_runs.emplace(run, epoch);
   }
 }
 
@@ -237,7 +236,6 @@ bool JobRegistry::RemoveRun(const std::string& job, const std::string& run) {
   if (it == runs.end()) return false;
   runs.erase(it);
   j->second.sealed_runs.erase(run);
-  j->second.sealed_epochs.erase(run);
   j->second.run_ids.erase(run);
   return true;
 }

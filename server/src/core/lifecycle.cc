@@ -36,9 +36,10 @@ void Engine::DeleteJob(const v1::DeleteJobRequest& request, DeleteDone done) {
   if (absl::Status s = ValidateNames(request.job(), nullptr, request.run()); !s.ok()) return done(s, {});
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (registry_.Find(request.job()) == nullptr) return done(UnknownJob(request.job()), {});
     if (!request.run().empty()) {
       if (absl::Status s = KnownRunLocked(request.job(), request.run()); !s.ok()) return done(s, {});
+    } else if (registry_.Find(request.job()) == nullptr) {
+      return done(UnknownJob(request.job()), {});
     }
   }
   const std::string job = request.job(), run = request.run();
@@ -71,11 +72,9 @@ void Engine::RunDeleteRun(const std::string& job, const std::string& run, const 
   std::vector<std::shared_ptr<Snapshot>> snaps;
   {
     std::unique_lock<std::shared_mutex> no_seal(commit_mu_);
-    bool was_latest = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (absl::Status s = KnownRunLocked(job, run); !s.ok()) return done(s, {});  // deleted meanwhile
-      was_latest = registry_.IsLatestRun(job, run);
     }
     absl::StatusOr<int64_t> deleted = store_->DeleteJob(job, run);
     if (!deleted.ok()) {
@@ -87,7 +86,7 @@ void Engine::RunDeleteRun(const std::string& job, const std::string& run, const 
                   response);
     }
     response.set_reports_deleted(*deleted);
-    snaps = ForgetRunHeld(job, run, was_latest);
+    snaps = ForgetRunHeld(job, run);
   }
   const absl::Status aborted = absl::AbortedError(absl::StrCat("job '", job, "' run '", run, "' was deleted (DeleteJob)"));
   response.set_snapshots_discarded(AbortSnapshots(snaps, aborted));
@@ -97,12 +96,13 @@ void Engine::RunDeleteRun(const std::string& job, const std::string& run, const 
   done(absl::OkStatus(), response);
 }
 
-std::vector<std::shared_ptr<Snapshot>> Engine::ForgetRunHeld(const std::string& job, const std::string& run,
-                                                              bool was_latest) {
+std::vector<std::shared_ptr<Snapshot>> Engine::ForgetRunHeld(const std::string& job, const std::string& run) {
   std::vector<std::shared_ptr<Snapshot>> snaps;
   std::string latest;
+  bool was_latest = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    was_latest = registry_.IsLatestRun(job, run);
     for (const auto& [key, snap] : open_) {
       if (key.job == job && key.run == run) snaps.push_back(snap);
     }

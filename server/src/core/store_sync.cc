@@ -74,7 +74,7 @@ void Engine::StaleRunsLocked(const StoredRuns& listed, uint64_t epoch, std::vect
   const JobState* job = registry_.Find(listed.job);
   if (job == nullptr) return;
   const std::set<std::string> stored(listed.runs.begin(), listed.runs.end());
-  for (const auto& [run, learned] : job->sealed_epochs) {
+  for (const auto& [run, learned] : job->sealed_runs) {
     if (learned < epoch && !stored.contains(run))
       out->push_back(StaleRun{listed.job, run, registry_.RunId(listed.job, run)});
   }
@@ -85,13 +85,11 @@ void Engine::ForgetRuns(const std::vector<StaleRun>& stale) {
     std::vector<std::shared_ptr<Snapshot>> snaps;
     {
       std::unique_lock<std::shared_mutex> no_seal(commit_mu_);  // as RunDeleteRun
-      bool was_latest = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (registry_.RunId(r.job, r.run) != r.run_id) continue;  // deleted or created anew meanwhile
-        was_latest = registry_.IsLatestRun(r.job, r.run);
       }
-      snaps = ForgetRunHeld(r.job, r.run, was_latest);
+      snaps = ForgetRunHeld(r.job, r.run);
     }
     const int64_t discarded = AbortSnapshots(
         snaps, absl::AbortedError(absl::StrCat("job '", r.job, "' run '", r.run,

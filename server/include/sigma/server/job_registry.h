@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -42,15 +41,14 @@ struct JobState {
   // shared store, the runs other replicas sealed are merged in by the sync
   // (store_sync.cc).
   std::vector<std::string> runs;
-  std::set<std::string> sealed_runs;
+  // The runs that sealed a generation -> the sync epoch at which this replica
+  // learned it (store_sync.cc; 0: at start). With a shared store, a sync read
+  // begun later that does not list the run finds it deleted on another replica.
+  std::map<std::string, uint64_t> sealed_runs;
   // run -> an id distinct for every time the run is noted anew (a run deleted
   // by DeleteJob --run and opened again has a new one): a seal in flight across
   // the delete finds it changed.
   std::map<std::string, uint64_t> run_ids;
-  // Shared store: run -> the sync epoch at which this replica learned the run
-  // sealed (store_sync.cc; 0: at start). A sync read begun later that does
-  // not list the run finds it deleted on another replica.
-  std::map<std::string, uint64_t> sealed_epochs;
   // The incarnation of the job's store row this replica knows
   // (StoredJob::created_unix_ms; 0: none, the job was never seen stored), and
   // the sync epoch at which it learned it (store_sync.cc).
@@ -81,7 +79,7 @@ class JobRegistry {
   // report. A tap that never held a row and has nothing open or sealed takes
   // the m of the next OpenSnapshot again (as after a restart).
   void CloseSnapshot(const std::string& job, const std::string& tap, bool still_open_on_tap, bool tap_sealed);
-  // `epoch`: the sync epoch at which it is learned (JobState::sealed_epochs; the first is kept).
+  // `epoch`: the sync epoch at which it is learned (JobState::sealed_runs; the first is kept).
   void MarkSealed(const std::string& job, const std::string& run, uint64_t epoch = 0);
 
   // Runs: the run an OpenSnapshot of `job` goes to (`run` may be empty;

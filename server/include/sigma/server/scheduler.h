@@ -38,7 +38,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -281,9 +280,8 @@ class Engine {
   void RepublishRun(const std::string& job, const std::string& run);  // commit_mu_ held, not mu_
   // DeleteJob --run after the store (commit_mu_ held exclusively, not mu_):
   // the run's open snapshots leave the table (returned, to abort), its history
-  // and registry entry go; the gauges show the new latest run when `was_latest`.
-  std::vector<std::shared_ptr<Snapshot>> ForgetRunHeld(const std::string& job, const std::string& run,
-                                                       bool was_latest);
+  // and registry entry go; when it was the latest, the gauges show the new latest.
+  std::vector<std::shared_ptr<Snapshot>> ForgetRunHeld(const std::string& job, const std::string& run);
   // Shared store: runs another replica deleted (sealed here before `epoch`,
   // missing from a store read at `epoch`): forgotten as by ForgetRunHeld,
   // without touching the store (store_sync.cc).
